@@ -1,0 +1,1 @@
+"""pmlb: long-lived client sockets in front of stateless gRPC upstreams."""

@@ -1,0 +1,1 @@
+"""Generated code; see README.md."""
