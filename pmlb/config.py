@@ -1,0 +1,795 @@
+"""pmlb's configuration: what it listens on, where it forwards, how it is managed.
+
+The configuration is a TOML file. Every table and key is optional: an empty file
+(or no file at all) runs on safe defaults, with one listener on 127.0.0.1:7999
+using raw framing, no upstreams, and the management server on 127.0.0.1:8000.
+Command-line flags override the file.
+
+An example using every table::
+
+    [server]
+    host = "0.0.0.0"            # the first listener's address
+    port = 7999
+    framing = "line"            # "raw" (default), "line" or "length"
+    max_message_size = 65536    # bytes; a client sending more is disconnected
+    activity_window = 60        # seconds a client counts as active after its last message
+    client_queue_size = 1024
+    upstream_queue_size = 4096
+
+    [[listener]]                # more listeners, as many as needed
+    name = "binary"
+    host = "0.0.0.0"
+    port = 7998
+    framing = "length"
+
+    [[upstream]]
+    host = "127.0.0.1"
+    port = 45888
+    ready_timeout = 5           # seconds
+    alive_timeout = 30
+    live_interval = 5
+
+    [management_server]
+    host = "127.0.0.1"
+    port = 8000
+
+    [management_server.tls]
+    cert_path = ""
+    key_path = ""
+
+    [log]
+    level = "info"              # "debug", "info", "warning" or "error"
+    format = "text"             # "text" or "json"
+
+``[server]``
+    ``host`` (default ``"127.0.0.1"``), ``port`` (default 7999), ``name`` (the
+    listener's name, default ``"default"``), ``transport`` (only ``"tcp"`` for
+    now), ``framing`` and ``max_message_size`` describe a listener. ``[server]``
+    describes a listener when it sets ``host`` or ``port``, or when the file has
+    no ``[[listener]]`` table; otherwise the ``[[listener]]`` tables are the only
+    listeners, and setting ``name``, ``transport``, ``framing`` or
+    ``max_message_size`` in ``[server]`` is an error.
+
+    It also holds settings for the whole server: ``activity_window`` (seconds a
+    client counts as active after its last message, default 60),
+    ``client_queue_size`` (messages queued towards one client before it counts
+    as a slow client, default 1024) and ``upstream_queue_size`` (messages queued
+    towards one upstream before pmlb stops reading from clients, default 4096).
+
+``[[listener]]``
+    Another listener, with the same keys as the listener part of ``[server]``;
+    ``name`` is required. Listener names must be unique, and so must host and
+    port, except port 0 (any free port).
+
+``[[upstream]]``
+    A gRPC upstream: ``host`` and ``port`` (both required), ``ready_timeout``
+    (seconds to answer the readiness check, default 5), ``alive_timeout``
+    (seconds to answer a liveness ping before it counts as unhealthy, default
+    30), ``live_interval`` (seconds between liveness pings, default 5). Two
+    upstreams may not have the same host and port.
+
+``[management_server]`` and ``[management_server.tls]``
+    The admin API's ``host`` (default ``"127.0.0.1"``) and ``port`` (default
+    8000). ``cert_path`` and ``key_path`` in the ``tls`` table name a PEM
+    certificate and its key; both empty means no TLS.
+
+``[log]``
+    ``level`` and ``format``, as in the example.
+
+Values are checked strictly: ports are integers from 0 to 65535 (1 to 65535
+for upstreams), hosts are non-empty strings (an IPv6 address is written
+without brackets), times are numbers of seconds greater than 0,
+``max_message_size`` is an integer from 1 to 67108864, queue sizes are
+integers of at least 1. An unknown key anywhere is an error. Every problem in
+a file is reported at once, one per line, as ``FILE: KEY: PROBLEM``.
+"""
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import date, time
+from typing import Any, Final, TypeGuard
+
+import attrs
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ListenerConfig",
+    "LogConfig",
+    "ManagementConfig",
+    "ManagementTLSConfig",
+    "UpstreamConfig",
+    "apply_overrides",
+    "load_config",
+    "parse_config",
+    "render_config",
+]
+
+_FRAMINGS: Final = ("raw", "line", "length")
+_LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+_LOG_FORMATS: Final = ("text", "json")
+_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@attrs.frozen(kw_only=True)
+class ListenerConfig:
+    """An address pmlb accepts client connections on, and how it frames messages."""
+
+    name: str = "default"
+    host: str = "127.0.0.1"
+    port: int = 7999
+    transport: str = "tcp"
+    framing: str = "raw"
+    max_message_size: int = 65536
+
+    @property
+    def address(self) -> str:
+        """``host:port``, with an IPv6 host in brackets."""
+        return _address(self.host, self.port)
+
+
+@attrs.frozen(kw_only=True)
+class UpstreamConfig:
+    """A gRPC upstream and its health-check timings, in seconds."""
+
+    host: str
+    port: int
+    ready_timeout: float = 5.0
+    alive_timeout: float = 30.0
+    live_interval: float = 5.0
+
+    @property
+    def address(self) -> str:
+        """``host:port``, with an IPv6 host in brackets."""
+        return _address(self.host, self.port)
+
+
+@attrs.frozen(kw_only=True)
+class ManagementTLSConfig:
+    """The admin server's certificate and key files; both empty means no TLS."""
+
+    cert_path: str = ""
+    key_path: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class ManagementConfig:
+    """Where the admin server listens."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    tls: ManagementTLSConfig | None = None
+
+
+@attrs.frozen(kw_only=True)
+class LogConfig:
+    """Log level (``debug``, ``info``, ``warning``, ``error``) and format (``text``, ``json``)."""
+
+    level: str = "info"
+    format: str = "text"
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """Everything pmlb runs on.
+
+    ``activity_window`` is how many seconds a client counts as active after its
+    last message. ``client_queue_size`` is how many outbound messages may wait
+    for one client before it counts as a slow client; ``upstream_queue_size``
+    how many may wait for one upstream before pmlb stops reading from clients.
+    ``source`` names the file the configuration came from; it does not take
+    part in comparisons.
+    """
+
+    listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    activity_window: float = 60.0
+    client_queue_size: int = 1024
+    upstream_queue_size: int = 4096
+    management: ManagementConfig = ManagementConfig()
+    log: LogConfig = LogConfig()
+    source: str | None = attrs.field(default=None, eq=False)
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: str | Iterable[str]) -> None:
+        self.problems: tuple[str, ...] = (
+            (problems,) if isinstance(problems, str) else tuple(problems)
+        )
+        super().__init__(self.problems)
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+# Checking values
+
+
+class _Bad(Exception):
+    """What is wrong with a value; whoever catches it knows which key it was."""
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, bool):
+        return f"boolean {'true' if value else 'false'}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"float {value!r}"
+    if isinstance(value, str):
+        return f"string {value!r}"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list | tuple):
+        return "an array of tables" if value and _is_array_of_tables(value) else "an array"
+    if isinstance(value, date | time):
+        return f"date/time {value.isoformat()}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"must be a string, got {_describe(value)}")
+    return value
+
+
+def _name(value: object) -> str:
+    name = _string(value)
+    if not name:
+        raise _Bad("must not be empty")
+    return name
+
+
+def _host(value: object) -> str:
+    host = _name(value)
+    if host.startswith("[") or host.endswith("]"):
+        raise _Bad(f"must be written without brackets, got {host!r}")
+    if any(char.isspace() for char in host):
+        raise _Bad(f"must be a host name or IP address, got {host!r}")
+    return host
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[object], int]:
+    want = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Bad(f"must be {want}, got {_describe(value)}")
+        if value < low or (high is not None and value > high):
+            raise _Bad(f"must be {want}, got {value}")
+        return value
+
+    return check
+
+
+_port = _integer(0, 65535)
+# Port 0 means "any free port" for something pmlb binds, but nothing can be
+# reached there.
+_upstream_port = _integer(1, 65535)
+_message_size = _integer(1, _MAX_MESSAGE_SIZE)
+_queue_size = _integer(1)
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Bad(f"must be a number > 0, got {_describe(value)}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if math.isinf(seconds) or math.isnan(seconds):
+        raise _Bad(f"must be a finite number > 0, got {value!r}")
+    if seconds <= 0:
+        raise _Bad(f"must be a number > 0, got {value!r}")
+    return seconds
+
+
+def _one_of(*choices: str) -> Callable[[object], str]:
+    want = "must be one of " + ", ".join(repr(choice) for choice in choices)
+
+    def check(value: object) -> str:
+        if isinstance(value, str) and value in choices:
+            return value
+        got = repr(value) if isinstance(value, str) else _describe(value)
+        raise _Bad(f"{want}, got {got}")
+
+    return check
+
+
+def _transport(value: object) -> str:
+    if value != "tcp":
+        got = repr(value) if isinstance(value, str) else _describe(value)
+        raise _Bad(f"must be 'tcp' (other transports are not available yet), got {got}")
+    return "tcp"
+
+
+_LISTENER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
+    "name": _name,
+    "host": _host,
+    "port": _port,
+    "transport": _transport,
+    "framing": _one_of(*_FRAMINGS),
+    "max_message_size": _message_size,
+}
+_SERVER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
+    **_LISTENER_CHECKS,
+    "activity_window": _seconds,
+    "client_queue_size": _queue_size,
+    "upstream_queue_size": _queue_size,
+}
+_UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
+    "host": _host,
+    "port": _upstream_port,
+    "ready_timeout": _seconds,
+    "alive_timeout": _seconds,
+    "live_interval": _seconds,
+}
+_MANAGEMENT_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
+    "host": _host,
+    "port": _port,
+}
+_TLS_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
+    "cert_path": _string,
+    "key_path": _string,
+}
+_LOG_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
+    "level": _one_of(*_LOG_LEVELS),
+    "format": _one_of(*_LOG_FORMATS),
+}
+_TOP_LEVEL: Final = ("server", "listener", "upstream", "management_server", "log")
+
+
+class _Problems:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.found: list[str] = []
+
+    def add(self, key: str, problem: str) -> None:
+        self.found.append(f"{self.source}: {key}: {problem}")
+
+    def raise_if_any(self) -> None:
+        if self.found:
+            raise ConfigError(self.found)
+
+
+def _key(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _read(
+    problems: _Problems,
+    table: Mapping[str, object],
+    prefix: str,
+    checks: Mapping[str, Callable[[object], object]],
+    subtables: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The table's valid values by key; unknown keys and bad values go to ``problems``."""
+    values: dict[str, Any] = {}
+    for name, value in table.items():
+        check = checks.get(name)
+        if check is None:
+            if name not in subtables:
+                problems.add(_key(prefix, name), "unknown key")
+            continue
+        try:
+            values[name] = check(value)
+        except _Bad as bad:
+            problems.add(_key(prefix, name), str(bad))
+    return values
+
+
+def _is_array_of_tables(value: object) -> TypeGuard[Sequence[Mapping[str, object]]]:
+    return isinstance(value, list | tuple) and all(isinstance(item, Mapping) for item in value)
+
+
+def _table(
+    problems: _Problems, parent: Mapping[str, object], prefix: str, name: str
+) -> Mapping[str, object]:
+    if name not in parent:
+        return {}
+    value = parent[name]
+    key = _key(prefix, name)
+    if isinstance(value, Mapping):
+        return value
+    if value and _is_array_of_tables(value):
+        problems.add(key, f"must be a table ([{key}]), got an array of tables ([[{key}]])")
+    else:
+        problems.add(key, f"must be a table, got {_describe(value)}")
+    return {}
+
+
+def _array_of_tables(
+    problems: _Problems, parent: Mapping[str, object], name: str
+) -> list[tuple[str, Mapping[str, object]]]:
+    if name not in parent:
+        return []
+    value = parent[name]
+    if isinstance(value, Mapping):
+        problems.add(name, f"must be an array of tables ([[{name}]]), got a table ([{name}])")
+        return []
+    if not isinstance(value, list | tuple):
+        problems.add(name, f"must be an array of tables ([[{name}]]), got {_describe(value)}")
+        return []
+    tables = []
+    for index, item in enumerate(value):
+        key = f"{name}[{index}]"
+        if isinstance(item, Mapping):
+            tables.append((key, item))
+        else:
+            problems.add(key, f"must be a table, got {_describe(item)}")
+    return tables
+
+
+def _require(
+    problems: _Problems, table: Mapping[str, object], prefix: str, names: Iterable[str]
+) -> None:
+    for name in names:
+        if name not in table:
+            problems.add(_key(prefix, name), "required, but missing")
+
+
+# Parsing
+
+
+def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
+    """The configuration described by ``data`` (a parsed TOML document).
+
+    Raises :class:`ConfigError` listing every problem; ``source`` names the
+    document in them.
+    """
+    problems = _Problems(source)
+    _read(problems, data, "", {}, subtables=_TOP_LEVEL)
+
+    server = _table(problems, data, "", "server")
+    server_values = _read(problems, server, "server", _SERVER_CHECKS)
+    listener_tables = _array_of_tables(problems, data, "listener")
+
+    # (key, table, valid values) for each listener, in order.
+    listeners: list[tuple[str, Mapping[str, object], dict[str, Any]]] = []
+    if "host" in server or "port" in server or not listener_tables:
+        listeners.append(("server", server, server_values))
+    else:
+        for name in server:
+            if name in _LISTENER_CHECKS:
+                problems.add(
+                    f"server.{name}",
+                    "only applies when [server] sets host or port"
+                    " (this file's listeners are its [[listener]] tables)",
+                )
+    for key, table in listener_tables:
+        _require(problems, table, key, ["name"])
+        listeners.append((key, table, _read(problems, table, key, _LISTENER_CHECKS)))
+    listener_configs = _unique_listeners(problems, listeners)
+
+    upstreams = []
+    for key, table in _array_of_tables(problems, data, "upstream"):
+        _require(problems, table, key, ["host", "port"])
+        values = _read(problems, table, key, _UPSTREAM_CHECKS)
+        if "host" in values and "port" in values:
+            upstreams.append((key, UpstreamConfig(**values)))
+    _check_unique_upstreams(problems, upstreams)
+
+    management = _table(problems, data, "", "management_server")
+    management_values = _read(
+        problems, management, "management_server", _MANAGEMENT_CHECKS, subtables=["tls"]
+    )
+    if "tls" in management:
+        tls = _table(problems, management, "management_server", "tls")
+        tls_values = _read(problems, tls, "management_server.tls", _TLS_CHECKS)
+        cert_path, key_path = tls_values.get("cert_path", ""), tls_values.get("key_path", "")
+        if cert_path and not key_path:
+            problems.add("management_server.tls.key_path", "must be set when cert_path is set")
+        if key_path and not cert_path:
+            problems.add("management_server.tls.cert_path", "must be set when key_path is set")
+        management_values["tls"] = ManagementTLSConfig(**tls_values)
+
+    log = _read(problems, _table(problems, data, "", "log"), "log", _LOG_CHECKS)
+
+    problems.raise_if_any()
+    return Config(
+        listeners=listener_configs,
+        upstreams=tuple(upstream for _, upstream in upstreams),
+        management=ManagementConfig(**management_values),
+        log=LogConfig(**log),
+        source=source,
+        **{name: value for name, value in server_values.items() if name not in _LISTENER_CHECKS},
+    )
+
+
+def _unique_listeners(
+    problems: _Problems, listeners: Iterable[tuple[str, Mapping[str, object], dict[str, Any]]]
+) -> tuple[ListenerConfig, ...]:
+    configs = []
+    names: dict[str, str] = {}
+    addresses: dict[tuple[str, int], str] = {}
+    for key, table, values in listeners:
+        listener = ListenerConfig(**{n: v for n, v in values.items() if n in _LISTENER_CHECKS})
+        configs.append(listener)
+        # A bad or missing value is reported already; comparing the default
+        # that stands in for it would only add noise.
+        if "name" in values or (key == "server" and "name" not in table):
+            if listener.name in names:
+                problems.add(
+                    f"{key}.name",
+                    f"listener name {listener.name!r} is already used by {names[listener.name]}",
+                )
+            else:
+                names[listener.name] = key
+        address_valid = all(n in values or n not in table for n in ("host", "port"))
+        if address_valid and listener.port != 0:
+            address = (listener.host.lower(), listener.port)
+            if address in addresses:
+                problems.add(
+                    f"{key}.port",
+                    f"address {listener.address} is already used by {addresses[address]}",
+                )
+            else:
+                addresses[address] = key
+    return tuple(configs)
+
+
+def _check_unique_upstreams(
+    problems: _Problems, upstreams: Iterable[tuple[str, UpstreamConfig]]
+) -> None:
+    seen: dict[tuple[str, int], str] = {}
+    for key, upstream in upstreams:
+        address = (upstream.host.lower(), upstream.port)
+        if address in seen:
+            problems.add(
+                f"{key}.port", f"address {upstream.address} is already used by {seen[address]}"
+            )
+        else:
+            seen[address] = key
+
+
+_TOML_POSITION: Final = re.compile(
+    r"(?P<message>.*) \(at line (?P<line>\d+), column (?P<column>\d+)\)"
+)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """The configuration in the TOML file at ``path``.
+
+    Raises :class:`ConfigError` if the file cannot be read or parsed, or
+    describes an unusable configuration.
+    """
+    source = os.fspath(path)
+    try:
+        with open(path, "rb") as file:
+            raw = file.read()
+    except OSError as error:
+        raise ConfigError(f"{source}: cannot read: {error.strerror or error}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{source}: cannot read: not UTF-8 text (bad byte at offset {error.start})"
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        message = str(error)
+        # tomllib only exposes the position inside its message before 3.14.
+        match = _TOML_POSITION.fullmatch(message)
+        if match is not None:
+            message = f"line {match['line']}: {match['message']} (column {match['column']})"
+        raise ConfigError(f"{source}: {message}") from None
+    return parse_config(data, source)
+
+
+# Command-line overrides
+
+
+def _upstream_address(value: object) -> UpstreamConfig:
+    text = _string(value)
+    expected = f"expected HOST:PORT, got {text!r}"
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not (port.isascii() and port.isdigit()):
+        raise _Bad(expected)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise _Bad(expected)
+    elif ":" in host:
+        raise _Bad(f"{expected} (write an IPv6 address as [ADDRESS]:PORT)")
+    try:
+        return UpstreamConfig(host=_host(host), port=_upstream_port(int(port)))
+    except _Bad as bad:
+        raise _Bad(f"{expected}: {bad}") from None
+
+
+def _checked(
+    problems: _Problems, flags: Iterable[tuple[str, str, object, Callable[[object], object]]]
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for flag, name, value, check in flags:
+        if value is None:
+            continue
+        try:
+            values[name] = check(value)
+        except _Bad as bad:
+            problems.add(flag, str(bad))
+    return values
+
+
+def apply_overrides(
+    config: Config,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    framing: str | None = None,
+    max_message_size: int | None = None,
+    activity_window: float | None = None,
+    upstreams: Sequence[str] | None = None,
+    log_level: str | None = None,
+    log_format: str | None = None,
+) -> Config:
+    """``config`` with command-line flags applied; ``None`` leaves a setting as it is.
+
+    ``host``, ``port``, ``framing`` and ``max_message_size`` apply to the first
+    listener. ``upstreams`` (each ``HOST:PORT`` or ``[IPv6]:PORT``) replaces
+    the upstream list; the new upstreams get the default timings. Raises
+    :class:`ConfigError` naming each bad flag.
+    """
+    problems = _Problems("command line")
+    listener_changes = _checked(
+        problems,
+        [
+            ("--host", "host", host, _host),
+            ("--port", "port", port, _port),
+            ("--framing", "framing", framing, _one_of(*_FRAMINGS)),
+            ("--max-message-size", "max_message_size", max_message_size, _message_size),
+        ],
+    )
+    config_changes = _checked(
+        problems, [("--activity-window", "activity_window", activity_window, _seconds)]
+    )
+    log_changes = _checked(
+        problems,
+        [
+            ("--log-level", "level", log_level, _one_of(*_LOG_LEVELS)),
+            ("--log-format", "format", log_format, _one_of(*_LOG_FORMATS)),
+        ],
+    )
+
+    if upstreams is not None:
+        new_upstreams: list[UpstreamConfig] = []
+        for text in [upstreams] if isinstance(upstreams, str) else upstreams:
+            try:
+                upstream = _upstream_address(text)
+            except _Bad as bad:
+                problems.add("--upstream", str(bad))
+                continue
+            if any(
+                u.host.lower() == upstream.host.lower() and u.port == upstream.port
+                for u in new_upstreams
+            ):
+                problems.add("--upstream", f"{upstream.address} is given twice")
+            else:
+                new_upstreams.append(upstream)
+        config_changes["upstreams"] = tuple(new_upstreams)
+
+    if listener_changes:
+        first, *others = config.listeners or (ListenerConfig(),)
+        first = attrs.evolve(first, **listener_changes)
+        if first.port != 0 and ("host" in listener_changes or "port" in listener_changes):
+            for other in others:
+                if (other.host.lower(), other.port) == (first.host.lower(), first.port):
+                    problems.add(
+                        "--port" if "port" in listener_changes else "--host",
+                        f"address {first.address} is already used by listener {other.name!r}",
+                    )
+        config_changes["listeners"] = (first, *others)
+    if log_changes:
+        config_changes["log"] = attrs.evolve(config.log, **log_changes)
+
+    problems.raise_if_any()
+    return attrs.evolve(config, **config_changes)
+
+
+# Rendering
+
+_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
+_ESCAPES: Final = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
+def _toml_string(text: str) -> str:
+    escaped = []
+    for char in text:
+        if char in _ESCAPES:
+            escaped.append(_ESCAPES[char])
+        elif char < " " or char == "\x7f":
+            escaped.append(f"\\u{ord(char):04X}")
+        else:
+            escaped.append(char)
+    return '"' + "".join(escaped) + '"'
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        # repr() is the shortest text that reads back as the same float, and
+        # its forms (1.5, 1e-05, 1e+16) are all valid TOML floats.
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    raise TypeError(f"cannot write {_describe(value)} as a TOML value")
+
+
+def _emit(lines: list[str], path: str, table: Mapping[str, object]) -> None:
+    # Plain values must come before any header: after one, they would belong
+    # to that header's table.
+    for key, value in table.items():
+        if not isinstance(value, Mapping) and not _is_array_of_tables(value):
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in table.items():
+        child = f"{path}.{_toml_key(key)}" if path else _toml_key(key)
+        if isinstance(value, Mapping):
+            lines += ["", f"[{child}]"]
+            _emit(lines, child, value)
+        elif _is_array_of_tables(value):
+            for item in value:
+                lines += ["", f"[[{child}]]"]
+                _emit(lines, child, item)
+
+
+def render_config(config: Config) -> str:
+    """``config`` as a TOML document that :func:`parse_config` reads back as an equal config.
+
+    A config without listeners comes back with the default listener, as an
+    empty file does.
+    """
+    server: dict[str, object] = {}
+    if config.listeners:
+        server.update(attrs.asdict(config.listeners[0]))
+    server["activity_window"] = config.activity_window
+    server["client_queue_size"] = config.client_queue_size
+    server["upstream_queue_size"] = config.upstream_queue_size
+    document: dict[str, object] = {"server": server}
+    if len(config.listeners) > 1:
+        document["listener"] = [attrs.asdict(listener) for listener in config.listeners[1:]]
+    if config.upstreams:
+        document["upstream"] = [attrs.asdict(upstream) for upstream in config.upstreams]
+    management: dict[str, object] = {
+        "host": config.management.host,
+        "port": config.management.port,
+    }
+    if config.management.tls is not None:
+        management["tls"] = attrs.asdict(config.management.tls)
+    document["management_server"] = management
+    document["log"] = attrs.asdict(config.log)
+
+    header = "# pmlb configuration"
+    if config.source is not None:
+        header += f", loaded from {_toml_string(config.source)}"
+    lines = [header]
+    _emit(lines, "", document)
+    return "\n".join(lines) + "\n"

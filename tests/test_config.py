@@ -1,0 +1,758 @@
+import pickle
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from pmlb.config import (
+    Config,
+    ConfigError,
+    ListenerConfig,
+    LogConfig,
+    ManagementConfig,
+    ManagementTLSConfig,
+    UpstreamConfig,
+    apply_overrides,
+    load_config,
+    parse_config,
+    render_config,
+)
+
+ORIGINAL = """\
+[server]
+host = "0.0.0.0"
+port = 7999
+[[upstream]]
+host = "127.0.0.1"
+port = 45888
+alive_timeout = 30
+ready_timeout = 5
+[management_server]
+host = "0.0.0.0"
+port = 8000
+[management_server.tls]
+cert_path = ""
+key_path = ""
+"""
+
+MULTI_LISTENER = """\
+[server]
+host = "0.0.0.0"
+port = 7999
+framing = "line"
+max_message_size = 1024
+activity_window = 2.5
+client_queue_size = 16
+upstream_queue_size = 32
+
+[[listener]]
+name = "binary"
+host = "::"
+port = 7998
+framing = "length"
+
+[[listener]]
+name = "any-port"
+port = 0
+
+[[upstream]]
+host = "10.0.0.1"
+port = 50051
+live_interval = 0.25
+
+[[upstream]]
+host = "::1"
+port = 50051
+
+[log]
+level = "debug"
+format = "json"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pmlb.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_error(tmp_path: Path, text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    return info.value
+
+
+def test_original_file_loads(tmp_path: Path) -> None:
+    path = write(tmp_path, ORIGINAL)
+    config = load_config(path)
+    assert config.listeners == (
+        ListenerConfig(name="default", host="0.0.0.0", port=7999, transport="tcp", framing="raw"),
+    )
+    assert config.listeners[0].address == "0.0.0.0:7999"
+    assert config.upstreams == (
+        UpstreamConfig(
+            host="127.0.0.1", port=45888, alive_timeout=30.0, ready_timeout=5.0, live_interval=5.0
+        ),
+    )
+    assert isinstance(config.upstreams[0].alive_timeout, float)
+    assert isinstance(config.upstreams[0].ready_timeout, float)
+    assert config.management == ManagementConfig(
+        host="0.0.0.0", port=8000, tls=ManagementTLSConfig(cert_path="", key_path="")
+    )
+    assert config.log == LogConfig(level="info", format="text")
+    assert config.source == str(path)
+
+
+def test_empty_file_and_empty_data_give_safe_defaults(tmp_path: Path) -> None:
+    from_file = load_config(write(tmp_path, ""))
+    from_data = parse_config({})
+    for config in (from_file, from_data):
+        assert config == Config()
+        (listener,) = config.listeners
+        assert (listener.name, listener.address, listener.framing) == (
+            "default",
+            "127.0.0.1:7999",
+            "raw",
+        )
+        assert listener.transport == "tcp"
+        assert listener.max_message_size == 65536
+        assert config.upstreams == ()
+        assert (config.management.host, config.management.port) == ("127.0.0.1", 8000)
+        assert config.management.tls is None
+        assert (config.activity_window, config.client_queue_size) == (60.0, 1024)
+        assert config.upstream_queue_size == 4096
+    assert from_data.source == "<config>"
+
+
+def test_server_and_listener_tables_give_several_listeners(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MULTI_LISTENER))
+    assert config.listeners == (
+        ListenerConfig(host="0.0.0.0", port=7999, framing="line", max_message_size=1024),
+        ListenerConfig(name="binary", host="::", port=7998, framing="length"),
+        ListenerConfig(name="any-port", port=0),
+    )
+    assert [listener.address for listener in config.listeners] == [
+        "0.0.0.0:7999",
+        "[::]:7998",
+        "127.0.0.1:0",
+    ]
+    assert config.upstreams[0] == UpstreamConfig(host="10.0.0.1", port=50051, live_interval=0.25)
+    assert config.upstreams[1].address == "[::1]:50051"
+    assert (config.activity_window, config.client_queue_size, config.upstream_queue_size) == (
+        2.5,
+        16,
+        32,
+    )
+    assert config.log == LogConfig(level="debug", format="json")
+
+
+def test_server_without_host_or_port_is_no_listener_when_listener_tables_exist(
+    tmp_path: Path,
+) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            [server]
+            activity_window = 5
+            [[listener]]
+            name = "a"
+            port = 7001
+            [[listener]]
+            name = "b"
+            port = 7002
+            """,
+        )
+    )
+    assert [(listener.name, listener.port) for listener in config.listeners] == [
+        ("a", 7001),
+        ("b", 7002),
+    ]
+    assert config.activity_window == 5.0
+
+
+def test_port_zero_may_repeat(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            [server]
+            port = 0
+            [[listener]]
+            name = "other"
+            port = 0
+            """,
+        )
+    )
+    assert [listener.port for listener in config.listeners] == [0, 0]
+
+
+INVALID_FILES = [
+    pytest.param(
+        "[server]\nport = 70000",
+        "pmlb.toml: server.port: must be an integer from 0 to 65535, got 70000",
+        id="port-too-big",
+    ),
+    pytest.param(
+        '[server]\nport = "80"',
+        "pmlb.toml: server.port: must be an integer from 0 to 65535, got string '80'",
+        id="port-string",
+    ),
+    pytest.param(
+        "[server]\nport = true",
+        "pmlb.toml: server.port: must be an integer from 0 to 65535, got boolean true",
+        id="port-bool",
+    ),
+    pytest.param(
+        "[server]\nhost = 5",
+        "pmlb.toml: server.host: must be a string, got integer 5",
+        id="host-integer",
+    ),
+    pytest.param(
+        '[server]\nhost = ""',
+        "pmlb.toml: server.host: must not be empty",
+        id="host-empty",
+    ),
+    pytest.param(
+        '[server]\nhost = "[::1]"',
+        "pmlb.toml: server.host: must be written without brackets, got '[::1]'",
+        id="host-brackets",
+    ),
+    pytest.param(
+        '[server]\ncolour = "blue"',
+        "pmlb.toml: server.colour: unknown key",
+        id="server-unknown-key",
+    ),
+    pytest.param(
+        'colour = "blue"',
+        "pmlb.toml: colour: unknown key",
+        id="top-level-unknown-key",
+    ),
+    pytest.param(
+        '[server]\ntransport = "tls"',
+        "pmlb.toml: server.transport: must be 'tcp' (other transports are not available yet),"
+        " got 'tls'",
+        id="transport-tls",
+    ),
+    pytest.param(
+        '[[listener]]\nname = "a"\nframing = "lines"',
+        "pmlb.toml: listener[0].framing: must be one of 'raw', 'line', 'length', got 'lines'",
+        id="framing-unknown",
+    ),
+    pytest.param(
+        "[server]\nmax_message_size = 0",
+        "pmlb.toml: server.max_message_size: must be an integer from 1 to 67108864, got 0",
+        id="max-message-size-zero",
+    ),
+    pytest.param(
+        "[server]\nmax_message_size = 67108865",
+        "pmlb.toml: server.max_message_size: must be an integer from 1 to 67108864, got 67108865",
+        id="max-message-size-too-big",
+    ),
+    pytest.param(
+        "[server]\nactivity_window = 0",
+        "pmlb.toml: server.activity_window: must be a number > 0, got 0",
+        id="activity-window-zero",
+    ),
+    pytest.param(
+        "[server]\nactivity_window = true",
+        "pmlb.toml: server.activity_window: must be a number > 0, got boolean true",
+        id="activity-window-bool",
+    ),
+    pytest.param(
+        "[server]\nclient_queue_size = 0",
+        "pmlb.toml: server.client_queue_size: must be an integer >= 1, got 0",
+        id="client-queue-size-zero",
+    ),
+    pytest.param(
+        "[server]\nupstream_queue_size = 1.5",
+        "pmlb.toml: server.upstream_queue_size: must be an integer >= 1, got float 1.5",
+        id="upstream-queue-size-float",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "a"\nport = 1\n[[upstream]]\nhost = "b"\nport = 1\n'
+        "ready_timeout = -1",
+        "pmlb.toml: upstream[1].ready_timeout: must be a number > 0, got -1",
+        id="ready-timeout-negative",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "a"\nport = 1\nready_timeout = "5"',
+        "pmlb.toml: upstream[0].ready_timeout: must be a number > 0, got string '5'",
+        id="ready-timeout-string",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "a"\nport = 1\nalive_timeout = inf',
+        "pmlb.toml: upstream[0].alive_timeout: must be a finite number > 0, got inf",
+        id="alive-timeout-inf",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "a"\nport = 1\nlive_interval = 1979-05-27',
+        "pmlb.toml: upstream[0].live_interval: must be a number > 0, got date/time 1979-05-27",
+        id="live-interval-date",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "Example.com"\nport = 1\n'
+        '[[upstream]]\nhost = "example.com"\nport = 1',
+        "pmlb.toml: upstream[1].port: address example.com:1 is already used by upstream[0]",
+        id="upstream-duplicate-host-in-other-case",
+    ),
+    pytest.param(
+        "[server]\nhost = [1]",
+        "pmlb.toml: server.host: must be a string, got an array",
+        id="host-array",
+    ),
+    pytest.param(
+        "[[log.level]]\nname = 1",
+        "pmlb.toml: log.level: must be one of 'debug', 'info', 'warning', 'error',"
+        " got an array of tables",
+        id="log-level-array-of-tables",
+    ),
+    pytest.param(
+        "[[upstream]]\nport = 1",
+        "pmlb.toml: upstream[0].host: required, but missing",
+        id="upstream-host-missing",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "a"',
+        "pmlb.toml: upstream[0].port: required, but missing",
+        id="upstream-port-missing",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "a"\nport = 0',
+        "pmlb.toml: upstream[0].port: must be an integer from 1 to 65535, got 0",
+        id="upstream-port-zero",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "127.0.0.1"\nport = 45888\n'
+        '[[upstream]]\nhost = "127.0.0.1"\nport = 45888',
+        "pmlb.toml: upstream[1].port: address 127.0.0.1:45888 is already used by upstream[0]",
+        id="upstream-duplicate",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "a"\nport = 1\nweight = 2',
+        "pmlb.toml: upstream[0].weight: unknown key",
+        id="upstream-unknown-key",
+    ),
+    pytest.param(
+        '[upstream]\nhost = "a"\nport = 1',
+        "pmlb.toml: upstream: must be an array of tables ([[upstream]]), got a table ([upstream])",
+        id="upstream-table-not-array",
+    ),
+    pytest.param(
+        "upstream = [1]",
+        "pmlb.toml: upstream[0]: must be a table, got integer 1",
+        id="upstream-array-of-integers",
+    ),
+    pytest.param(
+        '[[server]]\nhost = "a"',
+        "pmlb.toml: server: must be a table ([server]), got an array of tables ([[server]])",
+        id="server-array-not-table",
+    ),
+    pytest.param(
+        "server = 5",
+        "pmlb.toml: server: must be a table, got integer 5",
+        id="server-integer",
+    ),
+    pytest.param(
+        "[[listener]]\nport = 7001",
+        "pmlb.toml: listener[0].name: required, but missing",
+        id="listener-name-missing",
+    ),
+    pytest.param(
+        '[[listener]]\nname = "a"\nport = 7001\n[[listener]]\nname = "a"\nport = 7002',
+        "pmlb.toml: listener[1].name: listener name 'a' is already used by listener[0]",
+        id="listener-name-duplicate",
+    ),
+    pytest.param(
+        '[server]\nport = 7000\n[[listener]]\nname = "default"\nport = 7001',
+        "pmlb.toml: listener[0].name: listener name 'default' is already used by server",
+        id="listener-name-same-as-server-default",
+    ),
+    pytest.param(
+        '[[listener]]\nname = "a"\nhost = "0.0.0.0"\nport = 7001\n'
+        '[[listener]]\nname = "b"\nhost = "0.0.0.0"\nport = 7001',
+        "pmlb.toml: listener[1].port: address 0.0.0.0:7001 is already used by listener[0]",
+        id="listener-address-duplicate",
+    ),
+    pytest.param(
+        '[server]\nport = 7001\n[[listener]]\nname = "a"\nhost = "127.0.0.1"\nport = 7001',
+        "pmlb.toml: listener[0].port: address 127.0.0.1:7001 is already used by server",
+        id="listener-address-same-as-server",
+    ),
+    pytest.param(
+        '[server]\nframing = "line"\n[[listener]]\nname = "a"',
+        "pmlb.toml: server.framing: only applies when [server] sets host or port",
+        id="server-listener-key-without-address",
+    ),
+    pytest.param(
+        "[management_server]\nport = -1",
+        "pmlb.toml: management_server.port: must be an integer from 0 to 65535, got -1",
+        id="management-port-negative",
+    ),
+    pytest.param(
+        '[management_server.tls]\nca_path = "x"',
+        "pmlb.toml: management_server.tls.ca_path: unknown key",
+        id="tls-unknown-key",
+    ),
+    pytest.param(
+        '[management_server.tls]\ncert_path = "cert.pem"',
+        "pmlb.toml: management_server.tls.key_path: must be set when cert_path is set",
+        id="tls-cert-without-key",
+    ),
+    pytest.param(
+        '[management_server]\ntls = "yes"',
+        "pmlb.toml: management_server.tls: must be a table, got string 'yes'",
+        id="tls-string",
+    ),
+    pytest.param(
+        '[log]\nlevel = "verbose"',
+        "pmlb.toml: log.level: must be one of 'debug', 'info', 'warning', 'error', got 'verbose'",
+        id="log-level-unknown",
+    ),
+    pytest.param(
+        "[log]\nformat = 1",
+        "pmlb.toml: log.format: must be one of 'text', 'json', got integer 1",
+        id="log-format-integer",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), INVALID_FILES)
+def test_invalid_file_reports_its_one_problem(tmp_path: Path, text: str, expected: str) -> None:
+    error = load_error(tmp_path, text)
+    # Exactly one problem: a bad value must not cause follow-on noise.
+    assert len(error.problems) == 1, error.problems
+    assert expected in error.problems[0]
+    assert error.problems[0].startswith(f"{tmp_path / 'pmlb.toml'}: ")
+
+
+def test_every_problem_is_reported(tmp_path: Path) -> None:
+    error = load_error(
+        tmp_path,
+        """\
+[server]
+port = 70000
+colour = "blue"
+[[upstream]]
+host = ""
+port = 1
+ready_timeout = 0
+[log]
+level = "loud"
+""",
+    )
+    source = str(tmp_path / "pmlb.toml")
+    assert error.problems == (
+        f"{source}: server.port: must be an integer from 0 to 65535, got 70000",
+        f"{source}: server.colour: unknown key",
+        f"{source}: upstream[0].host: must not be empty",
+        f"{source}: upstream[0].ready_timeout: must be a number > 0, got 0",
+        f"{source}: log.level: must be one of 'debug', 'info', 'warning', 'error', got 'loud'",
+    )
+    assert str(error) == "\n".join(error.problems)
+
+
+def test_bad_values_cause_no_follow_on_problems(tmp_path: Path) -> None:
+    # The defaults standing in for missing or bad values must not look like
+    # duplicates of each other.
+    error = load_error(
+        tmp_path,
+        """\
+[[listener]]
+port = 7001
+[[listener]]
+port = 7002
+[[listener]]
+name = "a"
+port = "x"
+[[listener]]
+name = "b"
+port = "x"
+""",
+    )
+    assert [problem.split(": ", 2)[1:] for problem in error.problems] == [
+        ["listener[0].name", "required, but missing"],
+        ["listener[1].name", "required, but missing"],
+        ["listener[2].port", "must be an integer from 0 to 65535, got string 'x'"],
+        ["listener[3].port", "must be an integer from 0 to 65535, got string 'x'"],
+    ]
+
+
+def test_unknown_keys_are_reported_at_every_level(tmp_path: Path) -> None:
+    error = load_error(
+        tmp_path,
+        """\
+colour = 1
+[server]
+colour = 2
+[[upstream]]
+host = "a"
+port = 1
+colour = 3
+[management_server]
+colour = 4
+[management_server.tls]
+colour = 5
+[log]
+colour = 6
+""",
+    )
+    keys = [problem.split(": ")[1] for problem in error.problems]
+    assert keys == [
+        "colour",
+        "server.colour",
+        "upstream[0].colour",
+        "management_server.colour",
+        "management_server.tls.colour",
+        "log.colour",
+    ]
+    assert all(problem.endswith(": unknown key") for problem in error.problems)
+
+
+def test_parse_config_names_its_source() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"server": {"port": 70000}}, source="env")
+    assert info.value.problems == (
+        "env: server.port: must be an integer from 0 to 65535, got 70000",
+    )
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == (f"{path}: cannot read: No such file or directory",)
+
+
+def test_toml_syntax_error_gives_the_line(tmp_path: Path) -> None:
+    error = load_error(tmp_path, '[server]\nhost = "a"\nport = \n')
+    assert error.problems == (f"{tmp_path / 'pmlb.toml'}: line 3: Invalid value (column 8)",)
+
+
+def test_file_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "pmlb.toml"
+    path.write_bytes(b'[server]\nhost = "\xff"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == (f"{path}: cannot read: not UTF-8 text (bad byte at offset 17)",)
+
+
+def test_config_error_survives_pickling() -> None:
+    error = ConfigError(["a: b: c", "a: d: e"])
+    copy = pickle.loads(pickle.dumps(error))
+    assert copy.problems == error.problems
+    assert str(copy) == "a: b: c\na: d: e"
+
+
+def test_addresses_bracket_ipv6_hosts() -> None:
+    assert ListenerConfig(host="::1", port=1).address == "[::1]:1"
+    assert UpstreamConfig(host="fe80::1%eth0", port=2).address == "[fe80::1%eth0]:2"
+    assert UpstreamConfig(host="example.com", port=3).address == "example.com:3"
+
+
+def test_source_does_not_affect_equality() -> None:
+    assert parse_config({}, source="a.toml") == parse_config({}, source="b.toml")
+
+
+# Command-line overrides
+
+
+def test_no_overrides_change_nothing() -> None:
+    config = parse_config(tomllib.loads(MULTI_LISTENER))
+    assert apply_overrides(config) == config
+
+
+def test_listener_overrides_apply_to_the_first_listener() -> None:
+    config = parse_config(tomllib.loads(MULTI_LISTENER))
+    changed = apply_overrides(
+        config, host="10.1.1.1", port=9000, framing="length", max_message_size=99
+    )
+    assert changed.listeners[0] == ListenerConfig(
+        host="10.1.1.1", port=9000, framing="length", max_message_size=99
+    )
+    assert changed.listeners[1:] == config.listeners[1:]
+    assert changed.upstreams == config.upstreams
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "field"),
+    [
+        pytest.param("host", "::", "host", id="host"),
+        pytest.param("port", 0, "port", id="port"),
+        pytest.param("framing", "line", "framing", id="framing"),
+        pytest.param("max_message_size", 10, "max_message_size", id="max-message-size"),
+    ],
+)
+def test_each_listener_flag(flag: str, value: object, field: str) -> None:
+    changed = apply_overrides(Config(), **{flag: value})  # type: ignore[arg-type]
+    assert getattr(changed.listeners[0], field) == value
+    others = {"host", "port", "framing", "max_message_size"} - {field}
+    for other in others:
+        assert getattr(changed.listeners[0], other) == getattr(ListenerConfig(), other)
+
+
+def test_activity_window_and_log_flags() -> None:
+    changed = apply_overrides(Config(), activity_window=3, log_level="warning", log_format="json")
+    assert changed.activity_window == 3.0
+    assert isinstance(changed.activity_window, float)
+    assert changed.log == LogConfig(level="warning", format="json")
+    assert apply_overrides(Config(), log_level="error").log == LogConfig(level="error")
+
+
+def test_upstream_flags_replace_the_files_upstreams() -> None:
+    config = parse_config(
+        {"upstream": [{"host": "old", "port": 1, "ready_timeout": 9, "alive_timeout": 9}]}
+    )
+    changed = apply_overrides(config, upstreams=["example.com:50051", "[::1]:50052"])
+    assert changed.upstreams == (
+        UpstreamConfig(host="example.com", port=50051),
+        UpstreamConfig(host="::1", port=50052),
+    )
+    assert apply_overrides(config, upstreams=[]).upstreams == ()
+    assert apply_overrides(config, upstreams="a:1").upstreams == (UpstreamConfig(host="a", port=1),)
+
+
+def test_overrides_keep_the_source() -> None:
+    config = parse_config({}, source="pmlb.toml")
+    assert apply_overrides(config, port=1).source == "pmlb.toml"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        pytest.param(
+            {"upstreams": ["x"]},
+            "command line: --upstream: expected HOST:PORT, got 'x'",
+            id="upstream-no-port",
+        ),
+        pytest.param(
+            {"upstreams": ["a:b"]},
+            "command line: --upstream: expected HOST:PORT, got 'a:b'",
+            id="upstream-port-not-number",
+        ),
+        pytest.param(
+            {"upstreams": [":80"]},
+            "command line: --upstream: expected HOST:PORT, got ':80'",
+            id="upstream-no-host",
+        ),
+        pytest.param(
+            {"upstreams": ["::1:80"]},
+            "command line: --upstream: expected HOST:PORT, got '::1:80'"
+            " (write an IPv6 address as [ADDRESS]:PORT)",
+            id="upstream-unbracketed-ipv6",
+        ),
+        pytest.param(
+            {"upstreams": ["a:70000"]},
+            "command line: --upstream: expected HOST:PORT, got 'a:70000':"
+            " must be an integer from 1 to 65535, got 70000",
+            id="upstream-port-too-big",
+        ),
+        pytest.param(
+            {"upstreams": ["a:1", "a:1"]},
+            "command line: --upstream: a:1 is given twice",
+            id="upstream-twice",
+        ),
+        pytest.param(
+            {"host": ""},
+            "command line: --host: must not be empty",
+            id="host-empty",
+        ),
+        pytest.param(
+            {"port": 70000},
+            "command line: --port: must be an integer from 0 to 65535, got 70000",
+            id="port-too-big",
+        ),
+        pytest.param(
+            {"framing": "lines"},
+            "command line: --framing: must be one of 'raw', 'line', 'length', got 'lines'",
+            id="framing-unknown",
+        ),
+        pytest.param(
+            {"max_message_size": 0},
+            "command line: --max-message-size: must be an integer from 1 to 67108864, got 0",
+            id="max-message-size-zero",
+        ),
+        pytest.param(
+            {"activity_window": -1.5},
+            "command line: --activity-window: must be a number > 0, got -1.5",
+            id="activity-window-negative",
+        ),
+        pytest.param(
+            {"log_level": "DEBUG"},
+            "command line: --log-level: must be one of 'debug', 'info', 'warning', 'error',"
+            " got 'DEBUG'",
+            id="log-level-unknown",
+        ),
+        pytest.param(
+            {"log_format": "xml"},
+            "command line: --log-format: must be one of 'text', 'json', got 'xml'",
+            id="log-format-unknown",
+        ),
+        pytest.param(
+            {"port": 7998, "host": "::"},
+            "command line: --port: address [::]:7998 is already used by listener 'binary'",
+            id="port-used-by-another-listener",
+        ),
+    ],
+)
+def test_bad_override(overrides: dict[str, object], expected: str) -> None:
+    config = parse_config(tomllib.loads(MULTI_LISTENER))
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(config, **overrides)  # type: ignore[arg-type]
+    assert info.value.problems == (expected,)
+
+
+def test_every_bad_override_is_reported() -> None:
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(Config(), port=-1, upstreams=["x", "y:1"], log_format="xml")
+    assert [problem.split(": ")[1] for problem in info.value.problems] == [
+        "--port",
+        "--log-format",
+        "--upstream",
+    ]
+
+
+# Rendering
+
+
+def round_trip(config: Config) -> Config:
+    return parse_config(tomllib.loads(render_config(config)))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(ORIGINAL, id="original"),
+        pytest.param(MULTI_LISTENER, id="multi-listener"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_render_round_trips_a_loaded_file(tmp_path: Path, text: str) -> None:
+    config = load_config(write(tmp_path, text))
+    assert round_trip(config) == config
+
+
+def test_render_round_trips_awkward_values() -> None:
+    config = Config(
+        listeners=(
+            ListenerConfig(name='quote " back\\slash\ttab\nnewline \x01 \x7f é', port=1),
+            ListenerConfig(name="second", host="::1", port=2, max_message_size=1),
+        ),
+        upstreams=(UpstreamConfig(host="h", port=3, ready_timeout=1e-05, alive_timeout=1e16),),
+        activity_window=0.1,
+        management=ManagementConfig(
+            tls=ManagementTLSConfig(cert_path="C:\\certs\\a.pem", key_path="k.pem")
+        ),
+    )
+    assert round_trip(config) == config
+
+
+def test_render_without_tls_stays_without_tls() -> None:
+    config = Config()
+    assert "tls" not in render_config(config)
+    assert round_trip(config).management.tls is None
+
+
+def test_render_names_the_source_in_a_comment() -> None:
+    text = render_config(parse_config({}, source='odd\n"name'))
+    assert text.splitlines()[0] == '# pmlb configuration, loaded from "odd\\n\\"name"'
