@@ -1,0 +1,187 @@
+"""The command line: ``pmlb serve``, ``pmlb check-config``, ``pmlb demo``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from pmlb import _log
+from pmlb.config import (
+    Config,
+    ConfigError,
+    ListenerConfig,
+    UpstreamConfig,
+    apply_overrides,
+    load_config,
+    render_config,
+)
+from pmlb.downstream.tcp import ListenError
+from pmlb.server import Server, serve
+
+log = logging.getLogger("pmlb.server")
+
+DEMO_UPSTREAM_STOP_TIMEOUT = 30.0
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("overrides (take precedence over the file)")
+    group.add_argument("--host", help="address of the first listener")
+    group.add_argument("--port", type=int, help="port of the first listener (0: any free port)")
+    group.add_argument(
+        "--framing", choices=["raw", "line", "length"], help="framing of the first listener"
+    )
+    group.add_argument(
+        "--max-message-size", type=int, metavar="BYTES", help="of the first listener"
+    )
+    group.add_argument("--activity-window", type=float, metavar="SECONDS")
+    group.add_argument(
+        "--upstream",
+        action="append",
+        metavar="HOST:PORT",
+        help="an upstream (repeat for several); replaces the file's upstreams",
+    )
+    group.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    group.add_argument("--log-format", choices=["text", "json"])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pmlb", description="Long-lived client sockets in front of gRPC upstreams."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve_cmd = commands.add_parser("serve", help="run the proxy")
+    serve_cmd.add_argument(
+        "--config", "-c", metavar="FILE", help="TOML configuration (default: safe defaults)"
+    )
+    _add_overrides(serve_cmd)
+
+    check = commands.add_parser(
+        "check-config", help="validate a configuration and print the effective one"
+    )
+    check.add_argument("config", metavar="FILE")
+    _add_overrides(check)
+
+    demo = commands.add_parser(
+        "demo", help="run pmlb with the demo echo upstream: then `nc 127.0.0.1 7999`"
+    )
+    demo.add_argument(
+        "--host", default="127.0.0.1", help="client listener address (default 127.0.0.1)"
+    )
+    demo.add_argument("--port", type=int, default=7999, help="client listener port (default 7999)")
+    demo.add_argument("--framing", choices=["raw", "line", "length"], default="raw")
+    demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    return parser
+
+
+def _config(args: argparse.Namespace, path: str | None) -> Config:
+    config = load_config(path) if path else Config()
+    return apply_overrides(
+        config,
+        host=args.host,
+        port=args.port,
+        framing=args.framing,
+        max_message_size=args.max_message_size,
+        activity_window=args.activity_window,
+        upstreams=args.upstream,
+        log_level=args.log_level,
+        log_format=args.log_format,
+    )
+
+
+async def _serve_then_cancel(
+    config: Config, cancel_scope: trio.CancelScope, *, task_status: trio.TaskStatus[Server]
+) -> None:
+    await serve(config, task_status=task_status)
+    cancel_scope.cancel()
+
+
+async def run_until_signalled(config: Config) -> None:
+    """Serve until SIGINT or SIGTERM: the first stops gracefully, a second at once."""
+    # Signals are taken over before anything starts: under trio-asyncio the
+    # default KeyboardInterrupt can land anywhere, so pmlb cancels itself.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(_serve_then_cancel, config, nursery.cancel_scope)
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if server.stopping:
+                    log.warning("second signal: stopping now", extra={"signal": name})
+                    nursery.cancel_scope.cancel()
+                else:
+                    log.info("signal received: stopping", extra={"signal": name})
+                    server.stop()
+
+
+def _run(config: Config) -> int:
+    code = 0
+    try:
+        trio.run(run_until_signalled, config)
+    except* ListenError as group:
+        for exc in group.exceptions:
+            print(f"pmlb: {exc}", file=sys.stderr)
+        code = 1
+    return code
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _config(args, args.config)
+    _log.configure(config.log.level, config.log.format)
+    return _run(config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _config(args, args.config)
+    print(render_config(config), end="")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _log.configure(args.log_level)
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "pmlb.demo_upstream", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert upstream.stdout is not None
+        line = upstream.stdout.readline()
+        if not line.startswith("LISTENING "):
+            print("pmlb: the demo upstream did not start", file=sys.stderr)
+            return 1
+        port = int(line.split()[1])
+        config = Config(
+            listeners=(ListenerConfig(host=args.host, port=args.port, framing=args.framing),),
+            upstreams=(UpstreamConfig(host="127.0.0.1", port=port),),
+        )
+        print(
+            f"pmlb demo: echo upstream on 127.0.0.1:{port}; clients: nc {args.host} {args.port}"
+            " (Ctrl-C to stop)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return _run(config)
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=DEMO_UPSTREAM_STOP_TIMEOUT)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    handlers = {"serve": cmd_serve, "check-config": cmd_check_config, "demo": cmd_demo}
+    try:
+        code = handlers[args.command](args)
+    except ConfigError as exc:
+        print(f"pmlb: invalid configuration\n{exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Structured, leveled logs: a message plus ``key=value`` fields.
+
+Callers pass the fields with ``extra``: ``log.info("client connected",
+extra={"client": uuid, "peer": addr})``. The text format appends them as
+``key=value`` (logfmt); the JSON format emits one object per line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+# Attributes every LogRecord has; anything else on a record came from ``extra``.
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    ms = int(record.msecs)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{ms:03d}Z"
+
+
+def _logfmt_value(value: Any) -> str:
+    text = str(value)
+    if not text or any(c in text for c in ' "=\n'):
+        return json.dumps(text)
+    return text
+
+
+class TextFormatter(logging.Formatter):
+    """``TIME LEVEL logger: message key=value ...``"""
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [
+            _timestamp(record),
+            f"{record.levelname:<7}",
+            f"{record.name}:",
+            record.getMessage(),
+        ]
+        parts += [f"{k}={_logfmt_value(v)}" for k, v in _fields(record).items()]
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: ``time``, ``level``, ``logger``, ``msg`` and the fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, Any] = {
+            "time": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        obj.update(_fields(record))
+        if record.exc_info:
+            obj["exc"] = self.formatException(record.exc_info)
+        return json.dumps(obj, default=str)
+
+
+def configure(level: str = "info", fmt: str = "text") -> None:
+    """Send pmlb's logs to stderr at ``level`` in ``fmt`` (``text`` or ``json``)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger("pmlb")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+class RateLimited:
+    """Logs at most once per ``period`` seconds, saying how many were suppressed.
+
+    For events an outside party can repeat at will (an upstream sending to
+    unknown UUIDs), so that they cannot flood the log.
+    """
+
+    def __init__(self, logger: logging.Logger, period: float = 1.0) -> None:
+        self._logger = logger
+        self._period = period
+        self._next = 0.0
+        self._suppressed = 0
+
+    def warning(self, msg: str, **fields: Any) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            fields["suppressed"] = self._suppressed
+        self._suppressed = 0
+        self._next = now + self._period
+        self._logger.warning(msg, extra=fields)

@@ -1,0 +1,1 @@
+"""The client side: listeners and per-connection tasks."""

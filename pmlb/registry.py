@@ -1,0 +1,222 @@
+"""The shared state of a running pmlb, and the only way to change it.
+
+The downstream side registers clients and dispatches their messages; the
+upstream supervisors report state changes and deliver replies; the admin API
+(later) reads snapshots and acts through the same methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+
+import attrs
+import trio
+
+from pmlb._log import RateLimited
+from pmlb._proto import upstream_pb2 as pb
+from pmlb.balancer import Policy, RoundRobin
+from pmlb.config import Config, UpstreamConfig
+from pmlb.downstream.client import Client
+from pmlb.upstream.outbox import Outbox
+from pmlb.upstream.supervisor import Upstream, UpstreamState
+
+log = logging.getLogger("pmlb.registry")
+
+_BROADCAST_NAMES = {
+    pb.OutputStreamRequest.BROADCAST_ALL: "all",
+    pb.OutputStreamRequest.BROADCAST_ACTIVE: "active",
+    pb.OutputStreamRequest.BROADCAST_NOT_ACTIVE: "inactive",
+}
+
+
+@attrs.frozen
+class Statistics:
+    """A snapshot of the registry's counters."""
+
+    clients: int
+    clients_total: int
+    upstreams: int
+    upstreams_serving: int
+    messages_from_clients: int
+    messages_to_clients: int
+    broadcasts: int
+    unknown_client: int
+    invalid_target: int
+    awaiting_upstream: int
+
+
+class Registry:
+    """Clients, upstreams, and the message flow between them."""
+
+    def __init__(self, config: Config, policy: Policy | None = None) -> None:
+        self.config = config
+        self.policy: Policy = policy or RoundRobin()
+        self.clients: dict[str, Client] = {}
+        self.upstreams: dict[str, Upstream] = {}
+        # The serving upstreams, in the order they started serving: the
+        # policy's indexes point into this list.
+        self._serving: list[Upstream] = []
+        self._serving_changed = trio.lowlevel.ParkingLot()
+        # Accepted messages whose upstream failed while no other one served:
+        # they go first to the next upstream that serves.
+        self._orphans: deque[pb.InputStreamRequest] = deque()
+        self._unknown_log = RateLimited(log)
+        self.clients_total = 0
+        self.messages_from_clients = 0
+        self.messages_to_clients = 0
+        self.broadcasts = 0
+        self.unknown_client = 0
+        self.invalid_target = 0
+
+    # -- clients --------------------------------------------------------
+
+    def add_client(self, client: Client) -> None:
+        self.clients[client.uuid] = client
+        self.clients_total += 1
+
+    def remove_client(self, client: Client) -> None:
+        self.clients.pop(client.uuid, None)
+
+    async def dispatch(self, requests: list[pb.InputStreamRequest]) -> None:
+        """Hand a batch of client messages to serving upstreams, by the policy.
+
+        Waits while there is no serving upstream or the chosen outboxes are
+        full: the caller stops reading its socket meanwhile (backpressure).
+        """
+        self.messages_from_clients += len(requests)
+        while requests:
+            serving = self._serving
+            if not serving:
+                await self._serving_changed.park()
+                continue
+            if len(serving) == 1:
+                if await serving[0].outbox.put(requests):
+                    serving[0].messages_dispatched += len(requests)
+                    return
+                continue
+            refused: list[pb.InputStreamRequest] = []
+            for index, part in self.policy.assign(len(requests), len(serving)):
+                batch, upstream = requests[part], serving[index]
+                if await upstream.outbox.put(batch):
+                    upstream.messages_dispatched += len(batch)
+                else:
+                    refused += batch
+            requests = refused
+
+    # -- upstreams ------------------------------------------------------
+
+    def add_upstream(self, config: UpstreamConfig) -> Upstream:
+        if config.address in self.upstreams:
+            raise ValueError(f"upstream {config.address} already exists")
+        upstream = Upstream(config=config, outbox=Outbox(self.config.upstream_queue_size))
+        self.upstreams[config.address] = upstream
+        return upstream
+
+    def set_upstream_state(
+        self, upstream: Upstream, state: UpstreamState, *, reason: str | None = None
+    ) -> None:
+        previous, upstream.state = upstream.state, state
+        if state is previous:
+            return
+        fields: dict[str, object] = {"upstream": upstream.address, "state": str(state)}
+        if reason:
+            fields["reason"] = reason
+        if state is UpstreamState.SERVING:
+            upstream.outbox.put_nowait(self._orphans)
+            self._orphans.clear()
+            upstream.outbox.open()
+            self._serving = [*self._serving, upstream]
+            self._serving_changed.unpark_all()
+            log.info("upstream serving", extra=fields)
+        elif previous is UpstreamState.SERVING:
+            self._serving = [u for u in self._serving if u is not upstream]
+            upstream.outbox.close()
+            moved = upstream.outbox.take_nowait()
+            self._redispatch(moved)
+            fields["requeued"] = len(moved)
+            log.warning("upstream stopped serving", extra=fields)
+        elif state is UpstreamState.REMOVED:
+            self.upstreams.pop(upstream.address, None)
+            log.info("upstream removed", extra=fields)
+        else:
+            log.debug("upstream state", extra=fields)
+
+    def _redispatch(self, requests: list[pb.InputStreamRequest]) -> None:
+        # Failover: these were accepted already, so they bypass the outboxes'
+        # bound (which they counted against before) rather than wait.
+        if not requests:
+            return
+        serving = self._serving
+        if not serving:
+            self._orphans.extend(requests)
+            return
+        for index, part in self.policy.assign(len(requests), len(serving)):
+            serving[index].outbox.put_nowait(requests[part])
+
+    # -- routing back ---------------------------------------------------
+
+    def deliver(self, replies: list[pb.OutputStreamRequest]) -> None:
+        """Route messages from an upstream to their clients. Never raises."""
+        for reply in replies:
+            target = reply.WhichOneof("target")
+            if target == "client_uuid":
+                client = self.clients.get(reply.client_uuid)
+                if client is None:
+                    self.unknown_client += 1
+                    self._unknown_log.warning(
+                        "message for an unknown client dropped",
+                        client=reply.client_uuid,
+                        unknown_total=self.unknown_client,
+                    )
+                elif client.send(reply.payload):
+                    self.messages_to_clients += 1
+            elif target == "broadcast":
+                kind = _BROADCAST_NAMES.get(reply.broadcast)
+                if kind is None:
+                    self._invalid(f"unknown broadcast value {reply.broadcast}")
+                else:
+                    self.broadcast(kind, reply.payload)
+            else:
+                self._invalid("message without a target (neither client_uuid nor broadcast)")
+
+    def _invalid(self, problem: str) -> None:
+        self.invalid_target += 1
+        self._unknown_log.warning("message from an upstream dropped", problem=problem)
+
+    def broadcast(self, kind: str, payload: bytes) -> int:
+        """Send ``payload`` to ``all``, ``active`` or ``inactive`` clients; return how many."""
+        self.broadcasts += 1
+        recipients = self.select_clients(kind)
+        sent = sum(1 for client in recipients if client.send(payload))
+        self.messages_to_clients += sent
+        return sent
+
+    def select_clients(self, kind: str) -> Iterable[Client]:
+        clients = list(self.clients.values())
+        if kind == "all":
+            return clients
+        now, window = time.monotonic(), self.config.activity_window
+        want_active = kind == "active"
+        if kind not in ("active", "inactive"):
+            raise ValueError(f"broadcast kind must be all, active or inactive, got {kind!r}")
+        return [c for c in clients if c.is_active(now, window) is want_active]
+
+    # -- snapshots ------------------------------------------------------
+
+    def statistics(self) -> Statistics:
+        return Statistics(
+            clients=len(self.clients),
+            clients_total=self.clients_total,
+            upstreams=len(self.upstreams),
+            upstreams_serving=len(self._serving),
+            messages_from_clients=self.messages_from_clients,
+            messages_to_clients=self.messages_to_clients,
+            broadcasts=self.broadcasts,
+            unknown_client=self.unknown_client,
+            invalid_target=self.invalid_target,
+            awaiting_upstream=len(self._orphans)
+            + sum(len(u.outbox) for u in self.upstreams.values()),
+        )

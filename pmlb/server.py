@@ -1,0 +1,77 @@
+"""The nursery tree: the one place that starts everything pmlb runs."""
+
+from __future__ import annotations
+
+import logging
+
+import attrs
+import trio
+import trio_asyncio
+
+from pmlb.config import Config, UpstreamConfig
+from pmlb.downstream.tcp import serve_tcp_listener
+from pmlb.registry import Registry
+from pmlb.upstream.grpclib_transport import GrpclibTransport
+from pmlb.upstream.supervisor import supervise
+from pmlb.upstream.transport import Transport
+
+log = logging.getLogger("pmlb.server")
+
+
+def _grpclib_transport(config: UpstreamConfig) -> Transport:
+    return GrpclibTransport(config.host, config.port)
+
+
+@attrs.define(eq=False)
+class Server:
+    """A running pmlb, as :func:`serve` reports it through ``task_status``."""
+
+    registry: Registry
+    #: bound addresses (``host:port``) by listener name
+    listeners: dict[str, list[str]]
+    _stop: trio.Event = attrs.field(alias="stop")
+
+    def stop(self) -> None:
+        """Stop gracefully: stop accepting, close clients, then close upstream streams."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def port(self, listener: str = "default") -> int:
+        """The bound port of ``listener`` (handy when the config asked for port 0)."""
+        return int(self.listeners[listener][0].rsplit(":", 1)[1])
+
+
+async def serve(
+    config: Config,
+    *,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run pmlb with ``config`` until cancelled or stopped.
+
+    Use it as ``server = await nursery.start(pmlb.serve, config)``: it returns
+    once every listener is accepting, with a :class:`Server` that gives the
+    bound addresses, the registry, and :meth:`Server.stop`. Raises
+    :class:`pmlb.ListenError` if a listener cannot bind.
+    """
+    registry = Registry(config)
+    stop = trio.Event()
+    async with trio_asyncio.open_loop(), trio.open_nursery() as upstreams:
+        for upstream_config in config.upstreams:
+            upstream = registry.add_upstream(upstream_config)
+            upstreams.start_soon(supervise, upstream, registry, _grpclib_transport)
+        async with trio.open_nursery() as downstream:
+            addresses = {}
+            for listener in config.listeners:
+                addresses[listener.name] = await downstream.start(
+                    serve_tcp_listener, listener, registry
+                )
+            task_status.started(Server(registry, addresses, stop=stop))
+            await stop.wait()
+            log.info("stopping: closing listeners and clients")
+            downstream.cancel_scope.cancel()
+        log.info("stopping: closing upstream streams")
+        upstreams.cancel_scope.cancel()
+    log.info("stopped")

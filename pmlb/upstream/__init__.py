@@ -1,0 +1,1 @@
+"""The upstream side: supervision, health, and the gRPC transports."""

@@ -1,0 +1,88 @@
+"""The bounded queue of messages waiting to be written to one upstream."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import Generic, TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+
+class Outbox(Generic[T]):
+    """Messages for one upstream, bounded, moved in batches.
+
+    Client readers :meth:`put` batches and wait while the outbox is full: that
+    wait is pmlb's backpressure, which stops them reading their sockets. The
+    stream writer takes everything at once with :meth:`take_nowait`.
+
+    An outbox accepts puts only while its upstream serves. When it stops
+    serving, blocked putters get ``False`` back and choose another upstream,
+    and whatever is left is taken out for failover.
+
+    The capacity is a soft bound: a put that finds room adds its whole batch,
+    so the outbox can hold up to ``capacity`` plus one batch per putter.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._items: deque[T] = deque()
+        self._accepting = False
+        self._space = trio.lowlevel.ParkingLot()
+        self._data = trio.lowlevel.ParkingLot()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def open(self) -> None:
+        """Start accepting puts (the upstream serves)."""
+        self._accepting = True
+
+    def close(self) -> None:
+        """Stop accepting puts; blocked putters return ``False``."""
+        self._accepting = False
+        self._space.unpark_all()
+
+    async def put(self, items: list[T]) -> bool:
+        """Add ``items`` once there is room; ``False`` if the outbox closed first."""
+        while self._accepting and len(self._items) >= self.capacity:
+            await self._space.park()
+        if not self._accepting:
+            return False
+        self.put_nowait(items)
+        return True
+
+    def put_nowait(self, items: Iterable[T]) -> None:
+        """Add ``items`` whatever the fill (failover of already accepted messages)."""
+        self._items.extend(items)
+        if self._data:
+            self._data.unpark_all()
+
+    def requeue(self, items: list[T]) -> None:
+        """Put back, in front and in order, items taken but not written."""
+        self._items.extendleft(reversed(items))
+        if self._data:
+            self._data.unpark_all()
+
+    def take_nowait(self) -> list[T]:
+        """Everything queued, oldest first (maybe nothing)."""
+        if not self._items:
+            return []
+        items = list(self._items)
+        self._items.clear()
+        if self._space:
+            self._space.unpark_all()
+        return items
+
+    async def wait_nonempty(self) -> None:
+        """Return once something is queued."""
+        while not self._items:
+            await self._data.park()

@@ -1,0 +1,170 @@
+"""One upstream's life: connect, wait until ready, serve, and start over on failure.
+
+States: ``connecting`` -> ``checking readiness`` -> ``serving`` ->
+``unhealthy`` (back off, then ``connecting`` again) ... -> ``removed``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from pmlb._proto import upstream_pb2 as pb
+from pmlb.config import UpstreamConfig
+from pmlb.upstream.outbox import Outbox
+from pmlb.upstream.transport import Transport, UpstreamError
+
+if TYPE_CHECKING:
+    from pmlb.registry import Registry
+
+log = logging.getLogger("pmlb.upstream")
+
+#: Reconnect and readiness retries back off exponentially from ``BACKOFF_MIN``
+#: to ``BACKOFF_MAX`` seconds, with jitter so that a restarted pool of pmlb
+#: processes does not knock on an upstream in lockstep.
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 5.0
+#: The backoff starts again from BACKOFF_MIN only after the upstream served
+#: this long: one that fails right after each reconnect keeps backing off.
+STABLE_AFTER = 10.0
+
+
+class UpstreamState(enum.StrEnum):
+    CONNECTING = "connecting"
+    CHECKING = "checking readiness"
+    SERVING = "serving"
+    UNHEALTHY = "unhealthy"
+    REMOVED = "removed"
+
+
+@attrs.define(eq=False)
+class Upstream:
+    """One upstream as the registry and the admin see it."""
+
+    config: UpstreamConfig
+    outbox: Outbox[pb.InputStreamRequest]
+    state: UpstreamState = UpstreamState.CONNECTING
+    last_error: str | None = None
+    #: messages handed to its outbox / received from it
+    messages_dispatched: int = 0
+    messages_received: int = 0
+    #: time.time() of the last readiness and liveness answers
+    ready_at: float | None = None
+    alive_at: float | None = None
+
+    @property
+    def address(self) -> str:
+        return self.config.address
+
+
+class Backoff:
+    """Exponential backoff with "equal jitter": half fixed, half random."""
+
+    def __init__(self, low: float = BACKOFF_MIN, high: float = BACKOFF_MAX) -> None:
+        self._low = low
+        self._high = high
+        self._attempt = 0
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+    def next(self) -> float:
+        ceiling = min(self._high, self._low * 2**self._attempt)
+        self._attempt += 1
+        delay: float = ceiling / 2 + random.uniform(0, ceiling / 2)
+        return delay
+
+
+async def supervise(
+    upstream: Upstream,
+    registry: Registry,
+    transport_factory: Callable[[UpstreamConfig], Transport],
+) -> None:
+    """Keep ``upstream`` connected and serving until cancelled."""
+    config = upstream.config
+    fields = {"upstream": config.address}
+    backoff = Backoff()
+    try:
+        while True:
+            transport = transport_factory(config)
+            try:
+                registry.set_upstream_state(upstream, UpstreamState.CHECKING)
+                await _wait_ready(upstream, transport, backoff)
+                registry.set_upstream_state(upstream, UpstreamState.SERVING)
+                serving_since = trio.current_time()
+                reason = await _serve(upstream, transport, registry)
+                if trio.current_time() - serving_since >= STABLE_AFTER:
+                    backoff.reset()
+            except UpstreamError as exc:
+                reason = str(exc)
+            except Exception as exc:
+                # A bug must not take the proxy down with it: report it loudly
+                # and treat the upstream as failed, which loses nothing queued.
+                log.exception("internal error supervising upstream", extra=fields)
+                reason = f"internal error: {exc!r}"
+            finally:
+                await transport.aclose()
+            upstream.last_error = reason
+            registry.set_upstream_state(upstream, UpstreamState.UNHEALTHY, reason=reason)
+            await trio.sleep(backoff.next())
+            registry.set_upstream_state(upstream, UpstreamState.CONNECTING)
+    finally:
+        registry.set_upstream_state(upstream, UpstreamState.REMOVED)
+
+
+async def _wait_ready(upstream: Upstream, transport: Transport, backoff: Backoff) -> None:
+    config = upstream.config
+    while True:
+        ready, problem = False, f"no answer within ready_timeout ({config.ready_timeout:g}s)"
+        with trio.move_on_after(config.ready_timeout):
+            try:
+                ready = await transport.check_ready()
+                problem = "the upstream answered ready = false"
+            except UpstreamError as exc:
+                problem = str(exc)
+        if ready:
+            upstream.ready_at = time.time()
+            return
+        if upstream.last_error != problem:
+            log.info("upstream not ready", extra={"upstream": config.address, "reason": problem})
+        upstream.last_error = problem
+        await trio.sleep(backoff.next())
+
+
+async def _serve(upstream: Upstream, transport: Transport, registry: Registry) -> str:
+    """Run the stream and the liveness prober until one fails; return why."""
+    config = upstream.config
+    reason = "stopped"
+
+    def alive() -> None:
+        upstream.alive_at = time.time()
+
+    def deliver(replies: list[pb.OutputStreamRequest]) -> None:
+        upstream.messages_received += len(replies)
+        registry.deliver(replies)
+
+    async def run(what: str, fn: Callable[[], Awaitable[None]]) -> None:
+        nonlocal reason
+        try:
+            await fn()
+            reason = f"{what} ended"
+        except UpstreamError as exc:
+            reason = f"{what}: {exc}"
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, "stream", partial(transport.run_stream, upstream.outbox, deliver))
+        nursery.start_soon(
+            run,
+            "liveness",
+            partial(transport.run_liveness, config.live_interval, config.alive_timeout, alive),
+        )
+    return reason

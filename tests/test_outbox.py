@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from pmlb.upstream.outbox import Outbox
+
+
+async def test_put_waits_while_full_and_resumes_when_taken() -> None:
+    box: Outbox[int] = Outbox(capacity=2)
+    box.open()
+    assert await box.put([1, 2])
+    done = []
+
+    async def putter() -> None:
+        done.append(await box.put([3]))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(putter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert done == []  # backpressure: full
+        assert box.take_nowait() == [1, 2]
+    assert done == [True]
+    assert box.take_nowait() == [3]
+
+
+async def test_closing_refuses_blocked_putters() -> None:
+    box: Outbox[int] = Outbox(capacity=1)
+    box.open()
+    await box.put([1])
+    done = []
+
+    async def putter() -> None:
+        done.append(await box.put([2]))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(putter)
+        await trio.testing.wait_all_tasks_blocked()
+        box.close()
+    assert done == [False]
+    assert box.take_nowait() == [1]
+    assert not await box.put([3])
+
+
+async def test_requeue_puts_back_in_front_in_order() -> None:
+    box: Outbox[int] = Outbox(capacity=10)
+    box.put_nowait([3, 4])
+    box.requeue([1, 2])
+    assert box.take_nowait() == [1, 2, 3, 4]
+
+
+async def test_wait_nonempty_wakes_on_put() -> None:
+    box: Outbox[int] = Outbox(capacity=10)
+    woke = trio.Event()
+
+    async def waiter() -> None:
+        await box.wait_nonempty()
+        woke.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not woke.is_set()
+        box.put_nowait([1])
+    assert woke.is_set()
+
+
+def test_capacity_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        Outbox(0)

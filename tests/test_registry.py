@@ -1,0 +1,159 @@
+"""The registry in process: dispatch, backpressure, failover, routing back."""
+
+from __future__ import annotations
+
+import time
+
+import trio
+import trio.testing
+
+from pmlb._proto import upstream_pb2 as pb
+from pmlb.config import Config, UpstreamConfig
+from pmlb.downstream.client import Client
+from pmlb.registry import Registry
+from pmlb.upstream.supervisor import Upstream, UpstreamState
+
+
+def request(n: int) -> pb.InputStreamRequest:
+    return pb.InputStreamRequest(time="t", client_uuid="c", payload=str(n).encode())
+
+
+def payloads(items: list[pb.InputStreamRequest]) -> list[int]:
+    return [int(item.payload) for item in items]
+
+
+def setup(n_upstreams: int, *, queue: int = 100) -> tuple[Registry, list[Upstream]]:
+    registry = Registry(Config(upstream_queue_size=queue))
+    ups = [
+        registry.add_upstream(UpstreamConfig(host="127.0.0.1", port=1000 + i))
+        for i in range(n_upstreams)
+    ]
+    return registry, ups
+
+
+def client(registry: Registry, name: str, *, active: bool, limit: int = 10) -> Client:
+    c = Client(
+        name,
+        listener="default",
+        remote="x",
+        transport="tcp",
+        queue_limit=limit,
+        scope=trio.CancelScope(),
+    )
+    if active:
+        c.last_active = time.monotonic()
+    registry.add_client(c)
+    return c
+
+
+async def test_dispatch_waits_for_a_serving_upstream() -> None:
+    registry, (up,) = setup(1)
+    done = trio.Event()
+
+    async def reader() -> None:
+        await registry.dispatch([request(1), request(2)])
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not done.is_set()
+        registry.set_upstream_state(up, UpstreamState.SERVING)
+    assert payloads(up.outbox.take_nowait()) == [1, 2]
+
+
+async def test_dispatch_round_robins_over_serving_upstreams_only() -> None:
+    registry, (a, b, c) = setup(3)
+    registry.set_upstream_state(a, UpstreamState.SERVING)
+    registry.set_upstream_state(c, UpstreamState.SERVING)
+    await registry.dispatch([request(i) for i in range(6)])
+    assert payloads(a.outbox.take_nowait()) == [0, 2, 4]
+    assert payloads(c.outbox.take_nowait()) == [1, 3, 5]
+    assert len(b.outbox) == 0
+
+
+async def test_failover_moves_queued_messages_to_another_upstream() -> None:
+    registry, (a, b) = setup(2)
+    registry.set_upstream_state(a, UpstreamState.SERVING)
+    registry.set_upstream_state(b, UpstreamState.SERVING)
+    await registry.dispatch([request(i) for i in range(6)])
+    registry.set_upstream_state(a, UpstreamState.UNHEALTHY, reason="test")
+    assert len(a.outbox) == 0
+    assert sorted(payloads(b.outbox.take_nowait())) == list(range(6))
+
+
+async def test_failover_with_no_other_upstream_keeps_messages_for_the_next_one() -> None:
+    registry, (a, b) = setup(2)
+    registry.set_upstream_state(a, UpstreamState.SERVING)
+    await registry.dispatch([request(i) for i in range(4)])
+    registry.set_upstream_state(a, UpstreamState.UNHEALTHY, reason="test")
+    assert registry.statistics().awaiting_upstream == 4
+    registry.set_upstream_state(b, UpstreamState.SERVING)
+    assert payloads(b.outbox.take_nowait()) == [0, 1, 2, 3]
+
+
+async def test_blocked_reader_moves_on_when_its_upstream_fails() -> None:
+    registry, (a, b) = setup(2, queue=1)
+    registry.set_upstream_state(a, UpstreamState.SERVING)
+    await registry.dispatch([request(0)])  # a's outbox is now full
+    done = trio.Event()
+
+    async def reader() -> None:
+        await registry.dispatch([request(1)])
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not done.is_set()  # backpressure
+        registry.set_upstream_state(b, UpstreamState.SERVING)
+        registry.set_upstream_state(a, UpstreamState.UNHEALTHY, reason="test")
+        await trio.testing.wait_all_tasks_blocked()
+        # a's queued message failed over to b, which is now full in turn
+        assert not done.is_set()
+        assert payloads(b.outbox.take_nowait()) == [0]
+    assert payloads(b.outbox.take_nowait()) == [1]
+
+
+def test_deliver_routes_by_uuid_and_counts_unknown() -> None:
+    registry, _ = setup(0)
+    a = client(registry, "a", active=True)
+    b = client(registry, "b", active=False)
+    registry.deliver(
+        [
+            pb.OutputStreamRequest(client_uuid="a", payload=b"for a"),
+            pb.OutputStreamRequest(client_uuid="nobody", payload=b"lost"),
+            pb.OutputStreamRequest(payload=b"no target"),
+        ]
+    )
+    assert a.queued == 1
+    assert b.queued == 0
+    stats = registry.statistics()
+    assert (stats.unknown_client, stats.invalid_target, stats.messages_to_clients) == (1, 1, 1)
+
+
+def test_broadcast_selects_by_activity() -> None:
+    registry, _ = setup(0)
+    a = client(registry, "a", active=True)
+    b = client(registry, "b", active=False)
+    Broadcast = pb.OutputStreamRequest
+    registry.deliver([pb.OutputStreamRequest(broadcast=Broadcast.BROADCAST_ACTIVE, payload=b"1")])
+    assert (a.queued, b.queued) == (1, 0)
+    registry.deliver(
+        [pb.OutputStreamRequest(broadcast=Broadcast.BROADCAST_NOT_ACTIVE, payload=b"2")]
+    )
+    assert (a.queued, b.queued) == (1, 1)
+    registry.deliver([pb.OutputStreamRequest(broadcast=Broadcast.BROADCAST_ALL, payload=b"3")])
+    assert (a.queued, b.queued) == (2, 2)
+
+
+def test_a_client_whose_queue_is_full_is_disconnected_not_waited_for() -> None:
+    registry, _ = setup(0)
+    slow = client(registry, "slow", active=True, limit=2)
+    fast = client(registry, "fast", active=True, limit=10)
+    for _ in range(3):
+        registry.broadcast("all", b"x")
+    assert slow.close_reason is not None
+    assert "slow client" in slow.close_reason
+    assert slow._scope.cancel_called
+    assert fast.queued == 3
