@@ -1,0 +1,1 @@
+"""Scripted test upstreams: the same behaviour on grpclib and on grpcio."""

@@ -1,0 +1,122 @@
+"""A scripted test upstream on grpcio (``grpc.aio``), using the upb classes of pmlb._proto.
+
+Run: ``python tests/upstreams/grpcio_upstream.py --name A [--host H] [--port P] [--not-ready]``
+
+The same behaviour and command line as ``grpclib_upstream.py``, on a gRPC
+implementation pmlb did not write: it prints ``LISTENING <port>`` once bound,
+``ready`` answers false while started with ``--not-ready``, until SIGUSR1, and
+SIGTERM or SIGINT stops it with exit code 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from pmlb._proto import upstream_pb2 as pb2
+from tests.upstreams.script import Reply, respond, rfc3339_now
+
+SERVICE = "upstream.grpc.service.UpstreamPeerService"
+BROADCASTS = {
+    "all": pb2.OutputStreamRequest.BROADCAST_ALL,
+    "active": pb2.OutputStreamRequest.BROADCAST_ACTIVE,
+    "inactive": pb2.OutputStreamRequest.BROADCAST_NOT_ACTIVE,
+}
+
+
+def to_message(reply: Reply) -> pb2.OutputStreamRequest:
+    if reply.broadcast is not None:
+        return pb2.OutputStreamRequest(
+            time=rfc3339_now(), broadcast=BROADCASTS[reply.broadcast], payload=reply.payload
+        )
+    return pb2.OutputStreamRequest(
+        time=rfc3339_now(), client_uuid=reply.client_uuid, payload=reply.payload
+    )
+
+
+class ScriptedUpstream:
+    def __init__(self, name: str, *, ready: bool) -> None:
+        self.name = name
+        self.is_ready = ready
+
+    async def bidirectional_streaming(
+        self, requests: AsyncIterator[pb2.InputStreamRequest], context: Any
+    ) -> AsyncIterator[pb2.OutputStreamRequest]:
+        async for request in requests:
+            for reply in respond(self.name, request.client_uuid, request.payload):
+                yield to_message(reply)
+
+    async def ready(self, request: empty_pb2.Empty, context: Any) -> pb2.ReadyResult:
+        return pb2.ReadyResult(time=rfc3339_now(), ready=self.is_ready)
+
+    async def live(
+        self, pings: AsyncIterator[empty_pb2.Empty], context: Any
+    ) -> AsyncIterator[pb2.LiveResult]:
+        async for _ping in pings:
+            yield pb2.LiveResult(time=rfc3339_now(), live=True)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "bidirectionalStreaming": grpc.stream_stream_rpc_method_handler(
+                    self.bidirectional_streaming,
+                    request_deserializer=pb2.InputStreamRequest.FromString,
+                    response_serializer=pb2.OutputStreamRequest.SerializeToString,
+                ),
+                "ready": grpc.unary_unary_rpc_method_handler(
+                    self.ready,
+                    request_deserializer=empty_pb2.Empty.FromString,
+                    response_serializer=pb2.ReadyResult.SerializeToString,
+                ),
+                "live": grpc.stream_stream_rpc_method_handler(
+                    self.live,
+                    request_deserializer=empty_pb2.Empty.FromString,
+                    response_serializer=pb2.LiveResult.SerializeToString,
+                ),
+            },
+        )
+
+
+async def serve(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    service = ScriptedUpstream(args.name, ready=not args.not_ready)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, setattr, service, "is_ready", True)
+
+    # Without SO_REUSEPORT, a port already in use is an error instead of a shared port.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((service.handler(),))
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    port = server.add_insecure_port(f"{host}:{args.port}")
+    if not port:
+        sys.exit(f"cannot bind {host}:{args.port}")
+    await server.start()
+    print(f"LISTENING {port}", flush=True)
+    await stop.wait()
+    await server.stop(grace=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--not-ready", action="store_true")
+    asyncio.run(serve(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""What the scripted test upstreams answer: a pure function shared by both servers.
+
+Commands (the payload decoded as UTF-8, one trailing ``\\r`` ignored):
+
+- ``whoami``: one reply to the sender, its own UUID.
+- ``to <uuid> <text>``: one reply to ``<uuid>`` with ``<text>``.
+- ``bcast <all|active|inactive> <text>``: one broadcast of ``<text>``.
+- ``silent`` or ``silent ...``: no reply.
+- anything else: echo to the sender as ``<name>:`` + the original payload bytes.
+
+``<text>`` is taken from the payload bytes, so it is forwarded byte for byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+BROADCAST_TARGETS = frozenset({"all", "active", "inactive"})
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One message an upstream sends back: to one client, or a broadcast."""
+
+    client_uuid: str | None
+    broadcast: str | None
+    payload: bytes
+
+    def __post_init__(self) -> None:
+        if (self.client_uuid is None) == (self.broadcast is None):
+            raise ValueError("set exactly one of client_uuid and broadcast")
+        if self.broadcast is not None and self.broadcast not in BROADCAST_TARGETS:
+            raise ValueError(f"unknown broadcast target {self.broadcast!r}")
+
+
+def respond(name: str, client_uuid: str, payload: bytes) -> list[Reply]:
+    """The replies the upstream called ``name`` sends for one client message."""
+    line = payload.removesuffix(b"\r")
+    words = line.split(b" ", 2)
+    command = words[0].decode("utf-8", errors="replace")
+    if line == b"whoami":
+        return [Reply(client_uuid, None, client_uuid.encode())]
+    if command == "to" and len(words) == 3 and words[1]:
+        return [Reply(words[1].decode("utf-8", errors="replace"), None, words[2])]
+    if command == "bcast" and len(words) == 3:
+        target = words[1].decode("utf-8", errors="replace")
+        if target in BROADCAST_TARGETS:
+            return [Reply(None, target, words[2])]
+    if command == "silent":
+        return []
+    return [Reply(client_uuid, None, name.encode() + b":" + payload)]
+
+
+def rfc3339_now() -> str:
+    """The current time as an RFC 3339 UTC timestamp, e.g. ``2025-01-31T12:00:00.5Z``."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
