@@ -45,7 +45,18 @@ _LAZY = {
     "serve": "pmlb.server",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ListenError",
+    "ListenerConfig",
+    "Registry",
+    "Server",
+    "UpstreamConfig",
+    "load_config",
+    "parse_config",
+    "serve",
+]
 
 
 def __getattr__(name: str) -> Any:

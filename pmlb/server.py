@@ -8,8 +8,8 @@ import attrs
 import trio
 import trio_asyncio
 
-from pmlb.config import Config, UpstreamConfig
-from pmlb.downstream.tcp import serve_tcp_listener
+from pmlb.config import Config, ListenerConfig, UpstreamConfig
+from pmlb.downstream.tcp import open_listeners, serve_tcp_listener
 from pmlb.registry import Registry
 from pmlb.upstream.grpclib_transport import GrpclibTransport
 from pmlb.upstream.supervisor import supervise
@@ -58,20 +58,32 @@ async def serve(
     """
     registry = Registry(config)
     stop = trio.Event()
-    async with trio_asyncio.open_loop(), trio.open_nursery() as upstreams:
-        for upstream_config in config.upstreams:
-            upstream = registry.add_upstream(upstream_config)
-            upstreams.start_soon(supervise, upstream, registry, _grpclib_transport)
-        async with trio.open_nursery() as downstream:
-            addresses = {}
-            for listener in config.listeners:
-                addresses[listener.name] = await downstream.start(
-                    serve_tcp_listener, listener, registry
-                )
-            task_status.started(Server(registry, addresses, stop=stop))
-            await stop.wait()
-            log.info("stopping: closing listeners and clients")
-            downstream.cancel_scope.cancel()
-        log.info("stopping: closing upstream streams")
-        upstreams.cancel_scope.cancel()
+    # Bind every listener before starting anything, so that a taken port
+    # fails at once with a plain ListenError.
+    bound: list[tuple[ListenerConfig, list[trio.SocketListener]]] = []
+    try:
+        for listener in config.listeners:
+            bound.append((listener, await open_listeners(listener)))
+        async with trio_asyncio.open_loop(), trio.open_nursery() as upstreams:
+            for upstream_config in config.upstreams:
+                upstream = registry.add_upstream(upstream_config)
+                upstreams.start_soon(supervise, upstream, registry, _grpclib_transport)
+            async with trio.open_nursery() as downstream:
+                addresses = {}
+                for listener, sockets in bound:
+                    addresses[listener.name] = await downstream.start(
+                        serve_tcp_listener, listener, sockets, registry
+                    )
+                task_status.started(Server(registry, addresses, stop=stop))
+                await stop.wait()
+                log.info("stopping: closing listeners and clients")
+                downstream.cancel_scope.cancel()
+            log.info("stopping: closing upstream streams")
+            upstreams.cancel_scope.cancel()
+    finally:
+        # serve_listeners closes its listeners; these are for the paths
+        # where it never ran.
+        for _, sockets in bound:
+            for socket_listener in sockets:
+                await trio.aclose_forcefully(socket_listener)
     log.info("stopped")

@@ -28,23 +28,28 @@ def format_address(sockname: tuple[str, int] | tuple[str, int, int, int]) -> str
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def serve_tcp_listener(
-    config: ListenerConfig,
-    registry: Registry,
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Accept clients on ``config``'s address until cancelled.
-
-    Reports the bound addresses (``host:port``; the real port when the config
-    says 0) through ``task_status`` once accepting.
-    """
+async def open_listeners(config: ListenerConfig) -> list[trio.SocketListener]:
+    """Bind ``config``'s address; :class:`ListenError` if it cannot."""
     try:
-        listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+        return await trio.open_tcp_listeners(config.port, host=config.host)
     except OSError as exc:
         raise ListenError(
             f"listener {config.name!r} cannot listen on {config.address}: {exc.strerror or exc}"
         ) from None
+
+
+async def serve_tcp_listener(
+    config: ListenerConfig,
+    listeners: list[trio.SocketListener],
+    registry: Registry,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept clients on ``listeners`` until cancelled.
+
+    Reports the bound addresses (``host:port``, with the real port when the
+    config said 0) through ``task_status`` once accepting.
+    """
     addresses = [format_address(listener.socket.getsockname()) for listener in listeners]
     for address in addresses:
         log.info("listening", extra={"listener": config.name, "address": address})

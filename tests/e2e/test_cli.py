@@ -1,0 +1,104 @@
+"""The pmlb command line, run as a real process."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Processes, upstream_arg, wait_serving
+
+pytestmark = pytest.mark.e2e
+
+ORIGINAL = """\
+[server]
+host = "0.0.0.0"
+port = 7999
+[[upstream]]
+host = "127.0.0.1"
+port = 45888
+alive_timeout = 30
+ready_timeout = 5
+[management_server]
+host = "0.0.0.0"
+port = 8000
+[management_server.tls]
+cert_path = ""
+key_path = ""
+"""
+
+
+def pmlb_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pmlb", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_config_prints_the_effective_config_of_the_original_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(ORIGINAL)
+    result = pmlb_cli("check-config", str(path), "--port", "8999")
+    assert result.returncode == 0, result.stderr
+    assert 'host = "0.0.0.0"' in result.stdout
+    assert "port = 8999" in result.stdout  # the flag overrides the file
+    assert "port = 45888" in result.stdout
+    assert "alive_timeout = 30" in result.stdout
+
+
+def test_check_config_reports_every_problem_with_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[server]\nport = "x"\ncolour = "red"\n[[upstream]]\nhost = "h"\n')
+    result = pmlb_cli("check-config", str(path))
+    assert result.returncode == 2
+    assert f"{path}: server.port: must be an integer" in result.stderr
+    assert f"{path}: server.colour: unknown key" in result.stderr
+    assert f"{path}: upstream[0].port: required" in result.stderr
+    assert result.stdout == ""
+
+
+def test_serve_with_a_bad_flag_value_exits_2() -> None:
+    result = pmlb_cli("serve", "--upstream", "nonsense")
+    assert result.returncode == 2
+    assert "--upstream" in result.stderr
+
+
+def test_serve_on_a_taken_port_exits_1_with_a_clear_message() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = pmlb_cli("serve", "--host", "127.0.0.1", "--port", str(port))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_signal_stops_gracefully_with_exit_0(procs: Processes, signum: int) -> None:
+    _, up_port = await procs.upstream("A")
+    pmlb, port = await procs.pmlb("--framing", "line", *upstream_arg(up_port))
+    await wait_serving(pmlb, up_port)
+    client = await procs.client(port)
+    await client.whoami()
+    pmlb.signal(signum)
+    assert await pmlb.wait() == 0
+    assert await client.expect_closed() == b""
+    await pmlb.wait_for("stopping: closing listeners and clients")
+    await pmlb.wait_for("stopping: closing upstream streams")
+
+
+async def test_demo_answers_a_client_at_once(procs: Processes) -> None:
+    demo = await procs.start("pmlb demo", [sys.executable, "-m", "pmlb", "demo", "--port", "0"])
+    port = int(
+        (await demo.wait_for(r"listening listener=default address=127\.0\.0\.1:(\d+)")).group(1)
+    )
+    await demo.wait_for("upstream serving")
+    client = await procs.client(port)
+    await client.stream.send_all(b"hello pmlb\n")
+    assert await client.recv() == "hello pmlb"
+    demo.signal(signal.SIGINT)
+    assert await demo.wait() == 0

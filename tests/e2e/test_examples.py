@@ -1,0 +1,70 @@
+"""The example upstreams and the embedding example, run as their README says."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.helpers import ROOT, Processes, free_low_port, upstream_arg, wait_serving
+
+pytestmark = pytest.mark.e2e
+
+EXAMPLES = ROOT / "examples"
+
+
+async def example_upstream(procs: Processes, name: str) -> int:
+    port = free_low_port()
+    proc = await procs.start(name, [sys.executable, str(EXAMPLES / name), "--port", str(port)])
+    await proc.wait_for(rf"listening on 127\.0\.0\.1:{port}")
+    return port
+
+
+async def test_echo_upstream_example(procs: Processes) -> None:
+    up_port = await example_upstream(procs, "echo_upstream.py")
+    pmlb, port = await procs.pmlb("--framing", "line", *upstream_arg(up_port))
+    await wait_serving(pmlb, up_port)
+    client = await procs.client(port)
+    await client.send("hello", "again")
+    assert await client.recv_many(2) == ["hello", "again"]
+
+
+async def test_chat_upstream_example_broadcasts_to_everyone(procs: Processes) -> None:
+    up_port = await example_upstream(procs, "chat_upstream.py")
+    pmlb, port = await procs.pmlb("--framing", "line", *upstream_arg(up_port))
+    await wait_serving(pmlb, up_port)
+    alice, bob = await procs.client(port), await procs.client(port)
+    await alice.send("/nick alice")
+    assert (await alice.recv()).endswith("is now alice")
+    assert (await bob.recv()).endswith("is now alice")
+    await alice.send("hi bob")
+    assert await alice.recv() == "alice: hi bob"
+    assert await bob.recv() == "alice: hi bob"
+
+
+async def test_embedding_example_broadcasts_ticks(procs: Processes) -> None:
+    up_port = await example_upstream(procs, "echo_upstream.py")
+    port = free_low_port()
+    embed = await procs.start(
+        "embed",
+        [
+            sys.executable,
+            str(EXAMPLES / "embed.py"),
+            "--port",
+            str(port),
+            "--upstream",
+            f"127.0.0.1:{up_port}",
+            "--ticks",
+            "3",
+        ],
+    )
+    await embed.wait_for(rf"clients connect to 127\.0\.0\.1:{port}")
+    client = await procs.client(port)
+    await client.send("ping")
+    # The echo and the ticks come in whatever order the clock makes them.
+    lines = [await client.recv()]
+    while "ping" not in lines or len(lines) < 2:
+        lines.append(await client.recv())
+    assert lines.count("ping") == 1
+    assert all(line.startswith("tick ") for line in lines if line != "ping")
+    assert await embed.wait() == 0
