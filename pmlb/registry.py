@@ -131,16 +131,18 @@ class Registry:
             self._serving = [*self._serving, upstream]
             self._serving_changed.unpark_all()
             log.info("upstream serving", extra=fields)
-        elif previous is UpstreamState.SERVING:
+            return
+        if previous is UpstreamState.SERVING:
             self._serving = [u for u in self._serving if u is not upstream]
             upstream.outbox.close()
             moved = upstream.outbox.take_nowait()
             self._redispatch(moved)
             fields["requeued"] = len(moved)
-            log.warning("upstream stopped serving", extra=fields)
-        elif state is UpstreamState.REMOVED:
+        if state is UpstreamState.REMOVED:
             self.upstreams.pop(upstream.address, None)
             log.info("upstream removed", extra=fields)
+        elif previous is UpstreamState.SERVING:
+            log.warning("upstream stopped serving", extra=fields)
         else:
             log.debug("upstream state", extra=fields)
 
