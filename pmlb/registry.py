@@ -60,6 +60,7 @@ class Registry:
         # policy's indexes point into this list.
         self._serving: list[Upstream] = []
         self._serving_changed = trio.lowlevel.ParkingLot()
+        self._state_changed = trio.lowlevel.ParkingLot()
         # Accepted messages whose upstream failed while no other one served:
         # they go first to the next upstream that serves.
         self._orphans: deque[pb.InputStreamRequest] = deque()
@@ -121,6 +122,7 @@ class Registry:
         previous, upstream.state = upstream.state, state
         if state is previous:
             return
+        self._state_changed.unpark_all()
         fields: dict[str, object] = {"upstream": upstream.address, "state": str(state)}
         if reason:
             fields["reason"] = reason
@@ -145,6 +147,16 @@ class Registry:
             log.warning("upstream stopped serving", extra=fields)
         else:
             log.debug("upstream state", extra=fields)
+
+    async def wait_upstream_state(self, address: str, state: UpstreamState) -> None:
+        """Return once the upstream at ``address`` is in ``state`` (``removed``: gone)."""
+        while True:
+            upstream = self.upstreams.get(address)
+            if upstream is None and state is UpstreamState.REMOVED:
+                return
+            if upstream is not None and upstream.state is state:
+                return
+            await self._state_changed.park()
 
     def _redispatch(self, requests: list[pb.InputStreamRequest]) -> None:
         # Failover: these were accepted already, so they bypass the outboxes'

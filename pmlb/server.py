@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -12,14 +13,10 @@ from pmlb.config import Config, ListenerConfig, UpstreamConfig
 from pmlb.downstream.tcp import open_listeners, serve_tcp_listener
 from pmlb.registry import Registry
 from pmlb.upstream.grpclib_transport import GrpclibTransport
-from pmlb.upstream.supervisor import supervise
+from pmlb.upstream.supervisor import Upstream, supervise
 from pmlb.upstream.transport import Transport
 
 log = logging.getLogger("pmlb.server")
-
-
-def _grpclib_transport(config: UpstreamConfig) -> Transport:
-    return GrpclibTransport(config.host, config.port)
 
 
 @attrs.define(eq=False)
@@ -30,6 +27,27 @@ class Server:
     #: bound addresses (``host:port``) by listener name
     listeners: dict[str, list[str]]
     _stop: trio.Event = attrs.field(alias="stop")
+    _upstream_nursery: trio.Nursery = attrs.field(alias="upstream_nursery")
+    _transport_factory: Callable[[UpstreamConfig], Transport] = attrs.field(
+        alias="transport_factory"
+    )
+
+    def add_upstream(self, config: UpstreamConfig) -> Upstream:
+        """Start supervising a new upstream; ``ValueError`` if its address is taken."""
+        upstream = self.registry.add_upstream(config)
+        self._upstream_nursery.start_soon(
+            supervise, upstream, self.registry, self._transport_factory
+        )
+        return upstream
+
+    async def remove_upstream(self, address: str) -> None:
+        """Stop and remove the upstream at ``address``; its queued messages fail over.
+
+        ``KeyError`` if there is no such upstream.
+        """
+        upstream = self.registry.upstreams[address]
+        upstream.cancel_scope.cancel()
+        await upstream.removed.wait()
 
     def stop(self) -> None:
         """Stop gracefully: stop accepting, close clients, then close upstream streams."""
@@ -64,17 +82,29 @@ async def serve(
     try:
         for listener in config.listeners:
             bound.append((listener, await open_listeners(listener)))
-        async with trio_asyncio.open_loop(), trio.open_nursery() as upstreams:
+        async with trio_asyncio.open_loop() as loop, trio.open_nursery() as upstreams:
+
+            def transport_factory(upstream: UpstreamConfig) -> Transport:
+                return GrpclibTransport(upstream.host, upstream.port, loop)
+
             for upstream_config in config.upstreams:
                 upstream = registry.add_upstream(upstream_config)
-                upstreams.start_soon(supervise, upstream, registry, _grpclib_transport)
+                upstreams.start_soon(supervise, upstream, registry, transport_factory)
             async with trio.open_nursery() as downstream:
                 addresses = {}
                 for listener, sockets in bound:
                     addresses[listener.name] = await downstream.start(
                         serve_tcp_listener, listener, sockets, registry
                     )
-                task_status.started(Server(registry, addresses, stop=stop))
+                task_status.started(
+                    Server(
+                        registry,
+                        addresses,
+                        stop=stop,
+                        upstream_nursery=upstreams,
+                        transport_factory=transport_factory,
+                    )
+                )
                 await stop.wait()
                 log.info("stopping: closing listeners and clients")
                 downstream.cancel_scope.cancel()

@@ -75,3 +75,9 @@ def test_a_reply_has_exactly_one_valid_target(
 def test_time_is_rfc3339_utc() -> None:
     assert rfc3339_now().endswith("Z")
     assert "+" not in rfc3339_now()
+
+
+def test_time_answers_the_request_time_to_the_sender() -> None:
+    assert respond("A", "u1", b"time", "2026-01-02T03:04:05.000006Z") == [
+        Reply("u1", None, b"2026-01-02T03:04:05.000006Z")
+    ]

@@ -7,8 +7,8 @@ with ``aio_as_trio``. The stream writer takes whole batches from the outbox
 with a plain synchronous call and crosses back into Trio only to wait when the
 outbox is empty; replies are handed to Trio code by a synchronous callback.
 (Opening and closing grpclib streams from the Trio side instead was seen to
-hang at close.) The serving event loop comes from ``trio_asyncio.open_loop()``,
-which :func:`pmlb.serve` opens.
+hang at close.) The event loop comes from ``trio_asyncio.open_loop()``, which
+:func:`pmlb.serve` opens and hands to every transport.
 """
 
 from __future__ import annotations
@@ -56,9 +56,12 @@ def _describe(exc: BaseException) -> str:
 class GrpclibTransport:
     """One HTTP/2 connection to one upstream, made with grpclib."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, loop: trio_asyncio.TrioEventLoop) -> None:
         self._host = host
         self._port = port
+        # Explicit, not the loop of the current context: a supervisor started
+        # at runtime (Server.add_upstream) runs in its caller's context.
+        self._loop = loop
         # grpclib binds a Channel to the running asyncio loop, so it is made
         # lazily inside the first asyncio call.
         self._channel: grpclib.client.Channel | None = None
@@ -70,7 +73,7 @@ class GrpclibTransport:
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
-            return await trio_asyncio.aio_as_trio(fn)(*args)
+            return await trio_asyncio.aio_as_trio(fn, loop=self._loop)(*args)
         except UpstreamError:
             raise
         except _FAILURES as exc:
@@ -105,7 +108,7 @@ class GrpclibTransport:
             pb.OutputStreamRequest,
         ) as stream:
             await stream.send_request()
-            sender = asyncio.ensure_future(_send_loop(stream, outbox))
+            sender = asyncio.ensure_future(_send_loop(stream, outbox, self._loop))
             receiver = asyncio.ensure_future(_receive_loop(stream, deliver))
             try:
                 done, _ = await asyncio.wait(
@@ -159,7 +162,7 @@ class GrpclibTransport:
             return
         # Closing a broken connection may fail; it is closed all the same.
         with trio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await trio_asyncio.aio_as_trio(_close_channel)(channel)
+            await trio_asyncio.aio_as_trio(_close_channel, loop=self._loop)(channel)
 
 
 async def _close_channel(channel: grpclib.client.Channel) -> None:
@@ -169,8 +172,9 @@ async def _close_channel(channel: grpclib.client.Channel) -> None:
 async def _send_loop(
     stream: grpclib.client.Stream[pb.InputStreamRequest, pb.OutputStreamRequest],
     outbox: Outbox[pb.InputStreamRequest],
+    loop: trio_asyncio.TrioEventLoop,
 ) -> None:
-    wait_nonempty = trio_asyncio.trio_as_aio(outbox.wait_nonempty)
+    wait_nonempty = trio_asyncio.trio_as_aio(outbox.wait_nonempty, loop=loop)
     while True:
         batch = outbox.take_nowait()
         if not batch:

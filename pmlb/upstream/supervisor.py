@@ -59,6 +59,10 @@ class Upstream:
     #: time.time() of the last readiness and liveness answers
     ready_at: float | None = None
     alive_at: float | None = None
+    #: cancelling it removes the upstream (its supervisor ends)
+    cancel_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    #: set once the supervisor has ended and the upstream is removed
+    removed: trio.Event = attrs.Factory(trio.Event)
 
     @property
     def address(self) -> str:
@@ -88,36 +92,46 @@ async def supervise(
     registry: Registry,
     transport_factory: Callable[[UpstreamConfig], Transport],
 ) -> None:
-    """Keep ``upstream`` connected and serving until cancelled."""
+    """Keep ``upstream`` connected and serving until cancelled or removed."""
+    try:
+        with upstream.cancel_scope:
+            await _supervise(upstream, registry, transport_factory)
+    finally:
+        registry.set_upstream_state(upstream, UpstreamState.REMOVED)
+        upstream.removed.set()
+
+
+async def _supervise(
+    upstream: Upstream,
+    registry: Registry,
+    transport_factory: Callable[[UpstreamConfig], Transport],
+) -> None:
     config = upstream.config
     fields = {"upstream": config.address}
     backoff = Backoff()
-    try:
-        while True:
-            transport = transport_factory(config)
-            try:
-                registry.set_upstream_state(upstream, UpstreamState.CHECKING)
-                await _wait_ready(upstream, transport, backoff)
-                registry.set_upstream_state(upstream, UpstreamState.SERVING)
-                serving_since = trio.current_time()
-                reason = await _serve(upstream, transport, registry)
-                if trio.current_time() - serving_since >= STABLE_AFTER:
-                    backoff.reset()
-            except UpstreamError as exc:
-                reason = str(exc)
-            except Exception as exc:
-                # A bug must not take the proxy down with it: report it loudly
-                # and treat the upstream as failed, which loses nothing queued.
-                log.exception("internal error supervising upstream", extra=fields)
-                reason = f"internal error: {exc!r}"
-            finally:
-                await transport.aclose()
-            upstream.last_error = reason
-            registry.set_upstream_state(upstream, UpstreamState.UNHEALTHY, reason=reason)
-            await trio.sleep(backoff.next())
-            registry.set_upstream_state(upstream, UpstreamState.CONNECTING)
-    finally:
-        registry.set_upstream_state(upstream, UpstreamState.REMOVED)
+    while True:
+        transport = transport_factory(config)
+        try:
+            registry.set_upstream_state(upstream, UpstreamState.CHECKING)
+            await _wait_ready(upstream, transport, backoff)
+            registry.set_upstream_state(upstream, UpstreamState.SERVING)
+            serving_since = trio.current_time()
+            reason = await _serve(upstream, transport, registry)
+            if trio.current_time() - serving_since >= STABLE_AFTER:
+                backoff.reset()
+        except UpstreamError as exc:
+            reason = str(exc)
+        except Exception as exc:
+            # A bug must not take the proxy down with it: report it loudly
+            # and treat the upstream as failed, which loses nothing queued.
+            log.exception("internal error supervising upstream", extra=fields)
+            reason = f"internal error: {exc!r}"
+        finally:
+            await transport.aclose()
+        upstream.last_error = reason
+        registry.set_upstream_state(upstream, UpstreamState.UNHEALTHY, reason=reason)
+        await trio.sleep(backoff.next())
+        registry.set_upstream_state(upstream, UpstreamState.CONNECTING)
 
 
 async def _wait_ready(upstream: Upstream, transport: Transport, backoff: Backoff) -> None:

@@ -6,11 +6,15 @@ a test must restart an upstream on the same port.
 
 from __future__ import annotations
 
+import re
 import signal
+import struct
 import uuid
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import trio
 
 from tests.helpers import Processes, free_low_port, upstream_arg, wait_serving
 
@@ -46,6 +50,33 @@ async def test_echo_round_trip_keeps_payload_and_order(procs: Processes, kind: s
     messages = [f"message {i} \u00e9\u00e8 \t end" for i in range(200)]
     await client.send(*messages)
     assert await client.recv_many(len(messages)) == [f"A:{m}" for m in messages]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_each_request_carries_an_rfc3339_utc_time(procs: Processes, kind: str) -> None:
+    port, _ = await pmlb_with_upstream(procs, kind)
+    client = await procs.client(port)
+    before = datetime.now(UTC)
+    await client.send("time")
+    stamp = await client.recv()
+    after = datetime.now(UTC)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp), stamp
+    assert before - timedelta(seconds=1) <= datetime.fromisoformat(stamp) <= after
+
+
+async def test_length_prefixed_framing_end_to_end(procs: Processes) -> None:
+    _, up_port = await procs.upstream("A")
+    pmlb, port = await procs.pmlb("--framing", "length", *upstream_arg(up_port))
+    await wait_serving(pmlb, up_port)
+    client = await procs.client(port)
+    messages = [b"one", b"", b"line\nbreaks\nkept", bytes(range(256))]
+    await client.stream.send_all(b"".join(struct.pack(">I", len(m)) + m for m in messages))
+    received = b""
+    expected = b"".join(struct.pack(">I", len(m) + 2) + b"A:" + m for m in messages)
+    with trio.fail_after(30):
+        while len(received) < len(expected):
+            received += await client.stream.receive_some(65536)
+    assert received == expected
 
 
 @pytest.mark.parametrize("kind", KINDS)

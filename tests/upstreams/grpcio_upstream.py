@@ -53,7 +53,7 @@ class ScriptedUpstream:
         self, requests: AsyncIterator[pb2.InputStreamRequest], context: Any
     ) -> AsyncIterator[pb2.OutputStreamRequest]:
         async for request in requests:
-            for reply in respond(self.name, request.client_uuid, request.payload):
+            for reply in respond(self.name, request.client_uuid, request.payload, request.time):
                 yield to_message(reply)
 
     async def ready(self, request: empty_pb2.Empty, context: Any) -> pb2.ReadyResult:

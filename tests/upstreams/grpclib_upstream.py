@@ -58,7 +58,7 @@ class ScriptedUpstream(UpstreamPeerServiceBase):
         self, input_stream_request_iterator: AsyncIterator[InputStreamRequest]
     ) -> AsyncIterator[OutputStreamRequest]:
         async for request in input_stream_request_iterator:
-            for reply in respond(self.name, request.client_uuid, request.payload):
+            for reply in respond(self.name, request.client_uuid, request.payload, request.time):
                 yield to_message(reply)
 
     async def ready(self, betterproto_lib_google_protobuf_empty: pb_lib.Empty) -> ReadyResult:

@@ -3,6 +3,7 @@
 Commands (the payload decoded as UTF-8, one trailing ``\\r`` ignored):
 
 - ``whoami``: one reply to the sender, its own UUID.
+- ``time``: one reply to the sender, the ``time`` field of its request.
 - ``to <uuid> <text>``: one reply to ``<uuid>`` with ``<text>``.
 - ``bcast <all|active|inactive> <text>``: one broadcast of ``<text>``.
 - ``silent`` or ``silent ...``: no reply.
@@ -34,9 +35,11 @@ class Reply:
             raise ValueError(f"unknown broadcast target {self.broadcast!r}")
 
 
-def respond(name: str, client_uuid: str, payload: bytes) -> list[Reply]:
+def respond(name: str, client_uuid: str, payload: bytes, time: str = "") -> list[Reply]:
     """The replies the upstream called ``name`` sends for one client message."""
     line = payload.removesuffix(b"\r")
+    if line == b"time":
+        return [Reply(client_uuid, None, time.encode())]
     words = line.split(b" ", 2)
     command = words[0].decode("utf-8", errors="replace")
     if line == b"whoami":
