@@ -113,7 +113,13 @@ class Processes:
         return proc
 
     async def upstream(
-        self, name: str, *, kind: str = "grpclib", port: int = 0, ready: bool = True
+        self,
+        name: str,
+        *,
+        kind: str = "grpclib",
+        port: int = 0,
+        ready: bool = True,
+        extra: Sequence[str] = (),
     ) -> tuple[Proc, int]:
         """A scripted test upstream (see tests/upstreams/script.py); returns it and its port."""
         args = [
@@ -126,6 +132,7 @@ class Processes:
         ]
         if not ready:
             args.append("--not-ready")
+        args += extra
         proc = await self.start(f"upstream {name} ({kind})", args)
         match = await proc.wait_for(r"^LISTENING (\d+)$")
         return proc, int(match.group(1))

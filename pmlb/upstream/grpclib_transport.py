@@ -25,6 +25,7 @@ import h2.exceptions
 import trio
 import trio_asyncio
 from google.protobuf import empty_pb2
+from google.protobuf.message import DecodeError
 
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.upstream.outbox import Outbox
@@ -42,6 +43,7 @@ _FAILURES = (
     grpclib.exceptions.StreamTerminatedError,
     grpclib.exceptions.ProtocolError,
     h2.exceptions.ProtocolError,
+    DecodeError,
 )
 
 
@@ -50,6 +52,8 @@ def _describe(exc: BaseException) -> str:
         return f"gRPC status {exc.status.name}: {exc.message}"
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
+    if isinstance(exc, DecodeError):
+        return f"malformed message from the upstream: {exc}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Processes, wait_serving
+from tests.helpers import Processes, upstream_arg, wait_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -52,3 +52,31 @@ async def test_frozen_upstream_is_dropped_by_liveness_and_rejoins(
     await wait_serving(pmlb, b_port, after=mark)
     await client.send(*(f"n{i}" for i in range(10)))
     assert Counter(r.split(":")[0] for r in await client.recv_many(10)) == {"A": 5, "B": 5}
+
+
+async def test_upstream_sending_malformed_messages_is_dropped_and_others_carry_on(
+    procs: Processes,
+) -> None:
+    _, good_port = await procs.upstream("A")
+    bad, bad_port = await procs.upstream("B", kind="grpcio", extra=["--malformed"])
+    pmlb, port = await procs.pmlb(
+        "--framing", "line", *upstream_arg(good_port), *upstream_arg(bad_port)
+    )
+    await wait_serving(pmlb, good_port)
+    await wait_serving(pmlb, bad_port)
+    client = await procs.client(port)
+    await client.send("m0", "m1")  # round robin: m1 goes to the bad upstream
+    await pmlb.wait_for(
+        rf"upstream stopped serving upstream=127\.0\.0\.1:{bad_port} .*malformed message"
+    )
+    # m0 came back from A; pmlb is still up and serves through A. (B is
+    # stopped so that it cannot rejoin after its backoff and take messages.)
+    assert await client.recv() == "A:m0"
+    mark = pmlb.mark()
+    bad.signal(signal.SIGKILL)
+    await bad.wait()
+    await pmlb.wait_for(rf"upstream not ready upstream=127\.0\.0\.1:{bad_port} ", after=mark)
+    await client.send(*(f"n{i}" for i in range(10)))
+    replies = await client.recv_many(10)
+    assert replies == [f"A:n{i}" for i in range(10)]
+    assert pmlb.count("internal error") == 0

@@ -44,15 +44,24 @@ def to_message(reply: Reply) -> pb2.OutputStreamRequest:
     )
 
 
+def _serialize_output(message: pb2.OutputStreamRequest | bytes) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
 class ScriptedUpstream:
-    def __init__(self, name: str, *, ready: bool) -> None:
+    def __init__(self, name: str, *, ready: bool, malformed: bool = False) -> None:
         self.name = name
         self.is_ready = ready
+        self.malformed = malformed
 
     async def bidirectional_streaming(
         self, requests: AsyncIterator[pb2.InputStreamRequest], context: Any
     ) -> AsyncIterator[pb2.OutputStreamRequest]:
         async for request in requests:
+            if self.malformed:
+                # field 1, length 5, but 2 bytes follow: not valid protobuf
+                yield b"\x0a\x05ab"  # type: ignore[misc]
+                continue
             for reply in respond(self.name, request.client_uuid, request.payload, request.time):
                 yield to_message(reply)
 
@@ -72,7 +81,7 @@ class ScriptedUpstream:
                 "bidirectionalStreaming": grpc.stream_stream_rpc_method_handler(
                     self.bidirectional_streaming,
                     request_deserializer=pb2.InputStreamRequest.FromString,
-                    response_serializer=pb2.OutputStreamRequest.SerializeToString,
+                    response_serializer=_serialize_output,
                 ),
                 "ready": grpc.unary_unary_rpc_method_handler(
                     self.ready,
@@ -90,7 +99,7 @@ class ScriptedUpstream:
 
 async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    service = ScriptedUpstream(args.name, ready=not args.not_ready)
+    service = ScriptedUpstream(args.name, ready=not args.not_ready, malformed=args.malformed)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -115,6 +124,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--not-ready", action="store_true")
+    parser.add_argument(
+        "--malformed", action="store_true", help="answer stream messages with invalid protobuf"
+    )
     asyncio.run(serve(parser.parse_args()))
 
 
