@@ -169,7 +169,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _run(config)
     finally:
         upstream.terminate()
-        upstream.wait(timeout=DEMO_UPSTREAM_STOP_TIMEOUT)
+        try:
+            upstream.wait(timeout=DEMO_UPSTREAM_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            upstream.kill()
+            upstream.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -11,25 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import Processes, upstream_arg, wait_serving
+from tests.test_config import ORIGINAL
 
 pytestmark = pytest.mark.e2e
-
-ORIGINAL = """\
-[server]
-host = "0.0.0.0"
-port = 7999
-[[upstream]]
-host = "127.0.0.1"
-port = 45888
-alive_timeout = 30
-ready_timeout = 5
-[management_server]
-host = "0.0.0.0"
-port = 8000
-[management_server.tls]
-cert_path = ""
-key_path = ""
-"""
 
 
 def pmlb_cli(*args: str) -> subprocess.CompletedProcess[str]:
