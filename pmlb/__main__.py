@@ -145,7 +145,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     _log.configure(args.log_level)
     upstream = subprocess.Popen(
-        [sys.executable, "-m", "pmlb.demo_upstream", "--port", "0"],
+        [sys.executable, "-m", "pmlb.demo_upstream", "--port", "0", "--exit-with-stdin"],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )

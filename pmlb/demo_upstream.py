@@ -5,15 +5,19 @@ than betterproto so that the demo measures pmlb, not the upstream. For an
 example to copy when writing an upstream, see ``examples/`` instead.
 
 Run: ``python -m pmlb.demo_upstream [--host 127.0.0.1] [--port 45888]``; it
-prints ``LISTENING <port>`` once bound (port 0 picks a free one).
+prints ``LISTENING <port>`` once bound (port 0 picks a free one). With
+``--exit-with-stdin`` it also stops when its standard input closes, which is
+how it follows ``pmlb demo`` however that process ends.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import socket
+import sys
 from typing import Any
 
 import grpclib.const
@@ -60,7 +64,7 @@ class EchoService:
         }
 
 
-async def run(host: str, port: int) -> None:
+async def run(host: str, port: int, exit_with_stdin: bool) -> None:
     # Bind the socket ourselves to learn the real port when asked for port 0.
     sock = socket.create_server((host, port), reuse_port=False)
     server = Server([EchoService()])
@@ -70,6 +74,16 @@ async def run(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    if exit_with_stdin:
+        # The parent holds the other end of this pipe; it closes when the
+        # parent exits, even by SIGKILL.
+        stdin = sys.stdin.fileno()
+
+        def on_stdin() -> None:
+            if not os.read(stdin, 1024):
+                stop.set()
+
+        loop.add_reader(stdin, on_stdin)
     await stop.wait()
     server.close()
     await server.wait_closed()
@@ -79,8 +93,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m pmlb.demo_upstream", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=45888)
+    parser.add_argument("--exit-with-stdin", action="store_true")
     args = parser.parse_args()
-    asyncio.run(run(args.host, args.port))
+    asyncio.run(run(args.host, args.port, args.exit_with_stdin))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ readiness line, a log event) or for bytes on a socket, each under a deadline.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import re
@@ -86,6 +87,15 @@ class Proc:
             return await self.process.wait()
 
 
+def _die_with_parent() -> None:
+    # Linux: SIGKILL this child when the test runner dies, even if pytest is
+    # killed before its fixtures can stop what it started.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+PR_SET_PDEATHSIG = 1
+
+
 class Processes:
     """Starts processes for one test and stops them (by PID) at its end."""
 
@@ -106,6 +116,7 @@ class Processes:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=_die_with_parent,
         )
         proc = Proc(name, process)
         self._procs.append(proc)

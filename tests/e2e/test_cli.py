@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
 
 from tests.helpers import Processes, upstream_arg, wait_serving
 from tests.test_config import ORIGINAL
@@ -86,3 +88,19 @@ async def test_demo_answers_a_client_at_once(procs: Processes) -> None:
     assert await client.recv() == "hello pmlb"
     demo.signal(signal.SIGINT)
     assert await demo.wait() == 0
+
+
+async def test_demo_upstream_follows_a_killed_demo(procs: Processes) -> None:
+    demo = await procs.start("pmlb demo", [sys.executable, "-m", "pmlb", "demo", "--port", "0"])
+    await demo.wait_for("upstream serving")
+    children = trio.Path(f"/proc/{demo.pid}/task/{demo.pid}/children")
+    [child] = (await children.read_text()).split()
+    # A pidfd turns readable when that process exits: no polling.
+    pidfd = os.pidfd_open(int(child))
+    try:
+        demo.signal(signal.SIGKILL)
+        await demo.wait()
+        with trio.fail_after(30):
+            await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
