@@ -114,7 +114,8 @@ _LOG_FORMATS: Final = ("text", "json")
 _MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
 
 
-def _address(host: str, port: int) -> str:
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -132,7 +133,7 @@ class ListenerConfig:
     @property
     def address(self) -> str:
         """``host:port``, with an IPv6 host in brackets."""
-        return _address(self.host, self.port)
+        return format_address(self.host, self.port)
 
 
 @attrs.frozen(kw_only=True)
@@ -148,7 +149,7 @@ class UpstreamConfig:
     @property
     def address(self) -> str:
         """``host:port``, with an IPv6 host in brackets."""
-        return _address(self.host, self.port)
+        return format_address(self.host, self.port)
 
 
 @attrs.frozen(kw_only=True)

@@ -12,7 +12,7 @@ import trio
 from pmlb._proto import upstream_pb2 as pb
 from pmlb._time import rfc3339_now
 from pmlb.codecs import FramingError, frame, make_decoder
-from pmlb.config import ListenerConfig
+from pmlb.config import ListenerConfig, format_address
 from pmlb.downstream.client import Client
 from pmlb.registry import Registry
 
@@ -21,11 +21,6 @@ log = logging.getLogger("pmlb.downstream")
 
 class ListenError(Exception):
     """A listener could not bind its address."""
-
-
-def format_address(sockname: tuple[str, int] | tuple[str, int, int, int]) -> str:
-    host, port = sockname[0], sockname[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def open_listeners(config: ListenerConfig) -> list[trio.SocketListener]:
@@ -50,7 +45,7 @@ async def serve_tcp_listener(
     Reports the bound addresses (``host:port``, with the real port when the
     config said 0) through ``task_status`` once accepting.
     """
-    addresses = [format_address(listener.socket.getsockname()) for listener in listeners]
+    addresses = [format_address(*listener.socket.getsockname()[:2]) for listener in listeners]
     for address in addresses:
         log.info("listening", extra={"listener": config.name, "address": address})
     # Bound and listening already: clients that connect before the accept
@@ -65,7 +60,7 @@ async def handle_connection(
 ) -> None:
     """Run one client: its reader and writer, in the connection's own nursery."""
     try:
-        remote = format_address(stream.socket.getpeername())
+        remote = format_address(*stream.socket.getpeername()[:2])
     except OSError:  # the peer is already gone
         await trio.aclose_forcefully(stream)
         return
