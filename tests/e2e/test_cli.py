@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 import trio
 
+from pmlb.config import format_address
 from tests.helpers import Processes, upstream_arg, wait_serving
 from tests.test_config import ORIGINAL
 
@@ -104,3 +107,18 @@ async def test_demo_upstream_follows_a_killed_demo(procs: Processes) -> None:
             await trio.lowlevel.wait_readable(pidfd)
     finally:
         os.close(pidfd)
+
+
+async def test_json_logs_are_one_object_per_line_with_fields(procs: Processes) -> None:
+    cmd = [sys.executable, "-m", "pmlb", "serve", "--host", "127.0.0.1", "--port", "0"]
+    pmlb = await procs.start("pmlb", [*cmd, "--log-format", "json"])
+    line = (await pmlb.wait_for(r'"msg": "listening"')).string
+    event = json.loads(line)
+    assert event["level"] == "info"
+    assert event["logger"] == "pmlb.downstream"
+    assert event["listener"] == "default"
+    port = int(event["address"].rsplit(":", 1)[1])
+    client = await procs.client(port)
+    connected = json.loads((await pmlb.wait_for(r'"msg": "client connected"')).string)
+    assert uuid.UUID(connected["client"]).version == 4
+    assert connected["peer"] == format_address(*client.stream.socket.getsockname()[:2])
