@@ -209,13 +209,13 @@ class Registry:
         return sent
 
     def select_clients(self, kind: str) -> Iterable[Client]:
+        if kind not in ("all", "active", "inactive"):
+            raise ValueError(f"broadcast kind must be all, active or inactive, got {kind!r}")
         clients = list(self.clients.values())
         if kind == "all":
             return clients
         now, window = time.monotonic(), self.config.activity_window
         want_active = kind == "active"
-        if kind not in ("active", "inactive"):
-            raise ValueError(f"broadcast kind must be all, active or inactive, got {kind!r}")
         return [c for c in clients if c.is_active(now, window) is want_active]
 
     # -- snapshots ------------------------------------------------------

@@ -24,6 +24,7 @@ from google.protobuf import empty_pb2
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pmlb._proto import upstream_pb2 as pb2
+from tests.upstreams import script
 from tests.upstreams.script import Reply, respond, rfc3339_now
 
 SERVICE = "upstream.grpc.service.UpstreamPeerService"
@@ -119,11 +120,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--not-ready", action="store_true")
+    parser = script.parser(__doc__.splitlines()[0])
     parser.add_argument(
         "--malformed", action="store_true", help="answer stream messages with invalid protobuf"
     )

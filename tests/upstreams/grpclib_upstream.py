@@ -30,6 +30,7 @@ from pmlb.contract import (
     ReadyResult,
     UpstreamPeerServiceBase,
 )
+from tests.upstreams import script
 from tests.upstreams.script import Reply, respond, rfc3339_now
 
 BROADCASTS = {
@@ -97,12 +98,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--not-ready", action="store_true")
-    asyncio.run(serve(parser.parse_args()))
+    asyncio.run(serve(script.parser(__doc__.splitlines()[0]).parse_args()))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Commands (the payload decoded as UTF-8, one trailing ``\\r`` ignored):
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -58,3 +59,13 @@ def respond(name: str, client_uuid: str, payload: bytes, time: str = "") -> list
 def rfc3339_now() -> str:
     """The current time as an RFC 3339 UTC timestamp, e.g. ``2025-01-31T12:00:00.5Z``."""
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The command line both scripted upstreams share."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--not-ready", action="store_true")
+    return parser
