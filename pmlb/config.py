@@ -43,8 +43,9 @@ An example using every table::
 
 ``[server]``
     ``host`` (default ``"127.0.0.1"``), ``port`` (default 7999), ``name`` (the
-    listener's name, default ``"default"``), ``transport`` (only ``"tcp"`` for
-    now), ``framing`` and ``max_message_size`` describe a listener. ``[server]``
+    listener's name, default ``"default"``), ``transport`` (``"tcp"``, the
+    default, or ``"websocket"``), ``framing`` and ``max_message_size`` describe
+    a listener. ``[server]``
     describes a listener when it sets ``host`` or ``port``, or when the file has
     no ``[[listener]]`` table; otherwise the ``[[listener]]`` tables are the only
     listeners, and setting ``name``, ``transport``, ``framing`` or
@@ -55,6 +56,16 @@ An example using every table::
     ``client_queue_size`` (messages queued towards one client before it counts
     as a slow client, default 1024) and ``upstream_queue_size`` (messages queued
     towards one upstream before pmlb stops reading from clients, default 4096).
+
+    A WebSocket listener ignores ``framing`` (each WebSocket message is one
+    message) and reads five more keys: ``path`` (the URL path clients connect
+    to, default ``"/"``; other paths get HTTP 404), ``websocket_reply``
+    (``"auto"``, the default: a reply goes out as text if it is valid UTF-8
+    and the client's last message was text, else binary; ``"text"``: text
+    whenever valid UTF-8; ``"binary"``: always binary), ``handshake_timeout``
+    (seconds, default 10), ``ping_interval`` and ``ping_timeout`` (seconds,
+    default 20 each: a client whose pong does not come in time is
+    disconnected). TCP listeners accept these keys and ignore them.
 
 ``[[listener]]``
     Another listener, with the same keys as the listener part of ``[server]``;
@@ -109,6 +120,8 @@ __all__ = [
 ]
 
 _FRAMINGS: Final = ("raw", "line", "length")
+_TRANSPORTS: Final = ("tcp", "websocket")
+_WEBSOCKET_REPLIES: Final = ("auto", "text", "binary")
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _LOG_FORMATS: Final = ("text", "json")
 _MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
@@ -129,6 +142,12 @@ class ListenerConfig:
     transport: str = "tcp"
     framing: str = "raw"
     max_message_size: int = 65536
+    # WebSocket listeners only (see the module docstring)
+    path: str = "/"
+    websocket_reply: str = "auto"
+    handshake_timeout: float = 10.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
 
     @property
     def address(self) -> str:
@@ -306,20 +325,25 @@ def _one_of(*choices: str) -> Callable[[object], str]:
     return check
 
 
-def _transport(value: object) -> str:
-    if value != "tcp":
+def _path(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
         got = repr(value) if isinstance(value, str) else _describe(value)
-        raise _Bad(f"must be 'tcp' (other transports are not available yet), got {got}")
-    return "tcp"
+        raise _Bad(f"must be a URL path starting with '/', got {got}")
+    return value
 
 
 _LISTENER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "name": _name,
     "host": _host,
     "port": _port,
-    "transport": _transport,
+    "transport": _one_of(*_TRANSPORTS),
     "framing": _one_of(*_FRAMINGS),
     "max_message_size": _message_size,
+    "path": _path,
+    "websocket_reply": _one_of(*_WEBSOCKET_REPLIES),
+    "handshake_timeout": _seconds,
+    "ping_interval": _seconds,
+    "ping_timeout": _seconds,
 }
 _SERVER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     **_LISTENER_CHECKS,

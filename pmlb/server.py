@@ -11,6 +11,7 @@ import trio_asyncio
 
 from pmlb.config import Config, ListenerConfig, UpstreamConfig
 from pmlb.downstream.tcp import open_listeners, serve_tcp_listener
+from pmlb.downstream.websocket import serve_websocket_listener
 from pmlb.registry import Registry
 from pmlb.upstream.grpclib_transport import GrpclibTransport
 from pmlb.upstream.supervisor import Upstream, supervise
@@ -93,8 +94,13 @@ async def serve(
             async with trio.open_nursery() as downstream:
                 addresses = {}
                 for listener, sockets in bound:
+                    serve_listener = (
+                        serve_websocket_listener
+                        if listener.transport == "websocket"
+                        else serve_tcp_listener
+                    )
                     addresses[listener.name] = await downstream.start(
-                        serve_tcp_listener, listener, sockets, registry
+                        serve_listener, listener, sockets, registry
                     )
                 task_status.started(
                     Server(

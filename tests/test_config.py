@@ -229,10 +229,19 @@ INVALID_FILES = [
         id="top-level-unknown-key",
     ),
     pytest.param(
-        '[server]\ntransport = "tls"',
-        "pmlb.toml: server.transport: must be 'tcp' (other transports are not available yet),"
-        " got 'tls'",
-        id="transport-tls",
+        '[server]\ntransport = "udp"',
+        "pmlb.toml: server.transport: must be one of 'tcp', 'websocket', got 'udp'",
+        id="transport-unknown",
+    ),
+    pytest.param(
+        '[server]\ntransport = "websocket"\npath = "ws"',
+        "pmlb.toml: server.path: must be a URL path starting with '/', got 'ws'",
+        id="websocket-path-relative",
+    ),
+    pytest.param(
+        '[server]\nwebsocket_reply = "utf8"',
+        "pmlb.toml: server.websocket_reply: must be one of 'auto', 'text', 'binary', got 'utf8'",
+        id="websocket-reply-unknown",
     ),
     pytest.param(
         '[[listener]]\nname = "a"\nframing = "lines"',

@@ -1,0 +1,68 @@
+"""Why a client was disconnected, as a small set of kinds.
+
+``Client.close(reason)`` keeps a free-text reason for the log; upstreams that
+receive lifecycle events and WebSocket close codes need a kind instead. The
+kind is derived from the text in this one place, so that every part of pmlb
+(and the admin API) can keep writing plain reasons.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class DisconnectKind(enum.Enum):
+    """The kinds of disconnection; the values are the wire enum's numbers."""
+
+    UNSPECIFIED = 0
+    CLIENT_CLOSED = 1
+    KICKED = 2
+    TOO_BIG = 3
+    SLOW = 4
+    DRAIN = 5
+    UPSTREAM_ACTION = 6
+    ERROR = 7
+
+
+#: The reason pmlb gives when an upstream asks to disconnect a client.
+UPSTREAM_ACTION = "disconnected by an upstream"
+#: The reason when pmlb stops (or drains) and closes its clients.
+STOPPING = "pmlb is stopping"
+
+# Checked in order, against the lower-cased reason.
+_MARKERS: tuple[tuple[str, DisconnectKind], ...] = (
+    (UPSTREAM_ACTION, DisconnectKind.UPSTREAM_ACTION),
+    ("exceeds max_message_size", DisconnectKind.TOO_BIG),
+    ("too big", DisconnectKind.TOO_BIG),
+    ("slow client", DisconnectKind.SLOW),
+    ("client closed", DisconnectKind.CLIENT_CLOSED),
+    ("drain", DisconnectKind.DRAIN),
+    ("stopping", DisconnectKind.DRAIN),
+    ("closed by pmlb", DisconnectKind.DRAIN),
+    ("admin", DisconnectKind.KICKED),
+    ("kick", DisconnectKind.KICKED),
+)
+
+
+def classify(reason: str | None) -> DisconnectKind:
+    """The kind of a ``Client.close_reason``; ``None`` (cancelled from outside) is a drain."""
+    if reason is None:
+        return DisconnectKind.DRAIN
+    lowered = reason.lower()
+    for marker, kind in _MARKERS:
+        if marker in lowered:
+            return kind
+    return DisconnectKind.ERROR
+
+
+#: The WebSocket close code (RFC 6455 section 7.4.1) pmlb sends for each kind.
+WEBSOCKET_CLOSE_CODES = {
+    DisconnectKind.UNSPECIFIED: 1000,
+    DisconnectKind.CLIENT_CLOSED: 1000,
+    DisconnectKind.KICKED: 1008,
+    DisconnectKind.TOO_BIG: 1009,
+    DisconnectKind.SLOW: 1008,
+    DisconnectKind.DRAIN: 1001,
+    DisconnectKind.UPSTREAM_ACTION: 1008,
+    DisconnectKind.ERROR: 1011,
+}
