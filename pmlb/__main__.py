@@ -46,6 +46,11 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="an upstream (repeat for several); replaces the file's upstreams",
     )
+    group.add_argument(
+        "--upstream-transport",
+        choices=["native", "grpclib"],
+        help="the gRPC transport of every upstream",
+    )
     group.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     group.add_argument("--log-format", choices=["text", "json"])
 
@@ -92,6 +97,7 @@ def _config(args: argparse.Namespace, path: str | None) -> Config:
         upstreams=args.upstream,
         log_level=args.log_level,
         log_format=args.log_format,
+        upstream_transport=args.upstream_transport,
     )
 
 

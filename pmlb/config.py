@@ -28,6 +28,7 @@ An example using every table::
     ready_timeout = 5           # seconds
     alive_timeout = 30
     live_interval = 5
+    transport = "native"        # "native" (default) or "grpclib"
 
     [management_server]
     host = "127.0.0.1"
@@ -76,7 +77,9 @@ An example using every table::
     A gRPC upstream: ``host`` and ``port`` (both required), ``ready_timeout``
     (seconds to answer the readiness check, default 5), ``alive_timeout``
     (seconds to answer a liveness ping before it counts as unhealthy, default
-    30), ``live_interval`` (seconds between liveness pings, default 5). Two
+    30), ``live_interval`` (seconds between liveness pings, default 5),
+    ``transport``: ``"native"`` (default: pmlb's own HTTP/2 client on Trio,
+    the faster) or ``"grpclib"`` (grpclib driven through trio-asyncio). Two
     upstreams may not have the same host and port.
 
 ``[management_server]`` and ``[management_server.tls]``
@@ -124,6 +127,7 @@ _TRANSPORTS: Final = ("tcp", "websocket")
 _WEBSOCKET_REPLIES: Final = ("auto", "text", "binary")
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _LOG_FORMATS: Final = ("text", "json")
+_UPSTREAM_TRANSPORTS: Final = ("native", "grpclib")
 _MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
 
 
@@ -164,6 +168,7 @@ class UpstreamConfig:
     ready_timeout: float = 5.0
     alive_timeout: float = 30.0
     live_interval: float = 5.0
+    transport: str = "native"
 
     @property
     def address(self) -> str:
@@ -357,6 +362,7 @@ _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "ready_timeout": _seconds,
     "alive_timeout": _seconds,
     "live_interval": _seconds,
+    "transport": _one_of(*_UPSTREAM_TRANSPORTS),
 }
 _MANAGEMENT_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "host": _host,
@@ -657,12 +663,14 @@ def apply_overrides(
     upstreams: Sequence[str] | None = None,
     log_level: str | None = None,
     log_format: str | None = None,
+    upstream_transport: str | None = None,
 ) -> Config:
     """``config`` with command-line flags applied; ``None`` leaves a setting as it is.
 
     ``host``, ``port``, ``framing`` and ``max_message_size`` apply to the first
     listener. ``upstreams`` (each ``HOST:PORT`` or ``[IPv6]:PORT``) replaces
-    the upstream list; the new upstreams get the default timings. Raises
+    the upstream list; the new upstreams get the default timings.
+    ``upstream_transport`` sets every upstream's ``transport``. Raises
     :class:`ConfigError` naming each bad flag.
     """
     problems = _Problems("command line")
@@ -702,6 +710,22 @@ def apply_overrides(
             else:
                 new_upstreams.append(upstream)
         config_changes["upstreams"] = tuple(new_upstreams)
+    transport_changes = _checked(
+        problems,
+        [
+            (
+                "--upstream-transport",
+                "transport",
+                upstream_transport,
+                _one_of(*_UPSTREAM_TRANSPORTS),
+            )
+        ],
+    )
+    if transport_changes:
+        config_changes["upstreams"] = tuple(
+            attrs.evolve(u, **transport_changes)
+            for u in config_changes.get("upstreams", config.upstreams)
+        )
 
     if listener_changes:
         first, *others = config.listeners or (ListenerConfig(),)

@@ -14,6 +14,7 @@ from pmlb.downstream.tcp import open_listeners, serve_tcp_listener
 from pmlb.downstream.websocket import serve_websocket_listener
 from pmlb.registry import Registry
 from pmlb.upstream.grpclib_transport import GrpclibTransport
+from pmlb.upstream.h2_transport import H2Transport
 from pmlb.upstream.supervisor import Upstream, supervise
 from pmlb.upstream.transport import Transport
 
@@ -86,7 +87,9 @@ async def serve(
         async with trio_asyncio.open_loop() as loop, trio.open_nursery() as upstreams:
 
             def transport_factory(upstream: UpstreamConfig) -> Transport:
-                return GrpclibTransport(upstream.host, upstream.port, loop)
+                if upstream.transport == "grpclib":
+                    return GrpclibTransport(upstream.host, upstream.port, loop)
+                return H2Transport(upstream.host, upstream.port)
 
             for upstream_config in config.upstreams:
                 upstream = registry.add_upstream(upstream_config)

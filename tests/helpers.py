@@ -103,6 +103,8 @@ class Processes:
         self._nursery = nursery
         self._procs: list[Proc] = []
         self._clients: list[LineClient] = []
+        #: passed to every ``pmlb serve`` as ``--upstream-transport`` when set
+        self.upstream_transport: str | None = None
 
     async def client(self, port: int) -> LineClient:
         """A line client connected to ``port`` (closed at the end of the test)."""
@@ -151,6 +153,8 @@ class Processes:
     async def pmlb(self, *args: str) -> tuple[Proc, int]:
         """``pmlb serve`` on a free port; returns it and the client port."""
         cmd = [sys.executable, "-m", "pmlb", "serve", "--host", "127.0.0.1", "--port", "0", *args]
+        if self.upstream_transport is not None:
+            cmd += ["--upstream-transport", self.upstream_transport]
         proc = await self.start("pmlb", cmd)
         match = await proc.wait_for(r"listening listener=default address=127\.0\.0\.1:(\d+)")
         return proc, int(match.group(1))

@@ -300,6 +300,11 @@ INVALID_FILES = [
         id="live-interval-date",
     ),
     pytest.param(
+        '[[upstream]]\nhost = "a"\nport = 1\ntransport = "grpcio"',
+        "pmlb.toml: upstream[0].transport: must be one of 'native', 'grpclib', got 'grpcio'",
+        id="upstream-transport-unknown",
+    ),
+    pytest.param(
         '[[upstream]]\nhost = "Example.com"\nport = 1\n'
         '[[upstream]]\nhost = "example.com"\nport = 1',
         "pmlb.toml: upstream[1].port: address example.com:1 is already used by upstream[0]",
@@ -619,6 +624,18 @@ def test_upstream_flags_replace_the_files_upstreams() -> None:
     )
     assert apply_overrides(config, upstreams=[]).upstreams == ()
     assert apply_overrides(config, upstreams="a:1").upstreams == (UpstreamConfig(host="a", port=1),)
+
+
+def test_upstream_transport_in_the_file_and_as_a_flag() -> None:
+    config = parse_config({"upstream": [{"host": "a", "port": 1, "transport": "grpclib"}]})
+    assert config.upstreams[0].transport == "grpclib"
+    assert UpstreamConfig(host="a", port=1).transport == "native"
+    changed = apply_overrides(config, upstream_transport="native")
+    assert changed.upstreams == (UpstreamConfig(host="a", port=1, transport="native"),)
+    both = apply_overrides(config, upstreams=["b:2"], upstream_transport="grpclib")
+    assert both.upstreams == (UpstreamConfig(host="b", port=2, transport="grpclib"),)
+    with pytest.raises(ConfigError, match="--upstream-transport: must be one of"):
+        apply_overrides(config, upstream_transport="h3")
 
 
 def test_overrides_keep_the_source() -> None:

@@ -13,6 +13,13 @@ from tests.helpers import Processes, upstream_arg, wait_serving
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture(autouse=True, params=["native", "grpclib"])
+async def transport(request: pytest.FixtureRequest, procs: Processes) -> str:
+    """Every test here runs once per upstream transport."""
+    procs.upstream_transport = request.param
+    return str(request.param)
+
+
 @pytest.mark.parametrize("kind", ["grpclib", "grpcio"])
 async def test_frozen_upstream_is_dropped_by_liveness_and_rejoins(
     procs: Processes, tmp_path: Path, kind: str

@@ -23,6 +23,13 @@ pytestmark = pytest.mark.e2e
 KINDS = ["grpclib", "grpcio"]
 
 
+@pytest.fixture(autouse=True, params=["native", "grpclib"])
+async def transport(request: pytest.FixtureRequest, procs: Processes) -> str:
+    """Every test here runs once per upstream transport."""
+    procs.upstream_transport = request.param
+    return str(request.param)
+
+
 async def pmlb_with_upstream(
     procs: Processes, kind: str = "grpclib", *args: str
 ) -> tuple[int, int]:

@@ -1,0 +1,592 @@
+"""The native transport: gRPC over the ``h2`` sans-IO HTTP/2 engine, on Trio sockets.
+
+Nothing here crosses into asyncio. The data path batches at every hop: the
+stream writer takes everything in the outbox and frames it as one buffer,
+written as a few DATA frames in one socket write; every read from the socket
+is fed to h2 whole, and every gRPC message it completes on the stream is
+decoded and delivered in one list.
+
+There is no background task: whichever task waits for something from the
+upstream (a reply, a window update, a liveness answer) reads the socket for
+everybody while it waits, and wakes the others after each read. At most one
+task reads at a time; one writes at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import ssl
+from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import trio
+from google.protobuf.message import DecodeError
+
+from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.grpc import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    GrpcMessageDecoder,
+    GrpcMessageError,
+    encode_messages,
+)
+from pmlb.upstream.outbox import Outbox
+from pmlb.upstream.transport import Deliver, UpstreamError
+
+_SERVICE = "/upstream.grpc.service.UpstreamPeerService/"
+_EMPTY_MESSAGE = encode_messages([b""])  # google.protobuf.Empty
+_READ_SIZE = 256 * 1024
+#: What we let the upstream send before it must wait for our WINDOW_UPDATE,
+#: per stream and for the connection. Replies are consumed as they arrive,
+#: so a large window only saves round trips.
+_RECEIVE_WINDOW = 8 * 1024 * 1024
+_MAX_FRAME_SIZE = 1024 * 1024
+
+_STATUS_NAMES = {
+    0: "OK",
+    1: "CANCELLED",
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    6: "ALREADY_EXISTS",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    10: "ABORTED",
+    11: "OUT_OF_RANGE",
+    12: "UNIMPLEMENTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    15: "DATA_LOSS",
+    16: "UNAUTHENTICATED",
+}
+
+
+def _error_code_name(code: int | None) -> str:
+    if code is None:
+        return "no error code"
+    try:
+        return h2.errors.ErrorCodes(code).name
+    except ValueError:
+        return str(code)
+
+
+class _Stream:
+    """What has arrived on one HTTP/2 stream and not been consumed yet."""
+
+    __slots__ = ("closed", "decoder", "error", "headers", "messages", "stream_id", "written")
+
+    def __init__(self, stream_id: int, max_message_size: int) -> None:
+        self.stream_id = stream_id
+        self.decoder = GrpcMessageDecoder(max_message_size)
+        self.messages: list[bytes] = []
+        self.headers: dict[bytes, bytes] = {}
+        #: set once nothing more will come: why, or None for a clean end (status OK)
+        self.closed = False
+        self.error: str | None = None
+        #: bytes of the current :meth:`_Connection.send` handed to h2 so far
+        self.written = 0
+
+    def fail(self, error: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self.error = error
+
+    def finish(self, trailers: dict[bytes, bytes]) -> None:
+        """The stream ended; its status is in ``trailers`` (or the headers, trailers-only)."""
+        if self.closed:
+            return
+        status = trailers.get(b"grpc-status")
+        if status is None:
+            self.fail("the upstream ended the stream without a grpc-status")
+            return
+        if status != b"0":
+            code = int(status) if status.isdigit() else -1
+            message = unquote(trailers.get(b"grpc-message", b"").decode("utf-8", "replace"))
+            self.fail(f"gRPC status {_STATUS_NAMES.get(code, status.decode())}: {message}")
+            return
+        self.closed = True
+
+
+class _Connection:
+    """One HTTP/2 connection and the streams open on it."""
+
+    def __init__(
+        self, stream: trio.abc.Stream, authority: str, scheme: str, max_message_size: int
+    ) -> None:
+        self._socket = stream
+        self._authority = authority.encode()
+        self._scheme = scheme.encode()
+        self._max_message_size = max_message_size
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+            validate_inbound_headers=False,
+        )
+        self.h2 = h2.connection.H2Connection(config)
+        self.streams: dict[int, _Stream] = {}
+        #: set once the connection cannot be used any more, with why
+        self.error: str | None = None
+        self._reading = False
+        self._writing = False
+        self._changed = trio.lowlevel.ParkingLot()
+        self._pings: dict[bytes, trio.Event] = {}
+        self._ping_count = 0
+
+    async def start(self) -> None:
+        self.h2.initiate_connection()
+        self.h2.update_settings(
+            {
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _RECEIVE_WINDOW,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: _MAX_FRAME_SIZE,
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            }
+        )
+        self.h2.increment_flow_control_window(_RECEIVE_WINDOW - 65535)
+        await self.flush()
+
+    # -- failure --------------------------------------------------------
+
+    def fail(self, error: str) -> None:
+        if self.error is None:
+            self.error = error
+        for stream in self.streams.values():
+            stream.fail(error)
+        for event in self._pings.values():
+            event.set()
+        self._changed.unpark_all()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise UpstreamError(self.error)
+
+    # -- writing --------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Write whatever h2 has to send. Safe to call from any task."""
+        if self._writing:
+            # The writing task loops until h2 has nothing left: ours included.
+            return
+        self._writing = True
+        try:
+            while data := self.h2.data_to_send():
+                await self._socket.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.fail(f"connection lost: {exc.__cause__ or exc}")
+        except BaseException:
+            # Cancelled in the middle of a write: the byte stream is torn.
+            self.fail("a write to the upstream was interrupted")
+            raise
+        finally:
+            self._writing = False
+        self.check()
+
+    # -- reading --------------------------------------------------------
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Return once ``condition()`` holds, reading the socket meanwhile if nobody else is.
+
+        Raises :class:`UpstreamError` if the connection fails first (the
+        condition should also hold when the stream it waits on is closed).
+        """
+        while not condition():
+            self.check()
+            if self._reading:
+                await self._changed.park()
+                continue
+            self._reading = True
+            try:
+                data = await self._socket.receive_some(_READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self.fail(f"connection lost: {exc.__cause__ or exc}")
+                continue
+            finally:
+                self._reading = False
+                # Another waiter takes over reading if this one is done.
+                self._changed.unpark_all()
+            if not data:
+                self.fail("the upstream closed the connection")
+                continue
+            self._receive(data)
+            # A failure here shows in the condition or in check() above.
+            with contextlib.suppress(UpstreamError):
+                await self.flush()
+
+    def _receive(self, data: bytes | bytearray) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self.fail(f"HTTP/2 protocol error: {exc}")
+            return
+        streams = self.streams
+        for event in events:
+            if isinstance(event, h2.events.DataReceived):
+                stream = streams.get(event.stream_id)
+                if event.flow_controlled_length:
+                    # Consumed at once: replies are delivered as they arrive.
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if stream is None or stream.closed:
+                    continue
+                try:
+                    stream.messages += stream.decoder.feed(event.data)
+                except GrpcMessageError as exc:
+                    stream.fail(f"bad gRPC message from the upstream: {exc}")
+                    self._reset(event.stream_id, h2.errors.ErrorCodes.CANCEL)
+            elif isinstance(event, h2.events.ResponseReceived):
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    self._response_headers(stream, dict(event.headers))
+            elif isinstance(event, h2.events.TrailersReceived):
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.finish(dict(event.headers))
+            elif isinstance(event, h2.events.StreamEnded):
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    # Trailers-only responses carry the status in the headers.
+                    stream.finish(stream.headers)
+            elif isinstance(event, h2.events.StreamReset):
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.fail(
+                        f"the upstream reset the stream ({_error_code_name(event.error_code)})"
+                    )
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                extra = (
+                    f": {event.additional_data.decode(errors='replace')}"
+                    if (event.additional_data)
+                    else ""
+                )
+                self.fail(f"the upstream sent GOAWAY ({_error_code_name(event.error_code)}){extra}")
+            elif isinstance(event, h2.events.PingAckReceived):
+                waiter = self._pings.pop(event.ping_data, None)
+                if waiter is not None:
+                    waiter.set()
+        self._changed.unpark_all()
+
+    def _response_headers(self, stream: _Stream, headers: dict[bytes, bytes]) -> None:
+        stream.headers = headers
+        status = headers.get(b":status")
+        if status != b"200":
+            stream.fail(f"HTTP status {status.decode() if status else 'missing'}")
+            self._reset(stream.stream_id, h2.errors.ErrorCodes.CANCEL)
+            return
+        content_type = headers.get(b"content-type", b"")
+        if not content_type.startswith(b"application/grpc"):
+            stream.fail(f"not a gRPC response (content-type {content_type.decode()!r})")
+            self._reset(stream.stream_id, h2.errors.ErrorCodes.CANCEL)
+
+    def _reset(self, stream_id: int, code: h2.errors.ErrorCodes) -> None:
+        with contextlib.suppress(h2.exceptions.H2Error):  # already closed
+            self.h2.reset_stream(stream_id, code)
+
+    # -- streams ---------------------------------------------------------
+
+    async def open_stream(self, method: str) -> _Stream:
+        """Start a call to ``method`` (headers sent, body open)."""
+        self.check()
+        try:
+            stream_id = self.h2.get_next_available_stream_id()
+            self.h2.send_headers(
+                stream_id,
+                [
+                    (b":method", b"POST"),
+                    (b":scheme", self._scheme),
+                    (b":path", (_SERVICE + method).encode()),
+                    (b":authority", self._authority),
+                    (b"content-type", b"application/grpc"),
+                    (b"te", b"trailers"),
+                    (b"user-agent", b"pmlb"),
+                ],
+            )
+        except h2.exceptions.H2Error as exc:
+            raise UpstreamError(f"cannot open a stream: {exc}") from None
+        stream = _Stream(stream_id, self._max_message_size)
+        self.streams[stream_id] = stream
+        await self.flush()
+        return stream
+
+    def close_stream(self, stream: _Stream) -> None:
+        """Forget ``stream``, resetting it if it is still open on our side."""
+        self.streams.pop(stream.stream_id, None)
+        h2_stream = self.h2.streams.get(stream.stream_id)
+        if h2_stream is not None and not h2_stream.closed:
+            self._reset(stream.stream_id, h2.errors.ErrorCodes.CANCEL)
+
+    async def send(self, stream: _Stream, data: bytes, *, end: bool = False) -> None:
+        """Write ``data`` on ``stream``, waiting for flow-control window as needed.
+
+        However it ends, ``stream.written`` says how many bytes of ``data``
+        were handed to h2 (and so may have reached the upstream).
+        """
+        h2conn = self.h2
+        stream_id = stream.stream_id
+        view = memoryview(data)
+        pos, total = 0, len(data)
+        stream.written = 0
+        try:
+            while pos < total:
+                self.check()
+                if stream.closed:
+                    raise UpstreamError(stream.error or "the upstream ended the stream")
+                window = h2conn.local_flow_control_window(stream_id)
+                if window <= 0:
+                    # Flush first: the peer may be waiting for what we have.
+                    await self.flush()
+                    await self.wait_until(
+                        lambda: (
+                            stream.closed
+                            or self.error is not None
+                            or h2conn.local_flow_control_window(stream_id) > 0
+                        )
+                    )
+                    continue
+                frame = min(window, h2conn.max_outbound_frame_size)
+                # Hand everything the window allows to h2 before one socket write.
+                while pos < total and window > 0:
+                    size = min(frame, window, total - pos)
+                    h2conn.send_data(stream_id, view[pos : pos + size].tobytes())
+                    pos += size
+                    window -= size
+                    stream.written = pos
+                await self.flush()
+            if end:
+                h2conn.end_stream(stream_id)
+                await self.flush()
+        except h2.exceptions.H2Error as exc:
+            raise UpstreamError(f"HTTP/2 error: {exc}") from None
+
+    async def ping(self) -> trio.Event:
+        """Send a PING; the event is set when it is acknowledged (or the connection fails)."""
+        self.check()
+        self._ping_count += 1
+        data = self._ping_count.to_bytes(8, "big")
+        event = trio.Event()
+        self._pings[data] = event
+        self.h2.ping(data)
+        await self.flush()
+        return event
+
+    async def aclose(self) -> None:
+        self.fail("the connection was closed")
+        with trio.CancelScope(shield=True):
+            # Closing a broken connection may fail; it is closed all the same.
+            with trio.move_on_after(1), contextlib.suppress(Exception):
+                self.h2.close_connection()
+                data = self.h2.data_to_send()
+                if data and not self._writing:
+                    await self._socket.send_all(data)
+            await trio.aclose_forcefully(self._socket)
+
+
+class H2Transport:
+    """One HTTP/2 connection to one upstream, made by pmlb itself on Trio.
+
+    ``ssl_context``, if given, makes it a TLS connection negotiating ``h2``
+    by ALPN. Replies larger than ``max_message_size`` bytes fail the stream.
+    ``open_stream``, if given, replaces the TCP connect (tests use an
+    in-memory stream).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        connect_timeout: float = math.inf,
+        open_stream: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
+    ) -> None:
+        self._open_stream = open_stream
+        self._host = host
+        self._port = port
+        self._ssl_context = ssl_context
+        self._max_message_size = max_message_size
+        self._connect_timeout = connect_timeout
+        self._connection: _Connection | None = None
+        self._connect_lock = trio.Lock()
+
+    async def _connect(self) -> _Connection:
+        async with self._connect_lock:
+            connection = self._connection
+            if connection is not None and connection.error is None:
+                return connection
+            if connection is not None:
+                # A failed connection is replaced; its streams have failed already.
+                await connection.aclose()
+                self._connection = None
+            try:
+                with trio.fail_after(self._connect_timeout):
+                    sock: trio.abc.Stream
+                    if self._open_stream is not None:
+                        sock = await self._open_stream()
+                    else:
+                        sock = await trio.open_tcp_stream(self._host, self._port)
+                if self._ssl_context is not None:
+                    tls = trio.SSLStream(sock, self._ssl_context, server_hostname=self._host)
+                    await tls.do_handshake()
+                    if tls.selected_alpn_protocol() != "h2":
+                        await trio.aclose_forcefully(tls)
+                        raise UpstreamError("the upstream did not negotiate h2 by ALPN")
+                    sock = tls
+            except (OSError, trio.BrokenResourceError) as exc:
+                raise UpstreamError(f"cannot connect: {exc.__cause__ or exc}") from None
+            except trio.TooSlowError:
+                raise UpstreamError("timed out connecting") from None
+            authority = (
+                f"[{self._host}]:{self._port}"
+                if ":" in self._host
+                else (f"{self._host}:{self._port}")
+            )
+            connection = _Connection(
+                sock,
+                authority,
+                "https" if self._ssl_context else "http",
+                self._max_message_size,
+            )
+            self._connection = connection
+            await connection.start()
+            return connection
+
+    # -- readiness -------------------------------------------------------
+
+    async def check_ready(self) -> bool:
+        connection = await self._connect()
+        stream = await connection.open_stream("ready")
+        try:
+            await connection.send(stream, _EMPTY_MESSAGE, end=True)
+            await connection.wait_until(lambda: stream.closed)
+            if stream.error is not None:
+                raise UpstreamError(stream.error)
+            if not stream.messages:
+                raise UpstreamError("the upstream answered ready with no message")
+            try:
+                reply = pb.ReadyResult.FromString(stream.messages[0])
+            except DecodeError as exc:
+                raise UpstreamError(f"malformed message from the upstream: {exc}") from None
+            return reply.ready
+        finally:
+            connection.close_stream(stream)
+
+    # -- the bidirectional stream ---------------------------------------
+
+    async def run_stream(self, outbox: Outbox[pb.InputStreamRequest], deliver: Deliver) -> None:
+        connection = await self._connect()
+        stream = await connection.open_stream("bidirectionalStreaming")
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_loop, connection, stream, outbox)
+                await self._receive_loop(connection, stream, deliver)
+        except BaseExceptionGroup as group:
+            # Either half failing ends both: report the first failure alone.
+            failures, rest = group.split(UpstreamError)
+            if rest is not None or failures is None:
+                raise
+            raise _first(failures) from None
+        finally:
+            connection.close_stream(stream)
+
+    @staticmethod
+    async def _send_loop(
+        connection: _Connection, stream: _Stream, outbox: Outbox[pb.InputStreamRequest]
+    ) -> None:
+        while True:
+            batch = outbox.take_nowait()
+            if not batch:
+                await outbox.wait_nonempty()
+                continue
+            encoded = [message.SerializeToString() for message in batch]
+            try:
+                await connection.send(stream, encode_messages(encoded))
+            except BaseException:
+                outbox.requeue(_unwritten(batch, encoded, stream.written))
+                raise
+
+    @staticmethod
+    async def _receive_loop(connection: _Connection, stream: _Stream, deliver: Deliver) -> None:
+        parse = pb.OutputStreamRequest.FromString
+        while True:
+            await connection.wait_until(lambda: bool(stream.messages) or stream.closed)
+            if stream.messages:
+                raw, stream.messages = stream.messages, []
+                try:
+                    replies = [parse(message) for message in raw]
+                except DecodeError as exc:
+                    raise UpstreamError(f"malformed message from the upstream: {exc}") from None
+                deliver(replies)
+            if stream.closed and not stream.messages:
+                raise UpstreamError(stream.error or "the upstream ended the stream")
+
+    # -- liveness -------------------------------------------------------
+
+    async def run_liveness(
+        self, interval: float, answer_deadline: float, alive: Callable[[], None]
+    ) -> None:
+        connection = await self._connect()
+        stream = await connection.open_stream("live")
+        try:
+            while True:
+                # An HTTP/2 PING beside each live message: the connection's
+                # keepalive, answered by the HTTP/2 layer even when the
+                # service is busy.
+                pong = await connection.ping()
+                await connection.send(stream, _EMPTY_MESSAGE)
+                with trio.move_on_after(answer_deadline) as scope:
+                    await connection.wait_until(lambda: bool(stream.messages) or stream.closed)
+                    await connection.wait_until(pong.is_set)
+                if scope.cancelled_caught:
+                    raise UpstreamError(
+                        f"no liveness answer within alive_timeout ({answer_deadline:g}s)"
+                    )
+                connection.check()
+                if not stream.messages:
+                    raise UpstreamError(stream.error or "the upstream ended the live stream")
+                raw = stream.messages.pop(0)
+                try:
+                    answer = pb.LiveResult.FromString(raw)
+                except DecodeError as exc:
+                    raise UpstreamError(f"malformed message from the upstream: {exc}") from None
+                if not answer.live:
+                    raise UpstreamError("the upstream answered live = false")
+                alive()
+                await trio.sleep(interval)
+        finally:
+            connection.close_stream(stream)
+
+    # -- closing --------------------------------------------------------
+
+    async def aclose(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.aclose()
+
+
+def _unwritten(
+    batch: list[pb.InputStreamRequest], encoded: list[bytes], written: int
+) -> list[pb.InputStreamRequest]:
+    """The messages of ``batch`` none of whose bytes were written.
+
+    The one being written when the stream broke may have reached the
+    upstream, so it is not sent again (as in the grpclib transport).
+    """
+    offset = 0
+    for index, message in enumerate(encoded):
+        if offset >= written:
+            return batch[index:]
+        offset += 5 + len(message)
+    return []
+
+
+def _first(group: BaseExceptionGroup[UpstreamError]) -> UpstreamError:
+    first = group.exceptions[0]
+    return first if isinstance(first, UpstreamError) else _first(first)

@@ -1,0 +1,165 @@
+"""An in-process gRPC upstream on h2 and Trio that can misbehave on purpose.
+
+It serves the upstream contract over any Trio stream (a memory stream in the
+unit tests), echoes each client message as ``echo:<payload>``, and can reset
+the stream, send GOAWAY, hold back its flow-control window, send oversized
+or malformed replies, or stop answering liveness. It records what it got.
+"""
+
+from __future__ import annotations
+
+import attrs
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import trio
+from google.protobuf.message import Message
+
+from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.grpc import GrpcMessageDecoder, encode_messages
+
+_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+
+
+@attrs.define
+class FakeUpstream:
+    ready: bool = True
+    #: answer ``ready`` with this grpc-status (trailers-only) instead
+    ready_status: tuple[int, str] | None = None
+    #: reset the stream (INTERNAL_ERROR) once this many messages arrived
+    reset_after: int | None = None
+    #: send GOAWAY once this many messages arrived
+    goaway_after: int | None = None
+    #: acknowledge received DATA (reopening the 64 KiB default window) only
+    #: once ``open_window`` is set
+    hold_window: bool = False
+    open_window: trio.Event = attrs.Factory(trio.Event)
+    reply_padding: int = 0
+    malformed: bool = False
+    live: bool | None = True  # None: never answer
+    #: end the bidi stream with this grpc-status once this many messages arrived
+    end_after: tuple[int, int, str] | None = None
+
+    received: list[pb.InputStreamRequest] = attrs.Factory(list)
+    #: DATA frames that carried client messages on the bidi stream
+    data_frames: int = 0
+    pings: int = 0
+    connections: int = 0
+    _started: set[int] = attrs.Factory(set)
+
+    async def serve(self, stream: trio.abc.Stream) -> None:
+        self.connections += 1
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        conn = h2.connection.H2Connection(config)
+        conn.initiate_connection()
+        paths: dict[int, bytes] = {}
+        decoders: dict[int, GrpcMessageDecoder] = {}
+        unacked: list[tuple[int, int]] = []
+        async with stream, trio.open_nursery() as nursery:
+
+            async def window_opener() -> None:
+                await self.open_window.wait()
+                for stream_id, size in unacked:
+                    conn.acknowledge_received_data(size, stream_id)
+                unacked.clear()
+                await stream.send_all(conn.data_to_send())
+
+            if self.hold_window:
+                nursery.start_soon(window_opener)
+            await stream.send_all(conn.data_to_send())
+            while data := await stream.receive_some(65536):
+                for event in conn.receive_data(data):
+                    self._handle(conn, event, paths, decoders, unacked)
+                if out := conn.data_to_send():
+                    await stream.send_all(out)
+            nursery.cancel_scope.cancel()
+
+    def _handle(
+        self,
+        conn: h2.connection.H2Connection,
+        event: h2.events.Event,
+        paths: dict[int, bytes],
+        decoders: dict[int, GrpcMessageDecoder],
+        unacked: list[tuple[int, int]],
+    ) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            assert event.stream_id is not None
+            assert event.headers is not None
+            headers = dict(event.headers)
+            paths[event.stream_id] = headers[b":path"]
+            decoders[event.stream_id] = GrpcMessageDecoder()
+            assert headers[b"content-type"] == b"application/grpc"
+            assert headers[b"te"] == b"trailers"
+        elif isinstance(event, h2.events.PingReceived):
+            self.pings += 1
+        elif isinstance(event, h2.events.DataReceived):
+            stream_id = event.stream_id
+            assert stream_id is not None
+            assert event.data is not None
+            size = event.flow_controlled_length or 0
+            if self.hold_window and not self.open_window.is_set():
+                unacked.append((stream_id, size))
+            elif size:
+                conn.acknowledge_received_data(size, stream_id)
+            messages = decoders[stream_id].feed(event.data)
+            path = paths[stream_id]
+            if path.endswith(b"/bidirectionalStreaming"):
+                self.data_frames += 1
+                self._stream(conn, stream_id, messages)
+            elif path.endswith(b"/live"):
+                for _ in messages:
+                    if self.live is not None:
+                        self._send(conn, stream_id, [pb.LiveResult(live=self.live)])
+        elif isinstance(event, h2.events.StreamEnded):
+            stream_id = event.stream_id
+            assert stream_id is not None
+            if paths.get(stream_id, b"").endswith(b"/ready"):
+                if self.ready_status is not None:
+                    code, message = self.ready_status
+                    conn.send_headers(
+                        stream_id,
+                        [*_HEADERS, (b"grpc-status", b"%d" % code), (b"grpc-message", message)],
+                        end_stream=True,
+                    )
+                    return
+                self._send(conn, stream_id, [pb.ReadyResult(ready=self.ready)])
+                conn.send_headers(stream_id, [(b"grpc-status", b"0")], end_stream=True)
+
+    def _send(
+        self, conn: h2.connection.H2Connection, stream_id: int, messages: list[Message]
+    ) -> None:
+        if stream_id not in self._started:
+            self._started.add(stream_id)
+            conn.send_headers(stream_id, _HEADERS)
+        raw = [b"\x0a\x05ab" if self.malformed else m.SerializeToString() for m in messages]
+        conn.send_data(stream_id, encode_messages(raw))
+
+    def _stream(self, conn: h2.connection.H2Connection, stream_id: int, raw: list[bytes]) -> None:
+        requests = [pb.InputStreamRequest.FromString(m) for m in raw]
+        self.received += requests
+        count = len(self.received)
+        if self.reset_after is not None and count >= self.reset_after:
+            conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            return
+        if self.goaway_after is not None and count >= self.goaway_after:
+            conn.close_connection(h2.errors.ErrorCodes.NO_ERROR, additional_data=b"bye")
+            return
+        padding = b"x" * self.reply_padding
+        self._send(
+            conn,
+            stream_id,
+            [
+                pb.OutputStreamRequest(
+                    client_uuid=r.client_uuid, payload=b"echo:" + r.payload + padding
+                )
+                for r in requests
+            ],
+        )
+        if self.end_after is not None and count >= self.end_after[0]:
+            _, code, message = self.end_after
+            conn.send_headers(
+                stream_id,
+                [(b"grpc-status", b"%d" % code), (b"grpc-message", message.encode())],
+                end_stream=True,
+            )
