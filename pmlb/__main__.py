@@ -53,6 +53,11 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     group.add_argument("--log-format", choices=["text", "json"])
+    group.add_argument(
+        "--balancing",
+        choices=["round_robin", "sticky", "hash", "least_loaded"],
+        help="the balancing policy (default round_robin)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,6 +103,7 @@ def _config(args: argparse.Namespace, path: str | None) -> Config:
         log_level=args.log_level,
         log_format=args.log_format,
         upstream_transport=args.upstream_transport,
+        balancing=args.balancing,
     )
 
 

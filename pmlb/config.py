@@ -56,7 +56,10 @@ An example using every table::
     client counts as active after its last message, default 60),
     ``client_queue_size`` (messages queued towards one client before it counts
     as a slow client, default 1024) and ``upstream_queue_size`` (messages queued
-    towards one upstream before pmlb stops reading from clients, default 4096).
+    towards one upstream before pmlb stops reading from clients, default 4096),
+    and ``balancing``, the policy that picks an upstream for each message:
+    ``"round_robin"`` (default), ``"sticky"``, ``"hash"`` or ``"least_loaded"``
+    (see :mod:`pmlb.balancer`; the admin API can change it at runtime).
 
     A WebSocket listener ignores ``framing`` (each WebSocket message is one
     message) and reads five more keys: ``path`` (the URL path clients connect
@@ -125,6 +128,8 @@ __all__ = [
 _FRAMINGS: Final = ("raw", "line", "length")
 _TRANSPORTS: Final = ("tcp", "websocket")
 _WEBSOCKET_REPLIES: Final = ("auto", "text", "binary")
+#: pmlb.balancer.POLICIES's names (config does not import the balancer)
+_POLICIES: Final = ("round_robin", "sticky", "hash", "least_loaded")
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _LOG_FORMATS: Final = ("text", "json")
 _UPSTREAM_TRANSPORTS: Final = ("native", "grpclib")
@@ -218,6 +223,8 @@ class Config:
     activity_window: float = 60.0
     client_queue_size: int = 1024
     upstream_queue_size: int = 4096
+    #: the balancing policy pmlb starts with (see pmlb.balancer)
+    balancing: str = "round_robin"
     management: ManagementConfig = ManagementConfig()
     log: LogConfig = LogConfig()
     source: str | None = attrs.field(default=None, eq=False)
@@ -355,6 +362,7 @@ _SERVER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "activity_window": _seconds,
     "client_queue_size": _queue_size,
     "upstream_queue_size": _queue_size,
+    "balancing": _one_of(*_POLICIES),
 }
 _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "host": _host,
@@ -664,6 +672,7 @@ def apply_overrides(
     log_level: str | None = None,
     log_format: str | None = None,
     upstream_transport: str | None = None,
+    balancing: str | None = None,
 ) -> Config:
     """``config`` with command-line flags applied; ``None`` leaves a setting as it is.
 
@@ -684,7 +693,11 @@ def apply_overrides(
         ],
     )
     config_changes = _checked(
-        problems, [("--activity-window", "activity_window", activity_window, _seconds)]
+        problems,
+        [
+            ("--activity-window", "activity_window", activity_window, _seconds),
+            ("--balancing", "balancing", balancing, _one_of(*_POLICIES)),
+        ],
     )
     log_changes = _checked(
         problems,
@@ -822,6 +835,7 @@ def render_config(config: Config) -> str:
     server["activity_window"] = config.activity_window
     server["client_queue_size"] = config.client_queue_size
     server["upstream_queue_size"] = config.upstream_queue_size
+    server["balancing"] = config.balancing
     document: dict[str, object] = {"server": server}
     if len(config.listeners) > 1:
         document["listener"] = [attrs.asdict(listener) for listener in config.listeners[1:]]

@@ -17,7 +17,7 @@ import trio
 
 from pmlb._log import RateLimited
 from pmlb._proto import upstream_pb2 as pb
-from pmlb.balancer import Policy, RoundRobin
+from pmlb.balancer import Policy, make_policy
 from pmlb.config import Config, UpstreamConfig
 from pmlb.downstream.client import Client
 from pmlb.upstream.outbox import Outbox
@@ -30,6 +30,14 @@ _BROADCAST_NAMES = {
     pb.OutputStreamRequest.BROADCAST_ACTIVE: "active",
     pb.OutputStreamRequest.BROADCAST_NOT_ACTIVE: "inactive",
 }
+
+
+def _part(
+    requests: list[pb.InputStreamRequest], part: slice | list[int]
+) -> list[pb.InputStreamRequest]:
+    if isinstance(part, slice):
+        return requests[part]
+    return [requests[i] for i in part]
 
 
 @attrs.frozen
@@ -53,7 +61,7 @@ class Registry:
 
     def __init__(self, config: Config, policy: Policy | None = None) -> None:
         self.config = config
-        self.policy: Policy = policy or RoundRobin()
+        self.policy: Policy = policy or make_policy(config.balancing)
         self.clients: dict[str, Client] = {}
         self.upstreams: dict[str, Upstream] = {}
         # The serving upstreams, in the order they started serving: the
@@ -80,6 +88,16 @@ class Registry:
 
     def remove_client(self, client: Client) -> None:
         self.clients.pop(client.uuid, None)
+        self.policy.forget(client.uuid)
+
+    def set_policy(self, name: str) -> None:
+        """Balance with the policy called ``name`` from now on; ``ValueError`` if unknown.
+
+        A new policy starts with no memory: under ``sticky``, clients are
+        placed afresh.
+        """
+        self.policy = make_policy(name)
+        log.info("balancing policy set", extra={"policy": name})
 
     async def dispatch(self, requests: list[pb.InputStreamRequest]) -> None:
         """Hand a batch of client messages to serving upstreams, by the policy.
@@ -99,8 +117,8 @@ class Registry:
                     return
                 continue
             refused: list[pb.InputStreamRequest] = []
-            for index, part in self.policy.assign(len(requests), len(serving)):
-                batch, upstream = requests[part], serving[index]
+            for index, part in self.policy.assign(requests, serving):
+                batch, upstream = _part(requests, part), serving[index]
                 if await upstream.outbox.put(batch):
                     upstream.messages_dispatched += len(batch)
                 else:
@@ -167,8 +185,8 @@ class Registry:
         if not serving:
             self._orphans.extend(requests)
             return
-        for index, part in self.policy.assign(len(requests), len(serving)):
-            serving[index].outbox.put_nowait(requests[part])
+        for index, part in self.policy.assign(requests, serving):
+            serving[index].outbox.put_nowait(_part(requests, part))
 
     # -- routing back ---------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import trio
 import trio.testing
 
@@ -157,3 +158,71 @@ def test_a_client_whose_queue_is_full_is_disconnected_not_waited_for() -> None:
     assert "slow client" in slow.close_reason
     assert slow._scope.cancel_called
     assert fast.queued == 3
+
+
+def from_client(name: str, n: int) -> list[pb.InputStreamRequest]:
+    return [pb.InputStreamRequest(client_uuid=name, payload=str(i).encode()) for i in range(n)]
+
+
+async def test_set_policy_switches_at_runtime_and_refuses_unknown_names() -> None:
+    registry, (a, b) = setup(2)
+    for up in (a, b):
+        registry.set_upstream_state(up, UpstreamState.SERVING)
+    assert registry.policy.name == "round_robin"
+    registry.set_policy("sticky")
+    await registry.dispatch(from_client("x", 3))
+    await registry.dispatch(from_client("x", 3))
+    queued = sorted([len(a.outbox.take_nowait()), len(b.outbox.take_nowait())])
+    assert queued == [0, 6]
+    with pytest.raises(ValueError, match="unknown balancing policy 'random'"):
+        registry.set_policy("random")
+    assert registry.policy.name == "sticky"
+
+
+async def test_the_default_policy_comes_from_the_config() -> None:
+    assert Registry(Config(balancing="hash")).policy.name == "hash"
+
+
+async def test_failover_keeps_each_client_together_under_hash() -> None:
+    registry = Registry(Config(balancing="hash"))
+    a, b, c = (
+        registry.add_upstream(UpstreamConfig(host="127.0.0.1", port=1000 + i)) for i in range(3)
+    )
+    for up in (a, b, c):
+        registry.set_upstream_state(up, UpstreamState.SERVING)
+    names = [f"client-{i}" for i in range(30)]
+    for name in names:
+        await registry.dispatch(from_client(name, 4))
+    on_a = {r.client_uuid for r in a.outbox.take_nowait()}
+    on_b = {r.client_uuid for r in b.outbox.take_nowait()}
+    on_c = {r.client_uuid for r in c.outbox.take_nowait()}
+    assert on_a
+    assert on_b
+    assert on_c
+    assert on_a | on_b | on_c == set(names)
+    # Queue a mixed batch on a, then fail it: every client goes whole, in
+    # order, to one upstream, and the clients of b and c stay where they were.
+    a.outbox.put_nowait([r for name in names for r in from_client(name, 4)])
+    registry.set_upstream_state(a, UpstreamState.UNHEALTHY)
+    moved_b, moved_c = b.outbox.take_nowait(), c.outbox.take_nowait()
+    for name in names:
+        in_b = [r for r in moved_b if r.client_uuid == name]
+        in_c = [r for r in moved_c if r.client_uuid == name]
+        assert payloads(in_b or in_c) == [0, 1, 2, 3]
+        assert not (in_b and in_c)
+        if name in on_b:
+            assert in_b
+        if name in on_c:
+            assert in_c
+
+
+async def test_sticky_forgets_a_client_when_it_is_removed() -> None:
+    registry, (a, b) = setup(2)
+    registry.set_policy("sticky")
+    for up in (a, b):
+        registry.set_upstream_state(up, UpstreamState.SERVING)
+    c = client(registry, "gone", active=True)
+    await registry.dispatch(from_client("gone", 1))
+    assert len(registry.policy) == 1  # type: ignore[arg-type]
+    registry.remove_client(c)
+    assert len(registry.policy) == 0  # type: ignore[arg-type]

@@ -68,6 +68,11 @@ class Upstream:
     def address(self) -> str:
         return self.config.address
 
+    @property
+    def queued(self) -> int:
+        """Messages waiting in its outbox (what ``least_loaded`` balances on)."""
+        return len(self.outbox)
+
 
 class Backoff:
     """Exponential backoff with "equal jitter": half fixed, half random."""
