@@ -15,12 +15,26 @@ An example using every table::
     activity_window = 60        # seconds a client counts as active after its last message
     client_queue_size = 1024
     upstream_queue_size = 4096
+    max_clients_total = 10000   # over all listeners; 0 (default): no limit
+    slow_client_policy = "disconnect"   # or "drop_oldest"
+    slow_client_timeout = 5     # seconds a full client queue is tolerated
+    drain_period = 10           # seconds to spread client closes over when draining
+    drain_timeout = 30          # seconds a drain may take before pmlb stops at once
 
     [[listener]]                # more listeners, as many as needed
     name = "binary"
     host = "0.0.0.0"
     port = 7998
     framing = "length"
+    transport = "tls"           # "tcp" (default) or "tls"
+    tls_cert = "server.pem"     # required with "tls"
+    tls_key = "server.key"
+    tls_client_ca = "ca.pem"    # optional: require client certificates
+    proxy_protocol = true       # a PROXY v1/v2 header starts every connection
+    max_clients = 5000          # 0 (default): no limit
+    accept_rate = 200           # new connections per second; 0 (default): no limit
+    handshake_timeout = 10      # seconds for the PROXY header and TLS handshake
+    idle_timeout = 300          # seconds without a message; 0 (default): never
 
     [[upstream]]
     host = "127.0.0.1"
@@ -29,6 +43,11 @@ An example using every table::
     alive_timeout = 30
     live_interval = 5
     transport = "native"        # "native" (default) or "grpclib"
+    tls = true                  # default false
+    tls_ca = "upstream-ca.pem"  # default: the system's CAs
+    tls_cert = "pmlb.pem"       # optional client certificate (mutual TLS)
+    tls_key = "pmlb.key"
+    tls_server_name = "svc.internal"    # default: host
 
     [management_server]
     host = "127.0.0.1"
@@ -45,8 +64,9 @@ An example using every table::
 ``[server]``
     ``host`` (default ``"127.0.0.1"``), ``port`` (default 7999), ``name`` (the
     listener's name, default ``"default"``), ``transport`` (``"tcp"``, the
-    default, or ``"websocket"``), ``framing`` and ``max_message_size`` describe
-    a listener. ``[server]``
+    default, ``"tls"`` or ``"websocket"``), ``framing``, ``max_message_size``,
+    the TLS files, the limits and ``proxy_protocol`` (as in the example)
+    describe a listener. ``[server]``
     describes a listener when it sets ``host`` or ``port``, or when the file has
     no ``[[listener]]`` table; otherwise the ``[[listener]]`` tables are the only
     listeners, and setting ``name``, ``transport``, ``framing`` or
@@ -55,11 +75,15 @@ An example using every table::
     It also holds settings for the whole server: ``activity_window`` (seconds a
     client counts as active after its last message, default 60),
     ``client_queue_size`` (messages queued towards one client before it counts
-    as a slow client, default 1024) and ``upstream_queue_size`` (messages queued
+    as a slow client, default 1024), ``upstream_queue_size`` (messages queued
     towards one upstream before pmlb stops reading from clients, default 4096),
-    and ``balancing``, the policy that picks an upstream for each message:
+    ``balancing``, the policy that picks an upstream for each message:
     ``"round_robin"`` (default), ``"sticky"``, ``"hash"`` or ``"least_loaded"``
-    (see :mod:`pmlb.balancer`; the admin API can change it at runtime).
+    (see :mod:`pmlb.balancer`; the admin API can change it at runtime),
+    ``max_clients_total``, the slow-client policy (with ``"disconnect"`` and a
+    ``slow_client_timeout`` above 0, a full queue may grow to twice its size
+    for that long before the client is closed; 0 closes it at once) and the
+    drain timings.
 
     A WebSocket listener ignores ``framing`` (each WebSocket message is one
     message) and reads five more keys: ``path`` (the URL path clients connect
@@ -69,7 +93,8 @@ An example using every table::
     whenever valid UTF-8; ``"binary"``: always binary), ``handshake_timeout``
     (seconds, default 10), ``ping_interval`` and ``ping_timeout`` (seconds,
     default 20 each: a client whose pong does not come in time is
-    disconnected). TCP listeners accept these keys and ignore them.
+    disconnected). TCP listeners accept these keys and ignore them, except ``handshake_timeout``,
+    which bounds their PROXY header and TLS handshake.
 
 ``[[listener]]``
     Another listener, with the same keys as the listener part of ``[server]``;
@@ -82,8 +107,9 @@ An example using every table::
     (seconds to answer a liveness ping before it counts as unhealthy, default
     30), ``live_interval`` (seconds between liveness pings, default 5),
     ``transport``: ``"native"`` (default: pmlb's own HTTP/2 client on Trio,
-    the faster) or ``"grpclib"`` (grpclib driven through trio-asyncio). Two
-    upstreams may not have the same host and port.
+    the faster) or ``"grpclib"`` (grpclib driven through trio-asyncio), and
+    the TLS keys of the example. Two upstreams may not have the same host and
+    port.
 
 ``[management_server]`` and ``[management_server.tls]``
     The admin API's ``host`` (default ``"127.0.0.1"``) and ``port`` (default
@@ -126,7 +152,7 @@ __all__ = [
 ]
 
 _FRAMINGS: Final = ("raw", "line", "length")
-_TRANSPORTS: Final = ("tcp", "websocket")
+_TRANSPORTS: Final = ("tcp", "tls", "websocket")
 _WEBSOCKET_REPLIES: Final = ("auto", "text", "binary")
 #: pmlb.balancer.POLICIES's names (config does not import the balancer)
 _POLICIES: Final = ("round_robin", "sticky", "hash", "least_loaded")
@@ -154,9 +180,23 @@ class ListenerConfig:
     # WebSocket listeners only (see the module docstring)
     path: str = "/"
     websocket_reply: str = "auto"
+    #: seconds for the PROXY header, the TLS and the WebSocket handshakes
     handshake_timeout: float = 10.0
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
+    #: TLS (``transport = "tls"``): PEM certificate chain and key; a CA file
+    #: in ``tls_client_ca`` makes client certificates required (mutual TLS)
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    #: expect a PROXY protocol (v1 or v2) header on every connection
+    proxy_protocol: bool = False
+    #: connections at once on this listener (0: no limit)
+    max_clients: int = 0
+    #: new connections per second, with bursts of as many (0: no limit)
+    accept_rate: float = 0.0
+    #: seconds without a message from the client before it is closed (0: never)
+    idle_timeout: float = 0.0
 
     @property
     def address(self) -> str:
@@ -174,6 +214,14 @@ class UpstreamConfig:
     alive_timeout: float = 30.0
     live_interval: float = 5.0
     transport: str = "native"
+    #: TLS to the upstream: verified against ``tls_ca`` (else the system's
+    #: CAs); ``tls_cert``/``tls_key`` present a client certificate (mutual TLS)
+    tls: bool = False
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: the name to verify the certificate against, if not ``host``
+    tls_server_name: str = ""
 
     @property
     def address(self) -> str:
@@ -225,6 +273,17 @@ class Config:
     upstream_queue_size: int = 4096
     #: the balancing policy pmlb starts with (see pmlb.balancer)
     balancing: str = "round_robin"
+    #: connections at once over all listeners (0: no limit)
+    max_clients_total: int = 0
+    #: what to do when a client's outbound queue is full: "disconnect" it once
+    #: the queue has stayed full ``slow_client_timeout`` seconds, or
+    #: "drop_oldest" of its queued messages
+    slow_client_policy: str = "disconnect"
+    slow_client_timeout: float = 0.0
+    #: graceful drain: clients are closed spread over ``drain_period``
+    #: seconds; whatever is left after ``drain_timeout`` is stopped at once
+    drain_period: float = 0.0
+    drain_timeout: float = 30.0
     management: ManagementConfig = ManagementConfig()
     log: LogConfig = LogConfig()
     source: str | None = attrs.field(default=None, eq=False)
@@ -325,6 +384,21 @@ def _seconds(value: object) -> float:
     return seconds
 
 
+def _non_negative(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    try:
+        return _seconds(value)
+    except _Bad:
+        raise _Bad(f"must be a number >= 0, got {_describe(value)}") from None
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"must be true or false, got {_describe(value)}")
+    return value
+
+
 def _one_of(*choices: str) -> Callable[[object], str]:
     want = "must be one of " + ", ".join(repr(choice) for choice in choices)
 
@@ -356,6 +430,13 @@ _LISTENER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "handshake_timeout": _seconds,
     "ping_interval": _seconds,
     "ping_timeout": _seconds,
+    "tls_cert": _string,
+    "tls_key": _string,
+    "tls_client_ca": _string,
+    "proxy_protocol": _boolean,
+    "max_clients": _integer(0),
+    "accept_rate": _non_negative,
+    "idle_timeout": _non_negative,
 }
 _SERVER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     **_LISTENER_CHECKS,
@@ -363,6 +444,11 @@ _SERVER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "client_queue_size": _queue_size,
     "upstream_queue_size": _queue_size,
     "balancing": _one_of(*_POLICIES),
+    "max_clients_total": _integer(0),
+    "slow_client_policy": _one_of("disconnect", "drop_oldest"),
+    "slow_client_timeout": _non_negative,
+    "drain_period": _non_negative,
+    "drain_timeout": _seconds,
 }
 _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "host": _host,
@@ -371,6 +457,11 @@ _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "alive_timeout": _seconds,
     "live_interval": _seconds,
     "transport": _one_of(*_UPSTREAM_TRANSPORTS),
+    "tls": _boolean,
+    "tls_ca": _string,
+    "tls_cert": _string,
+    "tls_key": _string,
+    "tls_server_name": _string,
 }
 _MANAGEMENT_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "host": _host,
@@ -507,12 +598,15 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
     for key, table in listener_tables:
         _require(problems, table, key, ["name"])
         listeners.append((key, table, _read(problems, table, key, _LISTENER_CHECKS)))
+    for key, _, values in listeners:
+        _check_listener_tls(problems, key, values)
     listener_configs = _unique_listeners(problems, listeners)
 
     upstreams = []
     for key, table in _array_of_tables(problems, data, "upstream"):
         _require(problems, table, key, ["host", "port"])
         values = _read(problems, table, key, _UPSTREAM_CHECKS)
+        _check_upstream_tls(problems, key, values)
         if "host" in values and "port" in values:
             upstreams.append((key, UpstreamConfig(**values)))
     _check_unique_upstreams(problems, upstreams)
@@ -542,6 +636,26 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
         source=source,
         **{name: value for name, value in server_values.items() if name not in _LISTENER_CHECKS},
     )
+
+
+def _check_listener_tls(problems: _Problems, key: str, values: Mapping[str, Any]) -> None:
+    tls = values.get("transport") == "tls"
+    for name in ("tls_cert", "tls_key"):
+        if tls and not values.get(name):
+            problems.add(f"{key}.{name}", 'required when transport = "tls"')
+    for name in ("tls_cert", "tls_key", "tls_client_ca"):
+        if values.get(name) and not tls:
+            problems.add(f"{key}.{name}", 'only applies when transport = "tls"')
+
+
+def _check_upstream_tls(problems: _Problems, key: str, values: Mapping[str, Any]) -> None:
+    for name in ("tls_ca", "tls_cert", "tls_key", "tls_server_name"):
+        if values.get(name) and not values.get("tls"):
+            problems.add(f"{key}.{name}", "only applies when tls = true")
+    if values.get("tls_cert") and not values.get("tls_key"):
+        problems.add(f"{key}.tls_key", "must be set when tls_cert is set")
+    if values.get("tls_key") and not values.get("tls_cert"):
+        problems.add(f"{key}.tls_cert", "must be set when tls_key is set")
 
 
 def _unique_listeners(
@@ -823,6 +937,21 @@ def _emit(lines: list[str], path: str, table: Mapping[str, object]) -> None:
                 _emit(lines, child, item)
 
 
+# Keys added after the original file's are written only when they differ from
+# their defaults, so a rendered plain config reads like the original.
+_ORIGINAL_KEYS: Final = frozenset(
+    {"name", "host", "port", "transport", "framing", "max_message_size"}
+    | {"ready_timeout", "alive_timeout", "live_interval"}
+)
+
+
+def _as_table(value: ListenerConfig | UpstreamConfig) -> dict[str, object]:
+    return attrs.asdict(
+        value,
+        filter=lambda field, item: field.name in _ORIGINAL_KEYS or item != field.default,
+    )
+
+
 def render_config(config: Config) -> str:
     """``config`` as a TOML document that :func:`parse_config` reads back as an equal config.
 
@@ -831,16 +960,25 @@ def render_config(config: Config) -> str:
     """
     server: dict[str, object] = {}
     if config.listeners:
-        server.update(attrs.asdict(config.listeners[0]))
+        server.update(_as_table(config.listeners[0]))
     server["activity_window"] = config.activity_window
     server["client_queue_size"] = config.client_queue_size
     server["upstream_queue_size"] = config.upstream_queue_size
     server["balancing"] = config.balancing
+    for name in (
+        "max_clients_total",
+        "slow_client_policy",
+        "slow_client_timeout",
+        "drain_period",
+        "drain_timeout",
+    ):
+        if getattr(config, name) != getattr(attrs.fields(Config), name).default:
+            server[name] = getattr(config, name)
     document: dict[str, object] = {"server": server}
     if len(config.listeners) > 1:
-        document["listener"] = [attrs.asdict(listener) for listener in config.listeners[1:]]
+        document["listener"] = [_as_table(listener) for listener in config.listeners[1:]]
     if config.upstreams:
-        document["upstream"] = [attrs.asdict(upstream) for upstream in config.upstreams]
+        document["upstream"] = [_as_table(upstream) for upstream in config.upstreams]
     management: dict[str, object] = {
         "host": config.management.host,
         "port": config.management.port,

@@ -20,6 +20,7 @@ from pmlb._proto import upstream_pb2 as pb
 from pmlb.balancer import Policy, make_policy
 from pmlb.config import Config, UpstreamConfig
 from pmlb.downstream.client import Client
+from pmlb.downstream.limits import ConnectionCounters
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.supervisor import Upstream, UpstreamState
 
@@ -54,6 +55,8 @@ class Statistics:
     unknown_client: int
     invalid_target: int
     awaiting_upstream: int
+    #: connection limits: what was accepted, refused and closed (a copy)
+    connections: ConnectionCounters = attrs.field(factory=ConnectionCounters)
 
 
 class Registry:
@@ -79,6 +82,7 @@ class Registry:
         self.broadcasts = 0
         self.unknown_client = 0
         self.invalid_target = 0
+        self.connections = ConnectionCounters()
 
     # -- clients --------------------------------------------------------
 
@@ -251,4 +255,5 @@ class Registry:
             invalid_target=self.invalid_target,
             awaiting_upstream=len(self._orphans)
             + sum(len(u.outbox) for u in self.upstreams.values()),
+            connections=attrs.evolve(self.connections),
         )

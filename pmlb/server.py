@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 
 import attrs
 import trio
@@ -16,6 +17,7 @@ from pmlb.registry import Registry
 from pmlb.upstream.grpclib_transport import GrpclibTransport
 from pmlb.upstream.h2_transport import H2Transport
 from pmlb.upstream.supervisor import Upstream, supervise
+from pmlb.upstream.tls import upstream_ssl_context
 from pmlb.upstream.transport import Transport
 
 log = logging.getLogger("pmlb.server")
@@ -87,9 +89,22 @@ async def serve(
         async with trio_asyncio.open_loop() as loop, trio.open_nursery() as upstreams:
 
             def transport_factory(upstream: UpstreamConfig) -> Transport:
+                ssl_context = partial(upstream_ssl_context, upstream) if upstream.tls else None
+                server_name = upstream.tls_server_name or None
                 if upstream.transport == "grpclib":
-                    return GrpclibTransport(upstream.host, upstream.port, loop)
-                return H2Transport(upstream.host, upstream.port)
+                    return GrpclibTransport(
+                        upstream.host,
+                        upstream.port,
+                        loop,
+                        ssl_context=ssl_context,
+                        server_name=server_name,
+                    )
+                return H2Transport(
+                    upstream.host,
+                    upstream.port,
+                    ssl_context=ssl_context,
+                    server_name=server_name,
+                )
 
             for upstream_config in config.upstreams:
                 upstream = registry.add_upstream(upstream_config)

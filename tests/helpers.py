@@ -105,6 +105,11 @@ class Processes:
         self._clients: list[LineClient] = []
         #: passed to every ``pmlb serve`` as ``--upstream-transport`` when set
         self.upstream_transport: str | None = None
+        self._streams: list[trio.abc.AsyncResource] = []
+
+    def on_close(self, resource: trio.abc.AsyncResource) -> None:
+        """Close ``resource`` at the end of the test."""
+        self._streams.append(resource)
 
     async def client(self, port: int) -> LineClient:
         """A line client connected to ``port`` (closed at the end of the test)."""
@@ -162,6 +167,8 @@ class Processes:
     async def aclose(self) -> None:
         for client in self._clients:
             await trio.aclose_forcefully(client.stream)
+        for resource in self._streams:
+            await trio.aclose_forcefully(resource)
         for proc in self._procs:
             if proc.process.returncode is None:
                 proc.process.kill()

@@ -230,7 +230,7 @@ INVALID_FILES = [
     ),
     pytest.param(
         '[server]\ntransport = "udp"',
-        "pmlb.toml: server.transport: must be one of 'tcp', 'websocket', got 'udp'",
+        "pmlb.toml: server.transport: must be one of 'tcp', 'tls', 'websocket', got 'udp'",
         id="transport-unknown",
     ),
     pytest.param(
@@ -242,6 +242,107 @@ INVALID_FILES = [
         '[server]\nwebsocket_reply = "utf8"',
         "pmlb.toml: server.websocket_reply: must be one of 'auto', 'text', 'binary', got 'utf8'",
         id="websocket-reply-unknown",
+    ),
+    pytest.param(
+        '[server]\ntransport = "tls"\ntls_key = "k.pem"',
+        'pmlb.toml: server.tls_cert: required when transport = "tls"',
+        id="tls-listener-without-cert",
+    ),
+    pytest.param(
+        '[server]\ntransport = "tls"\ntls_cert = "c.pem"',
+        'pmlb.toml: server.tls_key: required when transport = "tls"',
+        id="tls-listener-without-key",
+    ),
+    pytest.param(
+        '[server]\ntls_client_ca = "ca.pem"',
+        'pmlb.toml: server.tls_client_ca: only applies when transport = "tls"',
+        id="tls-client-ca-without-tls",
+    ),
+    pytest.param(
+        "[server]\ntls_cert = 1",
+        "pmlb.toml: server.tls_cert: must be a string, got integer 1",
+        id="tls-cert-integer",
+    ),
+    pytest.param(
+        '[server]\nproxy_protocol = "yes"',
+        "pmlb.toml: server.proxy_protocol: must be true or false, got string 'yes'",
+        id="proxy-protocol-string",
+    ),
+    pytest.param(
+        "[server]\nmax_clients = -1",
+        "pmlb.toml: server.max_clients: must be an integer >= 0, got -1",
+        id="max-clients-negative",
+    ),
+    pytest.param(
+        "[server]\nmax_clients_total = 1.5",
+        "pmlb.toml: server.max_clients_total: must be an integer >= 0, got float 1.5",
+        id="max-clients-total-float",
+    ),
+    pytest.param(
+        "[server]\naccept_rate = -5",
+        "pmlb.toml: server.accept_rate: must be a number >= 0, got integer -5",
+        id="accept-rate-negative",
+    ),
+    pytest.param(
+        "[server]\nhandshake_timeout = 0",
+        "pmlb.toml: server.handshake_timeout: must be a number > 0, got 0",
+        id="handshake-timeout-zero",
+    ),
+    pytest.param(
+        '[server]\nidle_timeout = "5m"',
+        "pmlb.toml: server.idle_timeout: must be a number >= 0, got string '5m'",
+        id="idle-timeout-string",
+    ),
+    pytest.param(
+        '[server]\nslow_client_policy = "block"',
+        "pmlb.toml: server.slow_client_policy: must be one of 'disconnect', 'drop_oldest',"
+        " got 'block'",
+        id="slow-client-policy-unknown",
+    ),
+    pytest.param(
+        "[server]\nslow_client_timeout = nan",
+        "pmlb.toml: server.slow_client_timeout: must be a number >= 0, got float nan",
+        id="slow-client-timeout-nan",
+    ),
+    pytest.param(
+        "[server]\ndrain_period = -1",
+        "pmlb.toml: server.drain_period: must be a number >= 0, got integer -1",
+        id="drain-period-negative",
+    ),
+    pytest.param(
+        "[server]\ndrain_timeout = 0",
+        "pmlb.toml: server.drain_timeout: must be a number > 0, got 0",
+        id="drain-timeout-zero",
+    ),
+    pytest.param(
+        '[[listener]]\nname = "a"\nmax_clients = 3\n[server]\nmax_clients = 4',
+        "pmlb.toml: server.max_clients: only applies when [server] sets host or port",
+        id="server-max-clients-without-listener",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "a"\nport = 1\ntls = "true"',
+        "pmlb.toml: upstream[0].tls: must be true or false, got string 'true'",
+        id="upstream-tls-string",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "a"\nport = 1\ntls_ca = "ca.pem"',
+        "pmlb.toml: upstream[0].tls_ca: only applies when tls = true",
+        id="upstream-tls-ca-without-tls",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "a"\nport = 1\ntls = true\ntls_cert = "c.pem"',
+        "pmlb.toml: upstream[0].tls_key: must be set when tls_cert is set",
+        id="upstream-tls-cert-without-key",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "a"\nport = 1\ntls = true\ntls_key = "k.pem"',
+        "pmlb.toml: upstream[0].tls_cert: must be set when tls_key is set",
+        id="upstream-tls-key-without-cert",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "a"\nport = 1\ntls = true\ntls_server_name = 7',
+        "pmlb.toml: upstream[0].tls_server_name: must be a string, got integer 7",
+        id="upstream-tls-server-name-integer",
     ),
     pytest.param(
         '[[listener]]\nname = "a"\nframing = "lines"',

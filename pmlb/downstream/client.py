@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import trio
 
@@ -16,13 +17,19 @@ class Client:
     """
 
     __slots__ = (
+        "_full_since",
         "_pending",
         "_scope",
+        "_slow_policy",
+        "_slow_timeout",
         "_wakeup",
         "bytes_in",
         "bytes_out",
         "close_reason",
+        "closed_slow",
         "connected_at",
+        "draining",
+        "dropped",
         "last_active",
         "listener",
         "messages_in",
@@ -42,6 +49,8 @@ class Client:
         transport: str,
         queue_limit: int,
         scope: trio.CancelScope,
+        slow_policy: str = "disconnect",
+        slow_timeout: float = 0.0,
     ) -> None:
         self.uuid = uuid
         self.listener = listener
@@ -56,7 +65,17 @@ class Client:
         self.bytes_in = 0
         self.bytes_out = 0
         self.close_reason: str | None = None
-        self._pending: list[bytes] = []
+        #: closed by the slow-client policy
+        self.closed_slow = False
+        #: messages dropped by the "drop_oldest" policy
+        self.dropped = 0
+        #: set by a graceful drain: the writer closes once the queue is empty
+        self.draining = False
+        self._slow_policy = slow_policy
+        self._slow_timeout = slow_timeout
+        # time.monotonic() since when the queue has been full, if it is
+        self._full_since: float | None = None
+        self._pending: deque[bytes] = deque()
         self._wakeup: trio.Event | None = None
         self._scope = scope
 
@@ -69,25 +88,58 @@ class Client:
         return len(self._pending)
 
     def send(self, payload: bytes) -> bool:
-        """Queue ``payload`` for the client; a client whose queue is full is disconnected."""
+        """Queue ``payload`` for the client, applying the slow-client policy when it is full.
+
+        Never waits. ``"drop_oldest"`` drops the oldest queued message to make
+        room. ``"disconnect"`` closes the client once its queue has been full
+        for ``slow_timeout`` seconds (at once if 0); meanwhile the queue may
+        grow to twice ``queue_limit``, and reaching that closes it too.
+        """
         if self.close_reason is not None:
             return False
-        if len(self._pending) >= self.queue_limit:
-            self.close(f"slow client: outbound queue full ({self.queue_limit} messages)")
-            return False
-        self._pending.append(payload)
+        pending = self._pending
+        if len(pending) >= self.queue_limit:
+            if self._slow_policy == "drop_oldest":
+                pending.popleft()
+                self.dropped += 1
+            else:
+                now = time.monotonic()
+                if self._full_since is None:
+                    self._full_since = now
+                if (
+                    now - self._full_since >= self._slow_timeout
+                    or len(pending) >= 2 * self.queue_limit
+                ):
+                    self.closed_slow = True
+                    self.close(
+                        f"slow client: outbound queue full ({self.queue_limit} messages)"
+                        + (f" for {self._slow_timeout:g}s" if self._slow_timeout else "")
+                    )
+                    return False
+        pending.append(payload)
         if self._wakeup is not None:
             self._wakeup.set()
             self._wakeup = None
         return True
 
     async def next_batch(self) -> list[bytes]:
-        """Wait for queued messages and take them all."""
+        """Wait for queued messages and take them all (``[]`` once draining and empty)."""
         while not self._pending:
+            if self.draining:
+                return []
             self._wakeup = trio.Event()
             await self._wakeup.wait()
-        batch, self._pending = self._pending, []
+        batch = list(self._pending)
+        self._pending.clear()
+        self._full_since = None
         return batch
+
+    def drain(self) -> None:
+        """Close once everything queued is written (a graceful drain)."""
+        self.draining = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
 
     def close(self, reason: str) -> None:
         """Disconnect the client (the first reason given is the one kept)."""

@@ -1,19 +1,30 @@
-"""TCP listeners: accept clients, mark each with a UUID, pump its messages."""
+"""TCP and TLS listeners: accept clients, mark each with a UUID, pump its messages.
+
+A connection goes through its handshake first (the PROXY protocol header,
+then TLS, each where configured, all under ``handshake_timeout``); the
+listener's and the server's limits are checked at accept, and a connection
+over one is closed at once. Every refusal and forced close is counted in
+``Registry.connections``.
+"""
 
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 import uuid
 from functools import partial
 
 import trio
 
+from pmlb._log import RateLimited
 from pmlb._proto import upstream_pb2 as pb
 from pmlb._time import rfc3339_now
 from pmlb.codecs import FramingError, frame, make_decoder
+from pmlb.codecs.proxy_protocol import ProxyHeaderParser, ProxyProtocolError
 from pmlb.config import ListenerConfig, format_address
 from pmlb.downstream.client import Client
+from pmlb.downstream.limits import TokenBucket
 from pmlb.registry import Registry
 
 log = logging.getLogger("pmlb.downstream")
@@ -24,13 +35,88 @@ class ListenError(Exception):
 
 
 async def open_listeners(config: ListenerConfig) -> list[trio.SocketListener]:
-    """Bind ``config``'s address; :class:`ListenError` if it cannot."""
+    """Bind ``config``'s address; :class:`ListenError` if it cannot (or its TLS files are bad)."""
+    if config.transport == "tls":
+        server_ssl_context(config)  # fail before anything starts
     try:
         return await trio.open_tcp_listeners(config.port, host=config.host)
     except OSError as exc:
         raise ListenError(
             f"listener {config.name!r} cannot listen on {config.address}: {exc.strerror or exc}"
         ) from None
+
+
+def server_ssl_context(config: ListenerConfig) -> ssl.SSLContext:
+    """The TLS context of a ``tls`` listener; :class:`ListenError` naming the file if unusable.
+
+    The error names the files and the TLS library's reason only, never
+    their content.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+        if config.tls_client_ca:
+            context.load_verify_locations(cafile=config.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc)
+        raise ListenError(
+            f"listener {config.name!r} cannot load its TLS files"
+            f" (tls_cert {config.tls_cert!r}, tls_key {config.tls_key!r}"
+            + (f", tls_client_ca {config.tls_client_ca!r}" if config.tls_client_ca else "")
+            + f"): {reason}"
+        ) from None
+    return context
+
+
+class _Gate:
+    """The limits a listener checks for each new connection."""
+
+    def __init__(self, config: ListenerConfig, registry: Registry) -> None:
+        self.config = config
+        self.registry = registry
+        self.open = 0
+        self.bucket = TokenBucket(config.accept_rate) if config.accept_rate else None
+
+    def refusal(self) -> str | None:
+        """Why a new connection must be refused now, or ``None`` to admit it."""
+        counters = self.registry.connections
+        if self.bucket is not None and not self.bucket.take(time.monotonic()):
+            counters.refused_accept_rate += 1
+            return f"over accept_rate ({self.config.accept_rate:g}/s)"
+        if self.config.max_clients and self.open >= self.config.max_clients:
+            counters.refused_max_clients += 1
+            return f"listener at max_clients ({self.config.max_clients})"
+        total = self.registry.config.max_clients_total
+        if total and counters.open >= total:
+            counters.refused_max_clients += 1
+            return f"server at max_clients_total ({total})"
+        return None
+
+
+class _Prefixed(trio.abc.Stream):
+    """A stream whose first bytes were already read (past a PROXY header)."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._prefix:
+            data = self._prefix[:max_bytes] if max_bytes else self._prefix
+            self._prefix = self._prefix[len(data) :]
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 async def serve_tcp_listener(
@@ -45,51 +131,158 @@ async def serve_tcp_listener(
     Reports the bound addresses (``host:port``, with the real port when the
     config said 0) through ``task_status`` once accepting.
     """
+    context = server_ssl_context(config) if config.transport == "tls" else None
     addresses = [format_address(*listener.socket.getsockname()[:2]) for listener in listeners]
     for address in addresses:
         log.info("listening", extra={"listener": config.name, "address": address})
     # Bound and listening already: clients that connect before the accept
     # loop runs wait in the backlog.
     task_status.started(addresses)
-    handler = partial(handle_connection, config=config, registry=registry)
+    handler = partial(
+        handle_connection,
+        config=config,
+        registry=registry,
+        gate=_Gate(config, registry),
+        ssl_context=context,
+    )
     await trio.serve_listeners(handler, listeners)
 
 
+_refusal_log = RateLimited(log)
+
+
 async def handle_connection(
-    stream: trio.SocketStream, *, config: ListenerConfig, registry: Registry
+    stream: trio.SocketStream,
+    *,
+    config: ListenerConfig,
+    registry: Registry,
+    gate: _Gate | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
-    """Run one client: its reader and writer, in the connection's own nursery."""
+    """Run one client: limits, handshake, then its reader and writer."""
     try:
         remote = format_address(*stream.socket.getpeername()[:2])
     except OSError:  # the peer is already gone
         await trio.aclose_forcefully(stream)
         return
+    gate = gate or _Gate(config, registry)
+    counters = registry.connections
+    refusal = gate.refusal()
+    if refusal is not None:
+        _refusal_log.warning(
+            "connection refused", listener=config.name, peer=remote, reason=refusal
+        )
+        await trio.aclose_forcefully(stream)
+        return
+    counters.accepted += 1
+    counters.open += 1
+    gate.open += 1
     try:
-        await _run_client(stream, remote, config, registry)
+        client_stream, remote, initial = await _handshake(
+            stream, remote, config, registry, ssl_context
+        )
+        if client_stream is not None:
+            await _run_client(client_stream, remote, config, registry, initial)
     except Exception:
         # A bug in one connection must not end the listener or other clients.
         log.exception("internal error on a client connection", extra={"peer": remote})
+    finally:
+        counters.open -= 1
+        gate.open -= 1
+        await trio.aclose_forcefully(stream)
+
+
+async def _handshake(
+    stream: trio.SocketStream,
+    remote: str,
+    config: ListenerConfig,
+    registry: Registry,
+    ssl_context: ssl.SSLContext | None,
+) -> tuple[trio.abc.Stream | None, str, bytes]:
+    """The PROXY header and TLS handshake, where configured: (stream or None, remote, data)."""
+    counters = registry.connections
+    fields = {"listener": config.name, "peer": remote}
+    client_stream: trio.abc.Stream = stream
+    initial = b""
+    with trio.move_on_after(config.handshake_timeout):
+        try:
+            if config.proxy_protocol:
+                parser = ProxyHeaderParser()
+                while (result := parser.feed(await stream.receive_some(4096) or _eof())) is None:
+                    pass
+                header, initial = result
+                if header.source is not None:
+                    remote = format_address(*header.source)
+                    fields["peer"] = remote
+                    fields["via"] = format_address(*stream.socket.getpeername()[:2])
+            if ssl_context is not None:
+                if initial:
+                    client_stream, initial = _Prefixed(stream, initial), b""
+                tls = trio.SSLStream(client_stream, ssl_context, server_side=True)
+                try:
+                    await tls.do_handshake()
+                except trio.BrokenResourceError as exc:
+                    counters.tls_handshake_failures += 1
+                    _refusal_log.warning("TLS handshake failed", **fields, reason=_tls_reason(exc))
+                    return None, remote, b""
+                client_stream = tls
+            return client_stream, remote, initial
+        except ProxyProtocolError as exc:
+            counters.proxy_header_errors += 1
+            _refusal_log.warning("bad PROXY protocol header", **fields, reason=str(exc))
+            return None, remote, b""
+        except (trio.BrokenResourceError, _EOF):
+            return None, remote, b""
+    counters.handshake_timeouts += 1
+    _refusal_log.warning(
+        "handshake timed out", **fields, reason=f"handshake_timeout ({config.handshake_timeout:g}s)"
+    )
+    return None, remote, b""
+
+
+class _EOF(Exception):
+    pass
+
+
+def _eof() -> bytes:
+    raise _EOF
+
+
+def _tls_reason(exc: BaseException) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLError):
+        return cause.reason or type(cause).__name__
+    return str(cause or exc) or type(exc).__name__
 
 
 async def _run_client(
-    stream: trio.SocketStream, remote: str, config: ListenerConfig, registry: Registry
+    stream: trio.abc.Stream,
+    remote: str,
+    config: ListenerConfig,
+    registry: Registry,
+    initial: bytes = b"",
 ) -> None:
     async with trio.open_nursery() as nursery:
         client = Client(
             str(uuid.uuid4()),
             listener=config.name,
             remote=remote,
-            transport="tcp",
+            transport=config.transport,
             queue_limit=registry.config.client_queue_size,
             scope=nursery.cancel_scope,
+            slow_policy=registry.config.slow_client_policy,
+            slow_timeout=registry.config.slow_client_timeout,
         )
         fields = {"client": client.uuid, "listener": config.name, "peer": remote}
         registry.add_client(client)
         log.info("client connected", extra=fields)
         try:
             nursery.start_soon(_write, stream, client, config)
-            await _read(stream, client, config, registry)
+            await _read(stream, client, config, registry, initial)
         finally:
+            if client.closed_slow:
+                registry.connections.slow_client_disconnects += 1
+            registry.connections.slow_client_dropped += client.dropped
             registry.remove_client(client)
             nursery.cancel_scope.cancel()
             await trio.aclose_forcefully(stream)
@@ -98,19 +291,36 @@ async def _run_client(
 
 
 async def _read(
-    stream: trio.SocketStream, client: Client, config: ListenerConfig, registry: Registry
+    stream: trio.abc.Stream,
+    client: Client,
+    config: ListenerConfig,
+    registry: Registry,
+    initial: bytes = b"",
 ) -> None:
     decoder = make_decoder(config.framing, config.max_message_size)
     uuid_ = client.uuid
     make_request = pb.InputStreamRequest
+    idle = config.idle_timeout
+    data: bytes | bytearray
     try:
         while True:
-            data = await stream.receive_some(decoder.read_size)
+            if initial:
+                data, initial = initial, b""
+            elif idle:
+                data = b""
+                with trio.move_on_after(idle) as idle_scope:
+                    data = await stream.receive_some(decoder.read_size)
+                if idle_scope.cancelled_caught:
+                    registry.connections.idle_timeouts += 1
+                    client.close(f"idle for idle_timeout ({idle:g}s)")
+                    return
+            else:
+                data = await stream.receive_some(decoder.read_size)
             if not data:
                 client.close("client closed the connection")
                 return
             client.bytes_in += len(data)
-            messages = decoder.feed(data)
+            messages = decoder.feed(data if isinstance(data, bytes) else bytes(data))
             if not messages:
                 continue
             client.last_active = time.monotonic()
@@ -121,17 +331,21 @@ async def _read(
                 [make_request(time=now, client_uuid=uuid_, payload=m) for m in messages]
             )
     except FramingError as exc:
+        registry.connections.bad_input += 1
         client.close(f"bad input: {exc}")
         log.warning("client sent bad input", extra={"client": uuid_, "problem": str(exc)})
     except trio.BrokenResourceError as exc:
         client.close(f"connection lost: {exc.__cause__ or exc}")
 
 
-async def _write(stream: trio.SocketStream, client: Client, config: ListenerConfig) -> None:
+async def _write(stream: trio.abc.Stream, client: Client, config: ListenerConfig) -> None:
     framing = config.framing
     try:
         while True:
             batch = await client.next_batch()
+            if not batch:  # drained
+                client.close("pmlb is shutting down")
+                return
             data = frame(framing, batch)
             await stream.send_all(data)
             client.messages_out += len(batch)

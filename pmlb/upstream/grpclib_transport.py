@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 import grpclib.client
+import grpclib.config
 import grpclib.const
 import grpclib.exceptions
 import h2.exceptions
@@ -54,15 +56,28 @@ def _describe(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, DecodeError):
         return f"malformed message from the upstream: {exc}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class GrpclibTransport:
     """One HTTP/2 connection to one upstream, made with grpclib."""
 
-    def __init__(self, host: str, port: int, loop: trio_asyncio.TrioEventLoop) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        loop: trio_asyncio.TrioEventLoop,
+        *,
+        ssl_context: Callable[[], ssl.SSLContext] | None = None,
+        server_name: str | None = None,
+    ) -> None:
         self._host = host
         self._port = port
+        # Made at connect time (inside _call, so a bad file is an UpstreamError).
+        self._ssl_context = ssl_context
+        self._server_name = server_name
         # Explicit, not the loop of the current context: a supervisor started
         # at runtime (Server.add_upstream) runs in its caller's context.
         self._loop = loop
@@ -72,7 +87,15 @@ class GrpclibTransport:
 
     def _get_channel(self) -> grpclib.client.Channel:
         if self._channel is None:
-            self._channel = grpclib.client.Channel(self._host, self._port)
+            if self._ssl_context is None:
+                self._channel = grpclib.client.Channel(self._host, self._port)
+            else:
+                self._channel = grpclib.client.Channel(
+                    self._host,
+                    self._port,
+                    ssl=self._ssl_context(),
+                    config=grpclib.config.Configuration(ssl_target_name_override=self._server_name),
+                )
         return self._channel
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -402,7 +402,8 @@ class H2Transport:
         host: str,
         port: int,
         *,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
+        server_name: str | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         connect_timeout: float = math.inf,
         open_stream: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
@@ -410,7 +411,10 @@ class H2Transport:
         self._open_stream = open_stream
         self._host = host
         self._port = port
+        # A callable is called at each connect (inside the error handling, so a
+        # bad certificate file is an UpstreamError, and a rotated one is read).
         self._ssl_context = ssl_context
+        self._server_name = server_name
         self._max_message_size = max_message_size
         self._connect_timeout = connect_timeout
         self._connection: _Connection | None = None
@@ -426,14 +430,19 @@ class H2Transport:
                 await connection.aclose()
                 self._connection = None
             try:
+                context = self._ssl_context
+                if callable(context):
+                    context = context()
                 with trio.fail_after(self._connect_timeout):
                     sock: trio.abc.Stream
                     if self._open_stream is not None:
                         sock = await self._open_stream()
                     else:
                         sock = await trio.open_tcp_stream(self._host, self._port)
-                if self._ssl_context is not None:
-                    tls = trio.SSLStream(sock, self._ssl_context, server_hostname=self._host)
+                if context is not None:
+                    tls = trio.SSLStream(
+                        sock, context, server_hostname=self._server_name or self._host
+                    )
                     await tls.do_handshake()
                     if tls.selected_alpn_protocol() != "h2":
                         await trio.aclose_forcefully(tls)

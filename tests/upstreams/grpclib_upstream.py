@@ -90,7 +90,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     server = Server([service])
     sock = bind(args.host, args.port)
-    await server.start(sock=sock)
+    await server.start(sock=sock, ssl=script.server_ssl_context(args))
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
     await stop.wait()
     server.close()

@@ -15,6 +15,7 @@ Commands (the payload decoded as UTF-8, one trailing ``\\r`` ignored):
 from __future__ import annotations
 
 import argparse
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -68,4 +69,20 @@ def parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--not-ready", action="store_true")
+    parser.add_argument("--tls-cert", help="serve TLS with this PEM certificate chain")
+    parser.add_argument("--tls-key", help="... and this PEM key")
+    parser.add_argument("--tls-client-ca", help="require client certificates from this CA")
     return parser
+
+
+def server_ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context the command line asks for, speaking h2; None for plain TCP."""
+    if not args.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_client_ca:
+        context.load_verify_locations(cafile=args.tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(["h2"])
+    return context
