@@ -288,13 +288,24 @@ async def test_bad_tls_files_are_named_without_their_content(tmp_path: Path) -> 
     assert secret not in message
 
 
+TRANSPORTS = pytest.mark.parametrize("transport", ["native", "grpclib"])
+
+
+@TRANSPORTS
 @pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
-async def test_tls_to_the_upstream(procs: Processes, certs: Certs, mutual: bool) -> None:
+async def test_tls_to_the_upstream(
+    procs: Processes, certs: Certs, mutual: bool, transport: str
+) -> None:
     tls_args = ["--tls-cert", str(certs.cert), "--tls-key", str(certs.key)]
     if mutual:
         tls_args += ["--tls-client-ca", str(certs.ca_file)]
     _, up = await procs.upstream("A", extra=tls_args)
-    upstream: dict[str, object] = {"host": "127.0.0.1", "port": up, "tls": True}
+    upstream: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": up,
+        "tls": True,
+        "transport": transport,
+    }
     upstream["tls_ca"] = str(certs.ca_file)
     if mutual:
         upstream |= {"tls_cert": str(certs.client_cert), "tls_key": str(certs.client_key)}
@@ -322,8 +333,14 @@ def toml_value(value: object) -> str:
         ({"tls_cert": "", "tls_key": ""}, "reason="),  # the upstream requires one
     ],
 )
+@TRANSPORTS
 async def test_upstream_tls_failures_are_reported_without_secrets(
-    procs: Processes, certs: Certs, tmp_path: Path, change: dict[str, str], problem: str
+    procs: Processes,
+    certs: Certs,
+    tmp_path: Path,
+    change: dict[str, str],
+    problem: str,
+    transport: str,
 ) -> None:
     tls_args = ["--tls-cert", str(certs.cert), "--tls-key", str(certs.key)]
     _, up = await procs.upstream("A", extra=[*tls_args, "--tls-client-ca", str(certs.ca_file)])
@@ -335,6 +352,7 @@ async def test_upstream_tls_failures_are_reported_without_secrets(
         "tls_cert": str(certs.client_cert),
         "tls_key": str(certs.client_key),
         "ready_timeout": 2,
+        "transport": transport,
     }
     upstream = {k: v for k, v in (upstream | change).items() if v != ""}
     path = tmp_path / "pmlb.toml"
