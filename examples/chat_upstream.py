@@ -3,14 +3,20 @@
 Run it, then pmlb in line framing, then connect two clients::
 
     python examples/chat_upstream.py                 # listens on 127.0.0.1:45888
-    pmlb serve --framing line --upstream 127.0.0.1:45888
+    pmlb serve --config examples/chat_pmlb.toml      # line framing, events = true
     nc 127.0.0.1 7999                                # in two terminals
+
+With ``events = true`` on the upstream (as in ``examples/chat_pmlb.toml``),
+pmlb also tells it when clients come and go, and everyone sees
+``* <name> joined`` and ``* <name> left (<why>)``. Without it (``pmlb serve
+--framing line --upstream 127.0.0.1:45888``) the chat works the same, silently.
 
 Each line is broadcast to all clients as ``<name>: <text>``, where ``<name>`` is
 the first 8 characters of the sender's UUID until it sets a nickname:
 
 - ``/nick NAME`` sets the sender's nickname;
-- ``/who`` answers the sender only, with how many nicknames are known.
+- ``/who`` answers the sender only, with how many nicknames are known;
+- ``/kick NAME`` disconnects the client with that nickname (an upstream action).
 
 The nicknames live in a dict in this process, which is fine for one upstream.
 pmlb round-robins messages across all its upstreams, so a real (stateless)
@@ -30,7 +36,10 @@ from grpclib.server import Server
 from grpclib.utils import graceful_exit
 
 from pmlb.contract import (
+    Action,
     Broadcast,
+    DisconnectReason,
+    Event,
     InputStreamRequest,
     LiveResult,
     OutputStreamRequest,
@@ -52,6 +61,21 @@ def to_client(client_uuid: str, text: str) -> OutputStreamRequest:
     return OutputStreamRequest(time=now(), client_uuid=client_uuid, payload=text.encode())
 
 
+def disconnect(client_uuid: str) -> OutputStreamRequest:
+    return OutputStreamRequest(time=now(), client_uuid=client_uuid, action=Action.ACTION_DISCONNECT)
+
+
+#: How a departure reads, by the reason pmlb gives.
+LEFT = {
+    DisconnectReason.DISCONNECT_CLIENT_CLOSED: "quit",
+    DisconnectReason.DISCONNECT_UPSTREAM_ACTION: "kicked",
+    DisconnectReason.DISCONNECT_KICKED: "kicked by an operator",
+    DisconnectReason.DISCONNECT_TOO_BIG: "said too much at once",
+    DisconnectReason.DISCONNECT_SLOW: "too slow to keep up",
+    DisconnectReason.DISCONNECT_DRAIN: "server going down",
+}
+
+
 class ChatUpstream(UpstreamPeerServiceBase):
     def __init__(self) -> None:
         self.nicknames: dict[str, str] = {}  # client UUID -> nickname
@@ -68,6 +92,12 @@ class ChatUpstream(UpstreamPeerServiceBase):
             return to_all(f"* {old} is now {new}")
         if text == "/who":
             return to_client(client_uuid, f"* {len(self.nicknames)} nickname(s) known")
+        if text.startswith("/kick "):
+            name = text.removeprefix("/kick ").strip()
+            for uuid, nickname in self.nicknames.items():
+                if nickname == name:
+                    return disconnect(uuid)
+            return to_client(client_uuid, f"* nobody is called {name}")
         if text:
             return to_all(f"{self.name_of(client_uuid)}: {text}")
         return None  # ignore empty lines
@@ -76,6 +106,14 @@ class ChatUpstream(UpstreamPeerServiceBase):
         self, input_stream_request_iterator: AsyncIterator[InputStreamRequest]
     ) -> AsyncIterator[OutputStreamRequest]:
         async for request in input_stream_request_iterator:
+            if request.event == Event.EVENT_CONNECTED:
+                yield to_all(f"* {self.name_of(request.client_uuid)} joined ({request.transport})")
+                continue
+            if request.event == Event.EVENT_DISCONNECTED:
+                name = self.nicknames.pop(request.client_uuid, request.client_uuid[:8])
+                why = LEFT.get(request.disconnect_reason, "connection lost")
+                yield to_all(f"* {name} left ({why})")
+                continue
             text = request.payload.decode("utf-8", errors="replace").rstrip("\r\n")
             answer = self.handle(request.client_uuid, text)
             if answer is not None:

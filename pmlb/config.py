@@ -107,9 +107,11 @@ An example using every table::
     (seconds to answer a liveness ping before it counts as unhealthy, default
     30), ``live_interval`` (seconds between liveness pings, default 5),
     ``transport``: ``"native"`` (default: pmlb's own HTTP/2 client on Trio,
-    the faster) or ``"grpclib"`` (grpclib driven through trio-asyncio), and
-    the TLS keys of the example. Two upstreams may not have the same host and
-    port.
+    the faster) or ``"grpclib"`` (grpclib driven through trio-asyncio), the
+    TLS keys of the example, and ``events`` (``true``: also send this upstream
+    the clients' connected and disconnected events, see docs/contract.md;
+    default ``false``, the original contract). Two upstreams may not have the
+    same host and port.
 
 ``[management_server]`` and ``[management_server.tls]``
     The admin API's ``host`` (default ``"127.0.0.1"``) and ``port`` (default
@@ -222,6 +224,8 @@ class UpstreamConfig:
     tls_key: str = ""
     #: the name to verify the certificate against, if not ``host``
     tls_server_name: str = ""
+    #: send this upstream client lifecycle events (connected, disconnected)
+    events: bool = False
 
     @property
     def address(self) -> str:
@@ -462,6 +466,7 @@ _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "tls_cert": _string,
     "tls_key": _string,
     "tls_server_name": _string,
+    "events": _boolean,
 }
 _MANAGEMENT_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "host": _host,

@@ -11,9 +11,13 @@ protobuf runtime per message); they are the convenient API for upstreams.
 """
 
 from pmlb._proto.bp.upstream.grpc.service import (
+    ClientList,
     InputStreamRequest,
+    InputStreamRequestDisconnectReason,
+    InputStreamRequestEvent,
     LiveResult,
     OutputStreamRequest,
+    OutputStreamRequestAction,
     OutputStreamRequestBroadcast,
     ReadyResult,
     UpstreamPeerServiceBase,
@@ -21,12 +25,22 @@ from pmlb._proto.bp.upstream.grpc.service import (
 )
 
 Broadcast = OutputStreamRequestBroadcast
+Action = OutputStreamRequestAction
+Event = InputStreamRequestEvent
+DisconnectReason = InputStreamRequestDisconnectReason
 
 __all__ = [
+    "Action",
     "Broadcast",
+    "ClientList",
+    "DisconnectReason",
+    "Event",
     "InputStreamRequest",
+    "InputStreamRequestDisconnectReason",
+    "InputStreamRequestEvent",
     "LiveResult",
     "OutputStreamRequest",
+    "OutputStreamRequestAction",
     "OutputStreamRequestBroadcast",
     "ReadyResult",
     "UpstreamPeerServiceBase",

@@ -11,16 +11,19 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
+from typing import cast
 
 import attrs
 import trio
 
 from pmlb._log import RateLimited
 from pmlb._proto import upstream_pb2 as pb
+from pmlb._time import rfc3339_now
 from pmlb.balancer import Policy, make_policy
 from pmlb.config import Config, UpstreamConfig
 from pmlb.downstream.client import Client
 from pmlb.downstream.limits import ConnectionCounters
+from pmlb.downstream.reasons import STOPPING, UPSTREAM_ACTION, classify
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.supervisor import Upstream, UpstreamState
 
@@ -75,6 +78,13 @@ class Registry:
         # Accepted messages whose upstream failed while no other one served:
         # they go first to the next upstream that serves.
         self._orphans: deque[pb.InputStreamRequest] = deque()
+        # Lifecycle events waiting for an upstream with events = true to
+        # serve; bounded, the oldest dropped (and counted) first.
+        self._event_orphans: deque[pb.InputStreamRequest] = deque()
+        # Places events when only some serving upstreams take them (when all
+        # do, events follow self.policy, so they go where the messages go).
+        self._event_policy: Policy = make_policy(config.balancing)
+        self.events_dropped = 0
         self._unknown_log = RateLimited(log)
         self.clients_total = 0
         self.messages_from_clients = 0
@@ -89,10 +99,58 @@ class Registry:
     def add_client(self, client: Client) -> None:
         self.clients[client.uuid] = client
         self.clients_total += 1
+        self._send_event(
+            pb.InputStreamRequest(
+                time=rfc3339_now(),
+                client_uuid=client.uuid,
+                event=pb.InputStreamRequest.EVENT_CONNECTED,
+                remote_address=client.remote,
+                listener=client.listener,
+                transport=client.transport,
+            )
+        )
 
     def remove_client(self, client: Client) -> None:
-        self.clients.pop(client.uuid, None)
+        if self.clients.pop(client.uuid, None) is None:
+            return
+        self._send_event(
+            pb.InputStreamRequest(
+                time=rfc3339_now(),
+                client_uuid=client.uuid,
+                event=pb.InputStreamRequest.EVENT_DISCONNECTED,
+                disconnect_reason=cast(
+                    "pb.InputStreamRequest.DisconnectReason", classify(client.close_reason).value
+                ),
+                disconnect_detail=client.close_reason or STOPPING,
+            )
+        )
         self.policy.forget(client.uuid)
+        self._event_policy.forget(client.uuid)
+
+    def _send_event(self, event: pb.InputStreamRequest) -> None:
+        """Queue a lifecycle event for one upstream that takes events, by the policy."""
+        serving = self._serving
+        targets = [u for u in serving if u.config.events]
+        if not targets:
+            if any(u.config.events for u in self.upstreams.values()):
+                self._hold_events([event])
+            return
+        policy = self.policy if len(targets) == len(serving) else self._event_policy
+        for index, _ in policy.assign([event], targets):
+            targets[index].outbox.put_nowait([event])
+
+    def _hold_events(self, events: Iterable[pb.InputStreamRequest]) -> None:
+        held = self._event_orphans
+        held.extend(events)
+        excess = len(held) - self.config.upstream_queue_size
+        if excess > 0:
+            for _ in range(excess):
+                held.popleft()
+            self.events_dropped += excess
+            self._unknown_log.warning(
+                "lifecycle events dropped: no upstream with events = true serves",
+                dropped_total=self.events_dropped,
+            )
 
     def set_policy(self, name: str) -> None:
         """Balance with the policy called ``name`` from now on; ``ValueError`` if unknown.
@@ -149,7 +207,14 @@ class Registry:
         if reason:
             fields["reason"] = reason
         if state is UpstreamState.SERVING:
-            upstream.outbox.put_nowait(self._orphans)
+            if upstream.config.events:
+                upstream.outbox.put_nowait(self._event_orphans)
+                self._event_orphans.clear()
+                upstream.outbox.put_nowait(self._orphans)
+            else:
+                # An upstream on the original contract never sees an event.
+                upstream.outbox.put_nowait(r for r in self._orphans if not r.event)
+                self._hold_events(r for r in self._orphans if r.event)
             self._orphans.clear()
             upstream.outbox.open()
             self._serving = [*self._serving, upstream]
@@ -189,6 +254,14 @@ class Registry:
         if not serving:
             self._orphans.extend(requests)
             return
+        if not all(u.config.events for u in serving):
+            events = [r for r in requests if r.event]
+            if events:
+                requests = [r for r in requests if not r.event]
+                for event in events:
+                    self._send_event(event)
+                if not requests:
+                    return
         for index, part in self.policy.assign(requests, serving):
             serving[index].outbox.put_nowait(_part(requests, part))
 
@@ -198,7 +271,9 @@ class Registry:
         """Route messages from an upstream to their clients. Never raises."""
         for reply in replies:
             target = reply.WhichOneof("target")
-            if target == "client_uuid":
+            if reply.action:
+                self._act(reply, target)
+            elif target == "client_uuid":
                 client = self.clients.get(reply.client_uuid)
                 if client is None:
                     self.unknown_client += 1
@@ -215,8 +290,43 @@ class Registry:
                     self._invalid(f"unknown broadcast value {reply.broadcast}")
                 else:
                     self.broadcast(kind, reply.payload)
+            elif target == "multicast":
+                payload = reply.payload
+                for client in self._targets(reply.multicast.client_uuids):
+                    if client.send(payload):
+                        self.messages_to_clients += 1
             else:
-                self._invalid("message without a target (neither client_uuid nor broadcast)")
+                self._invalid(
+                    "message without a target (neither client_uuid, broadcast nor multicast)"
+                )
+
+    def _targets(self, uuids: Iterable[str]) -> list[Client]:
+        """The clients with these UUIDs, each once; unknown ones are counted and logged."""
+        found = []
+        for uuid in dict.fromkeys(uuids):
+            client = self.clients.get(uuid)
+            if client is None:
+                self.unknown_client += 1
+                self._unknown_log.warning(
+                    "message for an unknown client dropped",
+                    client=uuid,
+                    unknown_total=self.unknown_client,
+                )
+            else:
+                found.append(client)
+        return found
+
+    def _act(self, reply: pb.OutputStreamRequest, target: str | None) -> None:
+        if reply.action != pb.OutputStreamRequest.ACTION_DISCONNECT:
+            self._invalid(f"unknown action value {reply.action}")
+        elif target == "client_uuid":
+            for client in self._targets([reply.client_uuid]):
+                client.close(UPSTREAM_ACTION)
+        elif target == "multicast":
+            for client in self._targets(reply.multicast.client_uuids):
+                client.close(UPSTREAM_ACTION)
+        else:
+            self._invalid("disconnect needs a client_uuid or multicast target")
 
     def _invalid(self, problem: str) -> None:
         self.invalid_target += 1

@@ -226,3 +226,114 @@ async def test_sticky_forgets_a_client_when_it_is_removed() -> None:
     assert len(registry.policy) == 1  # type: ignore[arg-type]
     registry.remove_client(c)
     assert len(registry.policy) == 0  # type: ignore[arg-type]
+
+
+def events_setup(*events: bool) -> tuple[Registry, list[Upstream]]:
+    registry = Registry(Config())
+    ups = [
+        registry.add_upstream(UpstreamConfig(host="127.0.0.1", port=1000 + i, events=flag))
+        for i, flag in enumerate(events)
+    ]
+    return registry, ups
+
+
+def kinds(items: list[pb.InputStreamRequest]) -> list[tuple[str, int]]:
+    return [(item.client_uuid, item.event) for item in items]
+
+
+CONNECTED = pb.InputStreamRequest.EVENT_CONNECTED
+DISCONNECTED = pb.InputStreamRequest.EVENT_DISCONNECTED
+
+
+async def test_events_go_only_to_upstreams_that_take_them() -> None:
+    registry, (plain, eventful) = events_setup(False, True)
+    for up in (plain, eventful):
+        registry.set_upstream_state(up, UpstreamState.SERVING)
+    c = client(registry, "c1", active=False)
+    c.close("client closed the connection")
+    registry.remove_client(c)
+    registry.remove_client(c)  # twice: still one event
+    assert plain.outbox.take_nowait() == []
+    got = eventful.outbox.take_nowait()
+    assert kinds(got) == [("c1", CONNECTED), ("c1", DISCONNECTED)]
+    assert got[0].remote_address == "x"
+    assert got[0].listener == "default"
+    assert got[0].transport == "tcp"
+    assert got[1].disconnect_reason == pb.InputStreamRequest.DISCONNECT_CLIENT_CLOSED
+    assert got[1].disconnect_detail == "client closed the connection"
+
+
+async def test_no_events_at_all_without_an_upstream_that_takes_them() -> None:
+    registry, (plain,) = events_setup(False)
+    client(registry, "c1", active=False)
+    registry.set_upstream_state(plain, UpstreamState.SERVING)
+    assert plain.outbox.take_nowait() == []
+
+
+async def test_events_wait_for_an_upstream_that_takes_them_and_never_reach_others() -> None:
+    registry, (plain, eventful) = events_setup(False, True)
+    client(registry, "c1", active=False)
+    registry.set_upstream_state(plain, UpstreamState.SERVING)
+    assert plain.outbox.take_nowait() == []
+    registry.set_upstream_state(eventful, UpstreamState.SERVING)
+    assert kinds(eventful.outbox.take_nowait()) == [("c1", CONNECTED)]
+
+
+async def test_failover_never_moves_events_to_an_original_contract_upstream() -> None:
+    registry, (eventful, plain, other) = events_setup(True, False, True)
+    registry.set_upstream_state(eventful, UpstreamState.SERVING)
+    client(registry, "c1", active=False)
+    await registry.dispatch([request(1)])
+    registry.set_upstream_state(plain, UpstreamState.SERVING)
+    # eventful fails with an event and a message queued; plain gets the message only.
+    registry.set_upstream_state(eventful, UpstreamState.UNHEALTHY)
+    assert payloads(plain.outbox.take_nowait()) == [1]
+    registry.set_upstream_state(other, UpstreamState.SERVING)
+    assert kinds(other.outbox.take_nowait()) == [("c1", CONNECTED)]
+
+
+async def test_held_events_are_bounded() -> None:
+    registry = Registry(Config(upstream_queue_size=3))
+    up = registry.add_upstream(UpstreamConfig(host="127.0.0.1", port=1000, events=True))
+    for name in "abcde":
+        client(registry, name, active=False)
+    assert registry.events_dropped == 2
+    registry.set_upstream_state(up, UpstreamState.SERVING)
+    assert [item.client_uuid for item in up.outbox.take_nowait()] == ["c", "d", "e"]
+
+
+def reply(**fields: object) -> pb.OutputStreamRequest:
+    return pb.OutputStreamRequest(time="t", **fields)  # type: ignore[arg-type]
+
+
+async def test_disconnect_action_and_multicast() -> None:
+    registry, _ = setup(1)
+    a, b, c = (client(registry, name, active=False) for name in "abc")
+    registry.deliver(
+        [
+            reply(multicast=pb.ClientList(client_uuids=["a", "c", "a", "zz"]), payload=b"m"),
+            reply(client_uuid="b", action=pb.OutputStreamRequest.ACTION_DISCONNECT),
+        ]
+    )
+    assert (a.queued, b.queued, c.queued) == (1, 0, 1)
+    assert registry.unknown_client == 1
+    assert b.close_reason == "disconnected by an upstream"
+    assert a.close_reason is None
+    registry.deliver(
+        [
+            reply(
+                multicast=pb.ClientList(client_uuids=["a", "c"]),
+                action=pb.OutputStreamRequest.ACTION_DISCONNECT,
+            )
+        ]
+    )
+    assert a.close_reason == c.close_reason == "disconnected by an upstream"
+
+
+async def test_disconnect_refuses_a_broadcast_target() -> None:
+    registry, _ = setup(1)
+    a = client(registry, "a", active=False)
+    registry.deliver([reply(broadcast=0, action=pb.OutputStreamRequest.ACTION_DISCONNECT)])
+    registry.deliver([reply(client_uuid="a", action=7)])
+    assert a.close_reason is None
+    assert registry.invalid_target == 2

@@ -81,3 +81,16 @@ def test_time_answers_the_request_time_to_the_sender() -> None:
     assert respond("A", "u1", b"time", "2026-01-02T03:04:05.000006Z") == [
         Reply("u1", None, b"2026-01-02T03:04:05.000006Z")
     ]
+
+
+def test_multi_multicasts_to_the_listed_clients() -> None:
+    assert respond("A", ME, f"multi {ME},{OTHER} hi all".encode()) == [
+        Reply(None, None, b"hi all", multicast=(ME, OTHER))
+    ]
+
+
+def test_kick_disconnects_one_client_or_several() -> None:
+    assert respond("A", ME, f"kick {OTHER}".encode()) == [Reply(OTHER, None, b"", disconnect=True)]
+    assert respond("A", ME, f"kick {ME},{OTHER}".encode()) == [
+        Reply(None, None, b"", multicast=(ME, OTHER), disconnect=True)
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +41,37 @@ async def test_chat_upstream_example_broadcasts_to_everyone(procs: Processes) ->
     await alice.send("hi bob")
     assert await alice.recv() == "alice: hi bob"
     assert await bob.recv() == "alice: hi bob"
+
+
+async def test_chat_example_with_events_announces_arrivals_departures_and_kicks(
+    procs: Processes, tmp_path: Path
+) -> None:
+    up_port = await example_upstream(procs, "chat_upstream.py")
+    shipped = (EXAMPLES / "chat_pmlb.toml").read_text()
+    assert "port = 45888" in shipped
+    config = tmp_path / "chat.toml"
+    config.write_text(shipped.replace("port = 45888", f"port = {up_port}"))
+    pmlb, port = await procs.pmlb("--config", str(config))
+    await wait_serving(pmlb, up_port)
+    alice = await procs.client(port)
+    assert (await alice.recv()).endswith("joined (tcp)")
+    await alice.send("/nick alice")
+    assert (await alice.recv()).endswith("is now alice")
+    bob = await procs.client(port)
+    assert (await alice.recv()).endswith("joined (tcp)")
+    assert (await bob.recv()).endswith("joined (tcp)")
+    await bob.send("/nick bob")
+    assert (await alice.recv()).endswith("is now bob")
+    await alice.send("/kick bob")
+    await bob.expect_closed()
+    assert await alice.recv() == "* bob left (kicked)"
+    carol = await procs.client(port)
+    assert (await alice.recv()).endswith("joined (tcp)")
+    # Read before closing: closing a socket with unread data resets it, and
+    # pmlb would report "connection lost".
+    assert (await carol.recv()).endswith("joined (tcp)")
+    await carol.stream.aclose()
+    assert (await alice.recv()).endswith("left (quit)")
 
 
 async def test_embedding_example_broadcasts_ticks(procs: Processes) -> None:

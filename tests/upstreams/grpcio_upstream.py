@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pmlb._proto import upstream_pb2 as pb2
 from tests.upstreams import script
-from tests.upstreams.script import Reply, respond, rfc3339_now
+from tests.upstreams.script import Reply, event_line, respond, rfc3339_now
 
 SERVICE = "upstream.grpc.service.UpstreamPeerService"
 BROADCASTS = {
@@ -36,6 +36,15 @@ BROADCASTS = {
 
 
 def to_message(reply: Reply) -> pb2.OutputStreamRequest:
+    if reply.disconnect or reply.multicast is not None:
+        message = pb2.OutputStreamRequest(time=rfc3339_now(), payload=reply.payload)
+        if reply.multicast is not None:
+            message.multicast.client_uuids.extend(reply.multicast)
+        else:
+            message.client_uuid = reply.client_uuid or ""
+        if reply.disconnect:
+            message.action = pb2.OutputStreamRequest.ACTION_DISCONNECT
+        return message
     if reply.broadcast is not None:
         return pb2.OutputStreamRequest(
             time=rfc3339_now(), broadcast=BROADCASTS[reply.broadcast], payload=reply.payload
@@ -62,6 +71,19 @@ class ScriptedUpstream:
             if self.malformed:
                 # field 1, length 5, but 2 bytes follow: not valid protobuf
                 yield b"\x0a\x05ab"  # type: ignore[misc]
+                continue
+            if request.event:
+                reason = pb2.InputStreamRequest.DisconnectReason.Name(request.disconnect_reason)
+                line = event_line(
+                    request.event,
+                    request.client_uuid,
+                    remote=request.remote_address,
+                    listener=request.listener,
+                    transport=request.transport,
+                    reason=reason,
+                    detail=request.disconnect_detail,
+                )
+                print(line, flush=True)
                 continue
             for reply in respond(self.name, request.client_uuid, request.payload, request.time):
                 yield to_message(reply)

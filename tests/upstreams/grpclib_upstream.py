@@ -23,7 +23,10 @@ from grpclib.server import Server
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pmlb.contract import (
+    Action,
     Broadcast,
+    ClientList,
+    DisconnectReason,
     InputStreamRequest,
     LiveResult,
     OutputStreamRequest,
@@ -31,7 +34,7 @@ from pmlb.contract import (
     UpstreamPeerServiceBase,
 )
 from tests.upstreams import script
-from tests.upstreams.script import Reply, respond, rfc3339_now
+from tests.upstreams.script import Reply, event_line, respond, rfc3339_now
 
 BROADCASTS = {
     "all": Broadcast.BROADCAST_ALL,
@@ -41,6 +44,15 @@ BROADCASTS = {
 
 
 def to_message(reply: Reply) -> OutputStreamRequest:
+    if reply.disconnect or reply.multicast is not None:
+        message = OutputStreamRequest(time=rfc3339_now(), payload=reply.payload)
+        if reply.multicast is not None:
+            message.multicast = ClientList(client_uuids=list(reply.multicast))
+        else:
+            message.client_uuid = reply.client_uuid or ""
+        if reply.disconnect:
+            message.action = Action.ACTION_DISCONNECT
+        return message
     if reply.broadcast is not None:
         return OutputStreamRequest(
             time=rfc3339_now(), broadcast=BROADCASTS[reply.broadcast], payload=reply.payload
@@ -59,6 +71,18 @@ class ScriptedUpstream(UpstreamPeerServiceBase):
         self, input_stream_request_iterator: AsyncIterator[InputStreamRequest]
     ) -> AsyncIterator[OutputStreamRequest]:
         async for request in input_stream_request_iterator:
+            if request.event:
+                line = event_line(
+                    int(request.event),
+                    request.client_uuid,
+                    remote=request.remote_address,
+                    listener=request.listener,
+                    transport=request.transport,
+                    reason=DisconnectReason(request.disconnect_reason).name or "",
+                    detail=request.disconnect_detail,
+                )
+                print(line, flush=True)
+                continue
             for reply in respond(self.name, request.client_uuid, request.payload, request.time):
                 yield to_message(reply)
 

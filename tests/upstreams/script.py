@@ -7,9 +7,14 @@ Commands (the payload decoded as UTF-8, one trailing ``\\r`` ignored):
 - ``to <uuid> <text>``: one reply to ``<uuid>`` with ``<text>``.
 - ``bcast <all|active|inactive> <text>``: one broadcast of ``<text>``.
 - ``silent`` or ``silent ...``: no reply.
+- ``multi <uuid>,<uuid>... <text>``: one multicast of ``<text>`` to those clients.
+- ``kick <uuid>[,<uuid>...]``: disconnect that client (or those, by multicast).
 - anything else: echo to the sender as ``<name>:`` + the original payload bytes.
 
 ``<text>`` is taken from the payload bytes, so it is forwarded byte for byte.
+
+Lifecycle events (opt-in ``events = true`` in pmlb) get no reply; the
+upstreams print each as a line (:func:`event_line`) that tests wait for.
 """
 
 from __future__ import annotations
@@ -29,10 +34,13 @@ class Reply:
     client_uuid: str | None
     broadcast: str | None
     payload: bytes
+    multicast: tuple[str, ...] | None = None
+    disconnect: bool = False
 
     def __post_init__(self) -> None:
-        if (self.client_uuid is None) == (self.broadcast is None):
-            raise ValueError("set exactly one of client_uuid and broadcast")
+        targets = (self.client_uuid, self.broadcast, self.multicast)
+        if sum(target is not None for target in targets) != 1:
+            raise ValueError("set exactly one of client_uuid, broadcast and multicast")
         if self.broadcast is not None and self.broadcast not in BROADCAST_TARGETS:
             raise ValueError(f"unknown broadcast target {self.broadcast!r}")
 
@@ -54,7 +62,31 @@ def respond(name: str, client_uuid: str, payload: bytes, time: str = "") -> list
             return [Reply(None, target, words[2])]
     if command == "silent":
         return []
+    if command == "multi" and len(words) == 3 and words[1]:
+        uuids = tuple(words[1].decode("utf-8", errors="replace").split(","))
+        return [Reply(None, None, words[2], multicast=uuids)]
+    if command == "kick" and len(words) == 2 and words[1]:
+        uuids = tuple(words[1].decode("utf-8", errors="replace").split(","))
+        if len(uuids) == 1:
+            return [Reply(uuids[0], None, b"", disconnect=True)]
+        return [Reply(None, None, b"", multicast=uuids, disconnect=True)]
     return [Reply(client_uuid, None, name.encode() + b":" + payload)]
+
+
+def event_line(
+    event: int,
+    client_uuid: str,
+    *,
+    remote: str,
+    listener: str,
+    transport: str,
+    reason: str,
+    detail: str,
+) -> str:
+    """The line an upstream prints for a lifecycle event (``event`` 1 or 2; 0 is a message)."""
+    if event == 1:
+        return f"EVENT connected {client_uuid} {remote} {listener} {transport}"
+    return f"EVENT disconnected {client_uuid} {reason} {detail}"
 
 
 def rfc3339_now() -> str:

@@ -10,6 +10,7 @@ from typing import (
     AsyncIterator,
     Dict,
     Iterable,
+    List,
     Optional,
     Union,
 )
@@ -25,10 +26,44 @@ if TYPE_CHECKING:
     from grpclib.metadata import Deadline
 
 
+class InputStreamRequestEvent(betterproto.Enum):
+    """
+    Extension: lifecycle events. pmlb sends events only to an upstream
+     configured with `events = true`; every other upstream gets messages only,
+     with none of these fields set, exactly as in the original contract.
+    """
+
+    EVENT_MESSAGE = 0
+    EVENT_CONNECTED = 1
+    EVENT_DISCONNECTED = 2
+
+
+class InputStreamRequestDisconnectReason(betterproto.Enum):
+    DISCONNECT_REASON_UNSPECIFIED = 0
+    DISCONNECT_CLIENT_CLOSED = 1
+    DISCONNECT_KICKED = 2
+    DISCONNECT_TOO_BIG = 3
+    DISCONNECT_SLOW = 4
+    DISCONNECT_DRAIN = 5
+    DISCONNECT_UPSTREAM_ACTION = 6
+    DISCONNECT_ERROR = 7
+
+
 class OutputStreamRequestBroadcast(betterproto.Enum):
     BROADCAST_ALL = 0
     BROADCAST_ACTIVE = 1
     BROADCAST_NOT_ACTIVE = 2
+
+
+class OutputStreamRequestAction(betterproto.Enum):
+    """
+    Extension: what to do with the target. DISCONNECT applies to a
+     client_uuid or a multicast target (not to a broadcast) and ignores the
+     payload.
+    """
+
+    ACTION_SEND = 0
+    ACTION_DISCONNECT = 1
 
 
 @dataclass(eq=False, repr=False)
@@ -45,23 +80,43 @@ class LiveResult(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class InputStreamRequest(betterproto.Message):
-    """pmlb -> upstream: one client message."""
+    """
+    pmlb -> upstream: one client message, or (opt-in) a client lifecycle event.
+    """
 
     time: str = betterproto.string_field(1)
     client_uuid: str = betterproto.string_field(2)
     payload: bytes = betterproto.bytes_field(3)
+    event: "InputStreamRequestEvent" = betterproto.enum_field(4)
+    remote_address: str = betterproto.string_field(5)
+    listener: str = betterproto.string_field(6)
+    transport: str = betterproto.string_field(7)
+    disconnect_reason: "InputStreamRequestDisconnectReason" = betterproto.enum_field(8)
+    disconnect_detail: str = betterproto.string_field(9)
+
+
+@dataclass(eq=False, repr=False)
+class ClientList(betterproto.Message):
+    """A list of clients, for a multicast."""
+
+    client_uuids: List[str] = betterproto.string_field(1)
 
 
 @dataclass(eq=False, repr=False)
 class OutputStreamRequest(betterproto.Message):
-    """upstream -> pmlb: a message for one client or a broadcast."""
+    """
+    upstream -> pmlb: a message for one client, a broadcast or (extension) a
+     multicast; or (extension) an order to disconnect clients.
+    """
 
     time: str = betterproto.string_field(1)
     client_uuid: str = betterproto.string_field(2, group="target")
     broadcast: "OutputStreamRequestBroadcast" = betterproto.enum_field(
         3, group="target"
     )
+    multicast: "ClientList" = betterproto.message_field(6, group="target")
     payload: bytes = betterproto.bytes_field(4)
+    action: "OutputStreamRequestAction" = betterproto.enum_field(5)
 
 
 class UpstreamPeerServiceStub(betterproto.ServiceStub):
