@@ -39,6 +39,7 @@ _MARKERS: tuple[tuple[str, DisconnectKind], ...] = (
     ("drain", DisconnectKind.DRAIN),
     ("stopping", DisconnectKind.DRAIN),
     ("closed by pmlb", DisconnectKind.DRAIN),
+    ("shutting down", DisconnectKind.DRAIN),
     ("admin", DisconnectKind.KICKED),
     ("kick", DisconnectKind.KICKED),
 )

@@ -113,6 +113,8 @@ async def _run_client(
                 transport="websocket",
                 queue_limit=registry.config.client_queue_size,
                 scope=nursery.cancel_scope,
+                slow_policy=registry.config.slow_client_policy,
+                slow_timeout=registry.config.slow_client_timeout,
             )
             fields = {"client": client.uuid, "listener": config.name, "peer": remote}
             registry.add_client(client)
