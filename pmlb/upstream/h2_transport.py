@@ -18,6 +18,7 @@ import contextlib
 import math
 import ssl
 from collections.abc import Awaitable, Callable
+from functools import partial
 from urllib.parse import unquote
 
 import h2.config
@@ -492,18 +493,24 @@ class H2Transport:
     async def run_stream(self, outbox: Outbox[pb.InputStreamRequest], deliver: Deliver) -> None:
         connection = await self._connect()
         stream = await connection.open_stream("bidirectionalStreaming")
+        # Either half failing ends both. Failures are kept out of the nursery
+        # so that the caller gets one UpstreamError, not an exception group.
+        failures: list[UpstreamError] = []
+
+        async def half(fn: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await fn()
+            except UpstreamError as exc:
+                failures.append(exc)
+            nursery.cancel_scope.cancel()
+
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._send_loop, connection, stream, outbox)
-                await self._receive_loop(connection, stream, deliver)
-        except BaseExceptionGroup as group:
-            # Either half failing ends both: report the first failure alone.
-            failures, rest = group.split(UpstreamError)
-            if rest is not None or failures is None:
-                raise
-            raise _first(failures) from None
+                nursery.start_soon(half, partial(self._send_loop, connection, stream, outbox))
+                nursery.start_soon(half, partial(self._receive_loop, connection, stream, deliver))
         finally:
             connection.close_stream(stream)
+        raise failures[0] if failures else UpstreamError("the stream ended")
 
     @staticmethod
     async def _send_loop(
@@ -594,8 +601,3 @@ def _unwritten(
             return batch[index:]
         offset += 5 + len(message)
     return []
-
-
-def _first(group: BaseExceptionGroup[UpstreamError]) -> UpstreamError:
-    first = group.exceptions[0]
-    return first if isinstance(first, UpstreamError) else _first(first)
