@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests lint typecheck protos``."""
+"""Developer sessions: ``nox -s tests lint typecheck protos``; ``nox -s bench`` on demand."""
 
 from __future__ import annotations
 
@@ -33,3 +33,13 @@ def protos(session: nox.Session) -> None:
     """Regenerate pmlb/_proto from protos/ (commit the result)."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "pmlb._proto.generate")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """pmlb beside a plain echo server and HAProxy (never in CI; see tools/bench/run.py).
+
+    Needs gcc and Debian's haproxy (``apt-get install haproxy``); takes ~5 minutes.
+    """
+    session.install("-e", ".")
+    session.run("python", "tools/bench/run.py", *session.posargs)

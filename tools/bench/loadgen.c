@@ -1,0 +1,486 @@
+/* pmlb benchmark: an epoll load generator and a plain echo server, single-threaded.
+ *
+ * Compiled at bench time by tools/bench/run.py (gcc -O2); never committed
+ * as a binary. Every mode prints one JSON object per result line on stdout.
+ *
+ *   loadgen echo  PORT                       a plain epoll echo server (the baseline)
+ *   loadgen load  PORT C D S SECONDS RATE    C connections, D messages in flight each,
+ *                                            S-byte lines; RATE > 0 caps the total
+ *                                            messages/s (open loop at that offered rate)
+ *   loadgen hold  PORT N SRC BCAST_LEN       hold N idle connections from source
+ *                                            address SRC; print "CONNECTED"; with
+ *                                            BCAST_LEN > 0 wait for one line of that
+ *                                            length on each and print when the last came
+ *   loadgen send  PORT LINE                  send LINE, print the send time, wait for echo
+ *   loadgen accept PORT SECONDS PAR SRC      connect and close as fast as possible
+ *
+ * Every message in load mode is "<conn> <seq> xxx...\n": each echo is checked
+ * byte for byte, in order. Latency is from the write of a message to the
+ * read of its echo. Sockets are closed with SO_LINGER 0 so that repeated runs
+ * leave no TIME_WAIT behind to eat the ephemeral ports.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static double cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
+}
+
+static void die(const char *what) {
+    perror(what);
+    exit(2);
+}
+
+static void hard_close(int fd) {
+    struct linger lg = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(fd);
+}
+
+static int connect_to(int port, const char *src, int nonblock) {
+    int fd = socket(AF_INET, SOCK_STREAM | (nonblock ? SOCK_NONBLOCK : 0), 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (src && *src) {
+        struct sockaddr_in local = {.sin_family = AF_INET};
+        inet_pton(AF_INET, src, &local.sin_addr);
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        if (bind(fd, (struct sockaddr *)&local, sizeof local) < 0) {
+            close(fd);
+            return -1;
+        }
+    }
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0 && errno != EINPROGRESS) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* -- echo server ------------------------------------------------------ */
+
+static __attribute__((noreturn)) void echo_server(int port) {
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    int one = 1;
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(lfd, (struct sockaddr *)&addr, sizeof addr) < 0) die("bind");
+    if (listen(lfd, 4096) < 0) die("listen");
+    socklen_t len = sizeof addr;
+    getsockname(lfd, (struct sockaddr *)&addr, &len);
+    printf("LISTENING %d\n", ntohs(addr.sin_port));
+    fflush(stdout);
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = lfd};
+    epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
+    static char buf[65536];
+    struct epoll_event events[512];
+    for (;;) {
+        int n = epoll_wait(ep, events, 512, -1);
+        for (int i = 0; i < n; i++) {
+            int fd = events[i].data.fd;
+            if (fd == lfd) {
+                int c;
+                while ((c = accept4(lfd, NULL, NULL, SOCK_NONBLOCK)) >= 0) {
+                    setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                    struct epoll_event cev = {.events = EPOLLIN, .data.fd = c};
+                    epoll_ctl(ep, EPOLL_CTL_ADD, c, &cev);
+                }
+                continue;
+            }
+            ssize_t r = read(fd, buf, sizeof buf);
+            if (r <= 0) {
+                close(fd);
+                continue;
+            }
+            /* Small echoes always fit the socket buffer; a blocking retry is
+             * enough for a baseline server. */
+            ssize_t off = 0;
+            while (off < r) {
+                ssize_t w = write(fd, buf + off, r - off);
+                if (w < 0) {
+                    if (errno == EAGAIN) {
+                        struct pollfd p = {fd, POLLOUT, 0};
+                        poll(&p, 1, 1000);
+                        continue;
+                    }
+                    break;
+                }
+                off += w;
+            }
+        }
+    }
+}
+
+/* -- load --------------------------------------------------------------- */
+
+typedef struct {
+    int fd;
+    int id;
+    uint32_t sent, received;
+    int inflight;
+    int64_t *stamps; /* ring of D send times */
+    char *rbuf;
+    size_t rlen;
+    char *wbuf;
+    size_t wlen;
+} conn_t;
+
+static int S, D;
+
+static void make_msg(char *out, int id, uint32_t seq) {
+    int n = snprintf(out, S, "%d %u ", id, seq);
+    memset(out + n, 'x', S - 1 - n);
+    out[S - 1] = '\n';
+}
+
+static int cmp_u32(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void queue_send(conn_t *c, int64_t t) {
+    make_msg(c->wbuf + c->wlen, c->id, c->sent);
+    c->wlen += S;
+    c->stamps[c->sent % D] = t;
+    c->sent++;
+    c->inflight++;
+}
+
+static int flush(conn_t *c) {
+    while (c->wlen) {
+        ssize_t w = write(c->fd, c->wbuf, c->wlen);
+        if (w < 0) return errno == EAGAIN ? 0 : -1;
+        memmove(c->wbuf, c->wbuf + w, c->wlen - w);
+        c->wlen -= w;
+    }
+    return 0;
+}
+
+static int load(int port, int C, int depth, int size, double seconds, double rate) {
+    S = size;
+    D = depth;
+    if (S < 24) S = 24;
+    conn_t *conns = calloc(C, sizeof *conns);
+    int ep = epoll_create1(0);
+    for (int i = 0; i < C; i++) {
+        conn_t *c = &conns[i];
+        c->id = i;
+        c->fd = connect_to(port, NULL, 0);
+        if (c->fd < 0) die("connect");
+        fcntl(c->fd, F_SETFL, O_NONBLOCK);
+        c->stamps = calloc(D, sizeof(int64_t));
+        c->rbuf = malloc((size_t)S * (D + 1) + 65536);
+        c->wbuf = malloc((size_t)S * (D + 1));
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+        epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
+    }
+    size_t cap = 1 << 20, nlat = 0;
+    uint32_t *lat = malloc(cap * sizeof *lat);
+    char *expect = malloc(S);
+    uint64_t errors = 0, done = 0, total_sent = 0;
+    printf("{\"event\": \"go\"}\n");
+    fflush(stdout);
+    double cpu0 = cpu_seconds();
+    int64_t t0 = now_ns(), end = t0 + (int64_t)(seconds * 1e9);
+    int next = 0;
+    if (rate <= 0) {
+        for (int i = 0; i < C; i++) {
+            for (int k = 0; k < D; k++) queue_send(&conns[i], t0);
+            if (flush(&conns[i]) < 0) errors++;
+        }
+    }
+    struct epoll_event events[1024];
+    int64_t now = t0;
+    while (now < end) {
+        if (rate > 0) {
+            /* open loop: send what the offered rate allows by now */
+            int64_t allowed = (int64_t)((now - t0) / 1e9 * rate) + 1;
+            int tries = 0;
+            while ((int64_t)total_sent < allowed && tries < C) {
+                conn_t *c = &conns[next];
+                next = (next + 1) % C;
+                if (c->inflight < D) {
+                    queue_send(c, now);
+                    total_sent++;
+                    if (flush(c) < 0) errors++;
+                    tries = 0;
+                } else {
+                    tries++;
+                }
+            }
+        }
+        int n = epoll_wait(ep, events, 1024, rate > 0 ? 1 : 100);
+        now = now_ns();
+        for (int i = 0; i < n; i++) {
+            conn_t *c = events[i].data.ptr;
+            if (events[i].events & EPOLLOUT) {
+                if (flush(c) < 0) errors++;
+                if (!c->wlen) {
+                    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+                    epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+                }
+            }
+            if (!(events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) continue;
+            ssize_t r = read(c->fd, c->rbuf + c->rlen, (size_t)S * (D + 1) + 65536 - c->rlen);
+            if (r <= 0) {
+                if (r < 0 && errno == EAGAIN) continue;
+                fprintf(stderr, "connection %d closed by the server\n", c->id);
+                errors++;
+                epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                continue;
+            }
+            c->rlen += r;
+            size_t off = 0;
+            while (c->rlen - off >= (size_t)S) {
+                make_msg(expect, c->id, c->received);
+                if (memcmp(expect, c->rbuf + off, S) != 0) {
+                    if (errors < 5)
+                        fprintf(stderr, "connection %d: bad echo of message %u\n", c->id,
+                                c->received);
+                    errors++;
+                }
+                int64_t l = (now - c->stamps[c->received % D]) / 1000;
+                if (nlat == cap) {
+                    cap *= 2;
+                    lat = realloc(lat, cap * sizeof *lat);
+                }
+                lat[nlat++] = l > 0xffffffffLL ? 0xffffffffU : (uint32_t)l;
+                c->received++;
+                c->inflight--;
+                done++;
+                off += S;
+                if (rate <= 0) queue_send(c, now);
+            }
+            memmove(c->rbuf, c->rbuf + off, c->rlen - off);
+            c->rlen -= off;
+            if (c->wlen) {
+                if (flush(c) < 0) errors++;
+                if (c->wlen) {
+                    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
+                    epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+                }
+            }
+        }
+    }
+    double elapsed = (now - t0) / 1e9;
+    double cpu = cpu_seconds() - cpu0;
+    printf("{\"event\": \"end\"}\n");
+    fflush(stdout);
+    qsort(lat, nlat, sizeof *lat, cmp_u32);
+    uint32_t p50 = nlat ? lat[nlat / 2] : 0, p99 = nlat ? lat[nlat * 99 / 100] : 0,
+             mx = nlat ? lat[nlat - 1] : 0;
+    printf("{\"event\": \"result\", \"messages\": %llu, \"seconds\": %.3f, \"msgs_per_s\": %.0f, "
+           "\"p50_us\": %u, \"p99_us\": %u, \"max_us\": %u, \"cpu_s\": %.3f, \"errors\": %llu}\n",
+           (unsigned long long)done, elapsed, done / elapsed, p50, p99, mx, cpu,
+           (unsigned long long)errors);
+    fflush(stdout);
+    for (int i = 0; i < C; i++) hard_close(conns[i].fd);
+    return errors ? 1 : 0;
+}
+
+/* -- idle clients and broadcast ------------------------------------------ */
+
+static int hold(int port, int N, const char *src, int bcast_len) {
+    int *fds = malloc(N * sizeof(int));
+    int *got = calloc(N, sizeof(int));
+    int ep = epoll_create1(0);
+    int failed = 0, ok = 0;
+    /* connect in waves so that the listener's backlog is not overrun */
+    for (int i = 0; i < N; i++) {
+        fds[i] = connect_to(port, src, 1);
+        if (fds[i] < 0) {
+            failed++;
+            continue;
+        }
+        struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN, .data.u32 = i};
+        epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev);
+        if (i % 256 == 255 || i == N - 1) {
+            /* wait until this wave is connected */
+            int pending = 1;
+            int64_t deadline = now_ns() + 10000000000LL;
+            while (pending && now_ns() < deadline) {
+                pending = 0;
+                for (int k = i - (i % 256); k <= i; k++) {
+                    if (fds[k] < 0) continue;
+                    struct pollfd p = {fds[k], POLLOUT, 0};
+                    if (poll(&p, 1, 0) == 0) pending = 1;
+                }
+                if (pending) usleep(1000);
+            }
+        }
+    }
+    for (int i = 0; i < N; i++) {
+        if (fds[i] < 0) continue;
+        int err = 0;
+        socklen_t len = sizeof err;
+        getsockopt(fds[i], SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err) {
+            failed++;
+            close(fds[i]);
+            fds[i] = -1;
+        } else {
+            ok++;
+            struct epoll_event ev = {.events = EPOLLIN, .data.u32 = i};
+            epoll_ctl(ep, EPOLL_CTL_MOD, fds[i], &ev);
+        }
+    }
+    printf("{\"event\": \"connected\", \"ok\": %d, \"failed\": %d}\n", ok, failed);
+    fflush(stdout);
+    int64_t last = 0;
+    int complete = 0, closed = 0;
+    struct epoll_event events[1024];
+    char buf[4096];
+    /* Without a broadcast to wait for: hold until stdin closes. */
+    struct epoll_event sev = {.events = EPOLLIN, .data.u32 = 0xffffffffU};
+    epoll_ctl(ep, EPOLL_CTL_ADD, 0, &sev);
+    int reported = 0;
+    for (;;) {
+        int n = epoll_wait(ep, events, 1024, 1000);
+        int64_t t = now_ns();
+        if (bcast_len > 0 && complete > 0 && !reported && t - last > 5000000000LL) {
+            /* no progress for 5 s: report what arrived */
+            printf("{\"event\": \"broadcast\", \"received\": %d, \"last_ns\": %lld}\n",
+                   complete, (long long)last);
+            fflush(stdout);
+            reported = 1;
+        }
+        for (int e = 0; e < n; e++) {
+            uint32_t i = events[e].data.u32;
+            if (i == 0xffffffffU) {
+                ssize_t r = read(0, buf, sizeof buf);
+                if (r <= 0) goto out;
+                continue;
+            }
+            ssize_t r = read(fds[i], buf, sizeof buf);
+            if (r <= 0) {
+                if (r < 0 && errno == EAGAIN) continue;
+                closed++;
+                epoll_ctl(ep, EPOLL_CTL_DEL, fds[i], NULL);
+                continue;
+            }
+            if (bcast_len > 0 && got[i] < bcast_len) {
+                got[i] += r;
+                if (got[i] >= bcast_len) {
+                    complete++;
+                    last = t;
+                    if (complete == ok && !reported) {
+                        reported = 1;
+                        printf("{\"event\": \"broadcast\", \"received\": %d, \"last_ns\": %lld}\n",
+                               complete, (long long)last);
+                        fflush(stdout);
+                    }
+                }
+            }
+        }
+    }
+out:
+    printf("{\"event\": \"closing\", \"closed_by_server\": %d, \"broadcast_received\": %d}\n",
+           closed, complete);
+    fflush(stdout);
+    for (int i = 0; i < N; i++)
+        if (fds[i] >= 0) hard_close(fds[i]);
+    return 0;
+}
+
+static int send_line(int port, const char *line) {
+    int fd = connect_to(port, NULL, 0);
+    if (fd < 0) die("connect");
+    char msg[4096];
+    int len = snprintf(msg, sizeof msg, "%s\n", line);
+    int64_t t = now_ns();
+    if (write(fd, msg, len) != len) die("write");
+    printf("{\"event\": \"sent\", \"sent_ns\": %lld}\n", (long long)t);
+    fflush(stdout);
+    char buf[4096];
+    int got = 0;
+    while (got < len) {
+        ssize_t r = read(fd, buf, sizeof buf);
+        if (r <= 0) break;
+        got += r;
+    }
+    hard_close(fd);
+    return got >= len ? 0 : 1;
+}
+
+/* -- accept rate ------------------------------------------------------------ */
+
+static int accept_rate(int port, double seconds, int par, const char *src) {
+    int ep = epoll_create1(0);
+    uint64_t done = 0, failed = 0;
+    double cpu0 = cpu_seconds();
+    int64_t t0 = now_ns(), end = t0 + (int64_t)(seconds * 1e9);
+    int open = 0;
+    struct epoll_event events[1024];
+    while (now_ns() < end || open) {
+        while (now_ns() < end && open < par) {
+            int fd = connect_to(port, src, 1);
+            if (fd < 0) {
+                failed++;
+                break;
+            }
+            struct epoll_event ev = {.events = EPOLLOUT, .data.fd = fd};
+            epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+            open++;
+        }
+        int n = epoll_wait(ep, events, 1024, 100);
+        for (int i = 0; i < n; i++) {
+            int fd = events[i].data.fd, err = 0;
+            socklen_t len = sizeof err;
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+            if (err) failed++;
+            else done++;
+            epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
+            hard_close(fd);
+            open--;
+        }
+    }
+    double elapsed = (now_ns() - t0) / 1e9;
+    printf("{\"event\": \"result\", \"connections\": %llu, \"failed\": %llu, \"seconds\": %.3f, "
+           "\"per_s\": %.0f, \"cpu_s\": %.3f}\n",
+           (unsigned long long)done, (unsigned long long)failed, elapsed, done / elapsed,
+           cpu_seconds() - cpu0);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc >= 3 && !strcmp(argv[1], "echo")) echo_server(atoi(argv[2]));
+    if (argc >= 8 && !strcmp(argv[1], "load"))
+        return load(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atof(argv[6]),
+                    atof(argv[7]));
+    if (argc >= 6 && !strcmp(argv[1], "hold"))
+        return hold(atoi(argv[2]), atoi(argv[3]), argv[4], atoi(argv[5]));
+    if (argc >= 4 && !strcmp(argv[1], "send")) return send_line(atoi(argv[2]), argv[3]);
+    if (argc >= 6 && !strcmp(argv[1], "accept"))
+        return accept_rate(atoi(argv[2]), atof(argv[3]), atoi(argv[4]), argv[5]);
+    fprintf(stderr, "usage: see the comment at the top of loadgen.c\n");
+    return 2;
+}

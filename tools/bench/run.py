@@ -1,0 +1,411 @@
+"""The benchmark: pmlb beside a plain echo server and HAProxy, in one interleaved run.
+
+Run it with ``nox -s bench`` (or ``python tools/bench/run.py``); never part of
+CI. It compiles tools/bench/loadgen.c with the system gcc into a temporary
+directory, starts:
+
+- ``echo``: loadgen's plain epoll echo server (the physical limit here);
+- ``haproxy``: Debian's HAProxy, ``mode tcp``, 1 thread, in front of it;
+- ``pmlb-native`` / ``pmlb-grpclib``: ``pmlb serve`` (line framing) with a
+  batched h2 echo upstream (tools/bench/echo_upstream.py), one per transport.
+  One upstream, because round robin over several would reorder a client's
+  echoes, which the load generator checks in order; its CPU is reported to
+  show it is not what limits pmlb,
+
+then runs each scenario against every target back to back, so that noise hits
+all alike. CPU is read from /proc/PID/stat between the load generator's
+"go" and "end", so it covers only the measured window. Prints a table and
+writes the figures as JSON (``--output``, default bench-results.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+STARTUP_TIMEOUT = 30.0
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[Any]) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+class Target:
+    def __init__(self, name: str, port: int, pid: int, helpers: list[int] | None = None) -> None:
+        self.name = name
+        self.port = port
+        self.pid = pid
+        #: processes serving the target that are not the proxy (upstreams)
+        self.helpers = helpers or []
+
+
+class Bench:
+    def __init__(self, build: Path, seconds: float, upstreams: int = 1) -> None:
+        self.upstreams = upstreams
+        self.build = build
+        self.seconds = seconds
+        self.loadgen = str(build / "loadgen")
+        self.procs: list[subprocess.Popen[Any]] = []
+        self.targets: dict[str, Target] = {}
+
+    def start(self, args: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        proc = subprocess.Popen(args, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs:
+            proc.wait()
+
+    def start_targets(self, haproxy: str | None) -> None:
+        echo = self.start([self.loadgen, "echo", "0"], stdout=subprocess.PIPE, text=True)
+        assert echo.stdout is not None
+        echo_port = int(echo.stdout.readline().split()[1])
+        self.targets["echo"] = Target("echo", echo_port, echo.pid)
+        if haproxy:
+            port = free_port()
+            cfg = self.build / "haproxy.cfg"
+            cfg.write_text(
+                "global\n  nbthread 1\n  maxconn 9500\n"
+                "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n"
+                "  timeout server 120s\n  maxconn 9500\n"
+                f"frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n"
+                f"backend b\n  server echo 127.0.0.1:{echo_port}\n"
+            )
+            proc = self.start([haproxy, "-db", "-f", str(cfg)])
+            wait_port(port, proc)
+            self.targets["haproxy"] = Target("haproxy", port, proc.pid)
+        upstreams = []
+        for _ in range(self.upstreams):
+            up = self.start(
+                [sys.executable, str(HERE / "echo_upstream.py")], stdout=subprocess.PIPE, text=True
+            )
+            assert up.stdout is not None
+            upstreams.append((up.pid, int(up.stdout.readline().split()[1])))
+        for transport in ("native", "grpclib"):
+            port = free_port()
+            args = [
+                sys.executable, "-m", "pmlb", "serve", "--host", "127.0.0.1",
+                "--port", str(port), "--framing", "line", "--log-level", "warning",
+                "--upstream-transport", transport,
+            ]  # fmt: skip
+            for _, up_port in upstreams:
+                args += ["--upstream", f"127.0.0.1:{up_port}"]
+            proc = self.start(args)
+            wait_port(port, proc)
+            name = f"pmlb-{transport}"
+            self.targets[name] = Target(name, port, proc.pid, [pid for pid, _ in upstreams])
+            # every upstream serving: one round trip through each
+            for _ in range(2 * self.upstreams):
+                self.load(self.targets[name], 2, 1, 64, 0.3, 0)
+
+    # -- scenarios -----------------------------------------------------
+
+    def load(
+        self, target: Target, conns: int, depth: int, size: int, seconds: float, rate: float
+    ) -> dict[str, Any]:
+        cmd = [self.loadgen, "load", str(target.port), str(conns), str(depth), str(size)]
+        cmd += [str(seconds), str(rate)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        cpu0 = cpu1 = {}
+        result: dict[str, Any] = {}
+        pids = [target.pid, *target.helpers]
+        for line in proc.stdout:
+            event = json.loads(line)
+            if event["event"] == "go":
+                cpu0 = {pid: cpu_seconds(pid) for pid in pids}
+            elif event["event"] == "end":
+                cpu1 = {pid: cpu_seconds(pid) for pid in pids}
+            elif event["event"] == "result":
+                result = event
+        if proc.wait() != 0 or not result:
+            raise RuntimeError(f"load against {target.name} failed: {result}")
+        messages = max(result["messages"], 1)
+        result["target_cpu_s"] = round(cpu1[target.pid] - cpu0[target.pid], 3)
+        result["target_us_per_msg"] = round(result["target_cpu_s"] / messages * 1e6, 2)
+        result["upstream_cpu_s"] = [round(cpu1[p] - cpu0[p], 3) for p in target.helpers]
+        result["loadgen_cpu_s"] = result.pop("cpu_s")
+        return result
+
+    def throughput(self, conns: int, depth: int) -> dict[str, Any]:
+        return {
+            name: self.load(target, conns, depth, 64, self.seconds, 0)
+            for name, target in self.targets.items()
+        }
+
+    def latency_at_rate(self, rate: float) -> dict[str, Any]:
+        return {
+            name: self.load(target, 100, 1, 64, self.seconds, rate)
+            for name, target in self.targets.items()
+        }
+
+    @contextmanager
+    def hold(
+        self, target: Target, count: int, source: str, bcast_len: int = 0
+    ) -> Iterator[subprocess.Popen[str]]:
+        cmd = [self.loadgen, "hold", str(target.port), str(count), source, str(bcast_len)]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            yield proc
+        finally:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(timeout=60)
+
+    @staticmethod
+    def event(proc: subprocess.Popen[str]) -> dict[str, Any]:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the load generator ended early")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def idle(self, target: Target, count: int) -> dict[str, Any]:
+        before = rss_bytes(target.pid)
+        with self.hold(target, count, "127.0.0.2") as proc:
+            connected = self.event(proc)
+            # every client registered: a round trip on a new connection proves
+            # the accept queue is drained
+            self.load(target, 1, 1, 64, 0.2, 0)
+            after = rss_bytes(target.pid)
+        return {
+            "clients": connected["ok"],
+            "failed": connected["failed"],
+            "rss_before_mb": round(before / 2**20, 1),
+            "rss_after_mb": round(after / 2**20, 1),
+            "rss_per_client_bytes": round((after - before) / max(connected["ok"], 1)),
+        }
+
+    def broadcast(self, target: Target, counts: list[int]) -> dict[str, Any]:
+        """Clients held by several processes; one ``!bcast`` line; time until the last has it."""
+        line = "!bcast " + "b" * 56  # 64 bytes with its newline
+        sources = ["127.0.0.3", "127.0.0.4", "127.0.0.5"]
+        before = rss_bytes(target.pid)
+        holders = [
+            self.hold(target, count, sources[i], len(line) + 1) for i, count in enumerate(counts)
+        ]
+        procs = [holder.__enter__() for holder in holders]
+        try:
+            connected = [self.event(proc) for proc in procs]
+            ok = sum(c["ok"] for c in connected)
+            self.load(target, 1, 1, 64, 0.2, 0)
+            rss = rss_bytes(target.pid)
+            sender = subprocess.run(
+                [self.loadgen, "send", str(target.port), line],
+                capture_output=True, text=True, timeout=60, check=True,
+            )  # fmt: skip
+            sent = json.loads(sender.stdout.splitlines()[0])["sent_ns"]
+            done = [self.event(proc) for proc in procs]
+            last = max(d["last_ns"] for d in done)
+            received = sum(d["received"] for d in done)
+        finally:
+            for holder in holders:
+                holder.__exit__(None, None, None)
+        return {
+            "clients": ok,
+            "received": received,
+            "time_to_last_ms": round((last - sent) / 1e6, 2),
+            "rss_per_client_bytes": round((rss - before) / max(ok, 1)),
+            "alive_after": os.path.exists(f"/proc/{target.pid}"),
+        }
+
+    def accept_rate(self, target: Target, source: str) -> dict[str, Any]:
+        cpu0 = cpu_seconds(target.pid)
+        out = subprocess.run(
+            [self.loadgen, "accept", str(target.port), "2", "64", source],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        result: dict[str, Any] = json.loads(out.stdout)
+        result["target_cpu_s"] = round(cpu_seconds(target.pid) - cpu0, 3)
+        result.pop("event")
+        return result
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        f"pmlb benchmark, {results['date']}, {results['machine']}",
+        f"command: {results['command']}",
+        "",
+        "| scenario | target | msgs/s | p50 µs | p99 µs | max µs | target CPU µs/msg "
+        "| upstream CPU s | loadgen CPU s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for scenario, by_target in results["throughput"].items():
+        for name, r in by_target.items():
+            lines.append(
+                f"| {scenario} | {name} | {r['msgs_per_s']:,.0f} | {r['p50_us']} | {r['p99_us']} "
+                f"| {r['max_us']} | {r['target_us_per_msg']} "
+                f"| {'+'.join(str(c) for c in r['upstream_cpu_s']) or '-'} | {r['loadgen_cpu_s']} |"
+            )
+    lines.append("")
+    lines += ["| derived | value |", "|---|---:|"]
+    for key, value in results["derived"].items():
+        lines.append(f"| {key} | {value} |")
+    lines.append("")
+    lines += [
+        "| clients | target | clients held | RSS per client | other |",
+        "|---|---|---:|---:|---|",
+    ]
+    for key, r in results["clients"].items():
+        other = ", ".join(
+            f"{k}={v}" for k, v in r.items() if k not in ("clients", "rss_per_client_bytes")
+        )
+        lines.append(
+            f"| {key} | | {r['clients']} | {r.get('rss_per_client_bytes', '-')} B | {other} |"
+        )
+    lines.append("")
+    lines += ["| accept rate | conns/s | target CPU s |", "|---|---:|---:|"]
+    for name, r in results["accept"].items():
+        lines.append(f"| {name} | {r['per_s']:,.0f} | {r['target_cpu_s']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="per throughput run")
+    parser.add_argument("--rate", type=float, default=5000, help="offered msgs/s, latency run")
+    parser.add_argument("--output", default="bench-results.json")
+    parser.add_argument("--max-clients", type=int, default=19_500)
+    args = parser.parse_args()
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    haproxy = shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None
+    )
+    if haproxy is None:
+        print("haproxy not found (apt-get install haproxy); running without it", file=sys.stderr)
+    build = Path(tempfile.mkdtemp(prefix="pmlb-bench-"))
+    subprocess.run(
+        ["gcc", "-O2", "-o", str(build / "loadgen"), str(HERE / "loadgen.c")], check=True
+    )
+    bench = Bench(build, args.seconds)
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or ''} "
+        f"{_cpu_model()}, Linux {platform.release()}, Python {platform.python_version()}",
+        "command": "nox -s bench -- " + " ".join(sys.argv[1:]),
+        "open_files_limit": hard,
+    }
+    started = time.monotonic()
+    try:
+        bench.start_targets(haproxy)
+        results["throughput"] = {}
+        for conns, depth in [(100, 1), (100, 16), (1000, 1), (1000, 16)]:
+            key = f"C={conns} D={depth}"
+            print(f"throughput {key} ...", file=sys.stderr)
+            results["throughput"][key] = bench.throughput(conns, depth)
+        key = f"C=100 D=1 at {args.rate:.0f}/s"
+        print(f"latency {key} ...", file=sys.stderr)
+        results["throughput"][key] = bench.latency_at_rate(args.rate)
+        print("idle clients, broadcast, max clients ...", file=sys.stderr)
+        targets = bench.targets
+        results["clients"] = {}
+        if "haproxy" in targets:
+            # HAProxy needs two descriptors per client: 9,000 fit its limit.
+            results["clients"]["idle 9k: haproxy"] = bench.idle(targets["haproxy"], 9000)
+        results["clients"]["idle 10k: pmlb-native"] = bench.idle(targets["pmlb-native"], 10_000)
+        results["clients"]["broadcast 10k: pmlb-native"] = bench.broadcast(
+            targets["pmlb-native"], [10_000]
+        )
+        half = args.max_clients // 2
+        results["clients"][f"max {args.max_clients}: pmlb-native"] = bench.broadcast(
+            targets["pmlb-native"], [half, args.max_clients - half]
+        )
+        results["accept"] = {}
+        for i, name in enumerate(n for n in ("echo", "haproxy", "pmlb-native") if n in targets):
+            results["accept"][name] = bench.accept_rate(targets[name], f"127.0.1.{i + 1}")
+    finally:
+        bench.stop_all()
+        shutil.rmtree(build, ignore_errors=True)
+    results["wall_seconds"] = round(time.monotonic() - started)
+    results["derived"] = derived(results)
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"\n(JSON: {args.output}; {results['wall_seconds']} s)")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def derived(results: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, as ratios within this run."""
+    out: dict[str, Any] = {}
+    t = results["throughput"]
+    big = t["C=1000 D=16"]
+    if "haproxy" in big:
+        out["pmlb-native µs/msg ÷ haproxy µs/msg, C=1000 D=16"] = round(
+            big["pmlb-native"]["target_us_per_msg"]
+            / max(big["haproxy"]["target_us_per_msg"], 1e-9),
+            1,
+        )
+    for key, by in t.items():
+        n, g = by["pmlb-native"], by["pmlb-grpclib"]
+        per_cpu = [r["messages"] / max(r["target_cpu_s"], 1e-9) for r in (n, g)]
+        out[f"native ÷ grpclib msgs per pmlb CPU second, {key}"] = round(per_cpu[0] / per_cpu[1], 2)
+    for key, by in t.items():
+        if "haproxy" in by:
+            out[f"pmlb-native p99 ÷ haproxy p99, {key}"] = round(
+                by["pmlb-native"]["p99_us"] / max(by["haproxy"]["p99_us"], 1), 2
+            )
+    return out
+
+
+if __name__ == "__main__":
+    main()
