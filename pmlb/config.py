@@ -110,8 +110,12 @@ An example using every table::
     the faster) or ``"grpclib"`` (grpclib driven through trio-asyncio), the
     TLS keys of the example, and ``events`` (``true``: also send this upstream
     the clients' connected and disconnected events, see docs/contract.md;
-    default ``false``, the original contract). Two upstreams may not have the
-    same host and port.
+    default ``false``, the original contract), ``health`` (``"contract"``,
+    the default: the contract's ``ready`` and ``live`` RPCs; ``"grpc"``: the
+    standard ``grpc.health.v1.Health`` service, ``Check`` for readiness and
+    ``Watch`` plus a ``Check`` every ``live_interval`` for liveness) and
+    ``health_service`` (the service name asked about, default ``""``: the
+    whole server). Two upstreams may not have the same host and port.
 
 ``[management_server]`` and ``[management_server.tls]``
     The admin API's ``host`` (default ``"127.0.0.1"``) and ``port`` (default
@@ -226,6 +230,11 @@ class UpstreamConfig:
     tls_server_name: str = ""
     #: send this upstream client lifecycle events (connected, disconnected)
     events: bool = False
+    #: readiness and liveness through the contract's ready/live RPCs
+    #: ("contract") or the standard grpc.health.v1.Health service ("grpc")
+    health: str = "contract"
+    #: the service name Health is asked about ("": the whole server)
+    health_service: str = ""
 
     @property
     def address(self) -> str:
@@ -467,6 +476,8 @@ _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "tls_key": _string,
     "tls_server_name": _string,
     "events": _boolean,
+    "health": _one_of("contract", "grpc"),
+    "health_service": _string,
 }
 _MANAGEMENT_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "host": _host,

@@ -14,6 +14,7 @@ from pmlb.config import Config, ListenerConfig, UpstreamConfig
 from pmlb.downstream.tcp import open_listeners, serve_tcp_listener
 from pmlb.downstream.websocket import serve_websocket_listener
 from pmlb.registry import Registry
+from pmlb.upstream.grpc_health import GrpcHealthTransport
 from pmlb.upstream.grpclib_transport import GrpclibTransport
 from pmlb.upstream.h2_transport import H2Transport
 from pmlb.upstream.supervisor import Upstream, supervise
@@ -88,7 +89,7 @@ async def serve(
             bound.append((listener, await open_listeners(listener)))
         async with trio_asyncio.open_loop() as loop, trio.open_nursery() as upstreams:
 
-            def transport_factory(upstream: UpstreamConfig) -> Transport:
+            def stream_transport(upstream: UpstreamConfig) -> Transport:
                 ssl_context = partial(upstream_ssl_context, upstream) if upstream.tls else None
                 server_name = upstream.tls_server_name or None
                 if upstream.transport == "grpclib":
@@ -104,6 +105,20 @@ async def serve(
                     upstream.port,
                     ssl_context=ssl_context,
                     server_name=server_name,
+                )
+
+            def transport_factory(upstream: UpstreamConfig) -> Transport:
+                transport = stream_transport(upstream)
+                if upstream.health != "grpc":
+                    return transport
+                return GrpcHealthTransport(
+                    transport,
+                    upstream.host,
+                    upstream.port,
+                    loop,
+                    service=upstream.health_service,
+                    ssl_context=partial(upstream_ssl_context, upstream) if upstream.tls else None,
+                    server_name=upstream.tls_server_name or None,
                 )
 
             for upstream_config in config.upstreams:

@@ -229,6 +229,22 @@ INVALID_FILES = [
         id="top-level-unknown-key",
     ),
     pytest.param(
+        '[[upstream]]\nhost = "h"\nport = 1\nevents = "yes"',
+        "pmlb.toml: upstream[0].events: must be true or false, got string 'yes'",
+        id="upstream-events-not-boolean",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "h"\nport = 1\nhealth = "http"',
+        "pmlb.toml: upstream[0].health: must be one of 'contract', 'grpc', got 'http'",
+        id="upstream-health-unknown",
+    ),
+    pytest.param(
+        '[server]\nbalancing = "random"',
+        "pmlb.toml: server.balancing: must be one of 'round_robin', 'sticky', 'hash',"
+        " 'least_loaded', got 'random'",
+        id="balancing-unknown",
+    ),
+    pytest.param(
         '[server]\ntransport = "udp"',
         "pmlb.toml: server.transport: must be one of 'tcp', 'tls', 'websocket', got 'udp'",
         id="transport-unknown",

@@ -131,6 +131,28 @@ async def serve(args: argparse.Namespace) -> None:
     # Without SO_REUSEPORT, a port already in use is an error instead of a shared port.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers((service.handler(),))
+    if args.grpc_health:
+        # The standard health service (grpcio-health-checking): SIGUSR1 sets
+        # SERVING, SIGUSR2 NOT_SERVING, for the server ("") and "chat".
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from grpc_health.v1.health import aio as health_aio
+
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+
+        pending: set[asyncio.Future[None]] = set()
+
+        def set_health(status: int) -> None:
+            for name in ("", "chat"):
+                task = asyncio.ensure_future(health.set(name, status))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+
+        set_health(health_pb2.HealthCheckResponse.ServingStatus.Value(args.grpc_health))
+        loop.add_signal_handler(signal.SIGUSR1, set_health, health_pb2.HealthCheckResponse.SERVING)
+        loop.add_signal_handler(
+            signal.SIGUSR2, set_health, health_pb2.HealthCheckResponse.NOT_SERVING
+        )
     host = f"[{args.host}]" if ":" in args.host else args.host
     port = server.add_insecure_port(f"{host}:{args.port}")
     if not port:
@@ -145,6 +167,11 @@ def main() -> None:
     parser = script.parser(__doc__.splitlines()[0])
     parser.add_argument(
         "--malformed", action="store_true", help="answer stream messages with invalid protobuf"
+    )
+    parser.add_argument(
+        "--grpc-health",
+        choices=["SERVING", "NOT_SERVING"],
+        help="also serve grpc.health.v1.Health, starting with this status",
     )
     asyncio.run(serve(parser.parse_args()))
 
