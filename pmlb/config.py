@@ -115,7 +115,13 @@ An example using every table::
     standard ``grpc.health.v1.Health`` service, ``Check`` for readiness and
     ``Watch`` plus a ``Check`` every ``live_interval`` for liveness) and
     ``health_service`` (the service name asked about, default ``""``: the
-    whole server). Two upstreams may not have the same host and port.
+    whole server), ``discovery`` (``"static"``, the default, or ``"dns"``:
+    ``host`` is a DNS name whose A and AAAA records are resolved every
+    ``resolve_interval`` seconds, default 10, each address becoming an
+    upstream with this entry's port and settings; see
+    :mod:`pmlb.upstream.discovery`) and ``nameserver`` (``"IP"`` or
+    ``"IP:PORT"``: ask that DNS server instead of the system resolver). Two
+    upstreams may not have the same host and port.
 
 ``[management_server]`` and ``[management_server.tls]``
     The admin API's ``host`` (default ``"127.0.0.1"``) and ``port`` (default
@@ -133,6 +139,7 @@ integers of at least 1. An unknown key anywhere is an error. Every problem in
 a file is reported at once, one per line, as ``FILE: KEY: PROBLEM``.
 """
 
+import ipaddress
 import math
 import os
 import re
@@ -166,6 +173,24 @@ _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _LOG_FORMATS: Final = ("text", "json")
 _UPSTREAM_TRANSPORTS: Final = ("native", "grpclib")
 _MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """``"IP"`` or ``"IP:PORT"`` (``"[IPv6]:PORT"``) as (ip, port); ``ValueError`` if not."""
+    host, port = text, 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"expected IP or IP:PORT, got {text!r}")
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+        port = int(port_text)
+    ipaddress.ip_address(host)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be from 1 to 65535, got {port}")
+    return host, port
 
 
 def format_address(host: str, port: int) -> str:
@@ -235,6 +260,11 @@ class UpstreamConfig:
     health: str = "contract"
     #: the service name Health is asked about ("": the whole server)
     health_service: str = ""
+    #: "static", or "dns": ``host`` names the upstreams, resolved every
+    #: ``resolve_interval`` seconds (at ``nameserver`` if set: "IP[:PORT]")
+    discovery: str = "static"
+    resolve_interval: float = 10.0
+    nameserver: str = ""
 
     @property
     def address(self) -> str:
@@ -406,6 +436,17 @@ def _non_negative(value: object) -> float:
         raise _Bad(f"must be a number >= 0, got {_describe(value)}") from None
 
 
+def _nameserver(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"must be a string IP or IP:PORT, got {_describe(value)}")
+    if value:
+        try:
+            parse_nameserver(value)
+        except ValueError:
+            raise _Bad(f"must be an IP address, optionally with :PORT, got {value!r}") from None
+    return value
+
+
 def _boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise _Bad(f"must be true or false, got {_describe(value)}")
@@ -478,6 +519,9 @@ _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "events": _boolean,
     "health": _one_of("contract", "grpc"),
     "health_service": _string,
+    "discovery": _one_of("static", "dns"),
+    "resolve_interval": _seconds,
+    "nameserver": _nameserver,
 }
 _MANAGEMENT_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "host": _host,

@@ -14,6 +14,7 @@ from pmlb.config import Config, ListenerConfig, UpstreamConfig
 from pmlb.downstream.tcp import open_listeners, serve_tcp_listener
 from pmlb.downstream.websocket import serve_websocket_listener
 from pmlb.registry import Registry
+from pmlb.upstream.discovery import nameserver_resolver, run_dns_discovery, system_resolve
 from pmlb.upstream.grpc_health import GrpcHealthTransport
 from pmlb.upstream.grpclib_transport import GrpclibTransport
 from pmlb.upstream.h2_transport import H2Transport
@@ -121,9 +122,28 @@ async def serve(
                     server_name=upstream.tls_server_name or None,
                 )
 
-            for upstream_config in config.upstreams:
+            def start_upstream(upstream_config: UpstreamConfig) -> Upstream:
                 upstream = registry.add_upstream(upstream_config)
                 upstreams.start_soon(supervise, upstream, registry, transport_factory)
+                return upstream
+
+            async def stop_upstream(address: str) -> None:
+                upstream = registry.upstreams[address]
+                upstream.cancel_scope.cancel()
+                await upstream.removed.wait()
+
+            for upstream_config in config.upstreams:
+                if upstream_config.discovery == "dns":
+                    resolve = (
+                        nameserver_resolver(upstream_config.nameserver)
+                        if upstream_config.nameserver
+                        else system_resolve
+                    )
+                    upstreams.start_soon(
+                        run_dns_discovery, upstream_config, start_upstream, stop_upstream, resolve
+                    )
+                else:
+                    start_upstream(upstream_config)
             async with trio.open_nursery() as downstream:
                 addresses = {}
                 for listener, sockets in bound:

@@ -239,6 +239,17 @@ INVALID_FILES = [
         id="upstream-health-unknown",
     ),
     pytest.param(
+        '[[upstream]]\nhost = "h"\nport = 1\ndiscovery = "dns"\nnameserver = "ns.example"',
+        "pmlb.toml: upstream[0].nameserver: must be an IP address, optionally with :PORT,"
+        " got 'ns.example'",
+        id="upstream-nameserver-not-ip",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "h"\nport = 1\ndiscovery = "srv"',
+        "pmlb.toml: upstream[0].discovery: must be one of 'static', 'dns', got 'srv'",
+        id="upstream-discovery-unknown",
+    ),
+    pytest.param(
         '[server]\nbalancing = "random"',
         "pmlb.toml: server.balancing: must be one of 'round_robin', 'sticky', 'hash',"
         " 'least_loaded', got 'random'",
