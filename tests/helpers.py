@@ -29,22 +29,34 @@ TIMEOUT = 30.0
 class Proc:
     """A child process whose output lines are collected as they come."""
 
-    def __init__(self, name: str, process: trio.Process) -> None:
+    def __init__(self, name: str, popen: subprocess.Popen[bytes]) -> None:
         self.name = name
-        self.process = process
+        self.popen = popen
+        assert popen.stdout is not None
+        self._stdout = trio.lowlevel.FdStream(os.dup(popen.stdout.fileno()))
+        popen.stdout.close()
+        # A pidfd turns readable when the process exits: waiting needs no polling.
+        self._pidfd = os.pidfd_open(popen.pid)
         self.lines: list[str] = []
         self._changed = trio.lowlevel.ParkingLot()
         self.closed = False
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
 
     async def pump(self) -> None:
-        assert self.process.stdout is not None
         buffer = b""
-        async with self.process.stdout:
-            while data := await self.process.stdout.receive_some(65536):
+        async with self._stdout:
+            while data := await self._stdout.receive_some(65536):
                 buffer += data
                 *complete, buffer = buffer.split(b"\n")
                 if complete:
@@ -84,7 +96,26 @@ class Proc:
 
     async def wait(self, timeout: float = TIMEOUT) -> int:
         with trio.fail_after(timeout):
-            return await self.process.wait()
+            while (code := self.popen.poll()) is None:
+                await trio.lowlevel.wait_readable(self._pidfd)
+        return code
+
+    def close(self) -> None:
+        os.close(self._pidfd)
+
+
+def _spawn(args: Sequence[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+    # Started here, on the test's own thread, not through trio's open_process:
+    # that one forks from a worker thread, and PR_SET_PDEATHSIG fires when the
+    # forking *thread* ends, which trio's thread cache does after 10 idle
+    # seconds: children were killed mid-test.
+    return subprocess.Popen(
+        list(args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        preexec_fn=_die_with_parent,
+    )
 
 
 def _die_with_parent() -> None:
@@ -117,15 +148,10 @@ class Processes:
         self._clients.append(client)
         return client
 
-    async def start(self, name: str, args: Sequence[str]) -> Proc:
-        process = await trio.lowlevel.open_process(
-            list(args),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            preexec_fn=_die_with_parent,
-        )
-        proc = Proc(name, process)
+    async def start(
+        self, name: str, args: Sequence[str], env: dict[str, str] | None = None
+    ) -> Proc:
+        proc = Proc(name, _spawn(args, env))
         self._procs.append(proc)
         self._nursery.start_soon(proc.pump)
         return proc
@@ -155,12 +181,17 @@ class Processes:
         match = await proc.wait_for(r"^LISTENING (\d+)$")
         return proc, int(match.group(1))
 
-    async def pmlb(self, *args: str) -> tuple[Proc, int]:
-        """``pmlb serve`` on a free port; returns it and the client port."""
-        cmd = [sys.executable, "-m", "pmlb", "serve", "--host", "127.0.0.1", "--port", "0", *args]
+    async def pmlb(self, *args: str, env: dict[str, str] | None = None) -> tuple[Proc, int]:
+        """``pmlb serve`` on a free port; returns it and the client port.
+
+        The admin API listens on a free port too (see :func:`admin_url`).
+        """
+        cmd = [sys.executable, "-m", "pmlb", "serve", "--host", "127.0.0.1", "--port", "0"]
+        if not any(a.startswith(("--admin-port", "--no-admin")) for a in args):
+            cmd += ["--admin-port", "0"]
         if self.upstream_transport is not None:
             cmd += ["--upstream-transport", self.upstream_transport]
-        proc = await self.start("pmlb", cmd)
+        proc = await self.start("pmlb", [*cmd, *args], env=env)
         match = await proc.wait_for(r"listening listener=default address=127\.0\.0\.1:(\d+)")
         return proc, int(match.group(1))
 
@@ -170,11 +201,12 @@ class Processes:
         for resource in self._streams:
             await trio.aclose_forcefully(resource)
         for proc in self._procs:
-            if proc.process.returncode is None:
-                proc.process.kill()
+            proc.kill()
         with trio.move_on_after(TIMEOUT):
             for proc in self._procs:
-                await proc.process.wait()
+                await proc.wait()
+        for proc in self._procs:
+            proc.close()
 
 
 def free_low_port() -> int:
@@ -192,6 +224,12 @@ def free_low_port() -> int:
                 continue
             return port
     raise RuntimeError("no free port found")
+
+
+async def admin_url(pmlb: Proc) -> str:
+    """The admin API's base URL, from pmlb's log."""
+    match = await pmlb.wait_for(r"admin listening url=(\S+)")
+    return match.group(1)
 
 
 def upstream_arg(port: int) -> list[str]:
