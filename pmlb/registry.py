@@ -2,19 +2,21 @@
 
 The downstream side registers clients and dispatches their messages; the
 upstream supervisors report state changes and deliver replies; the admin API
-(later) reads snapshots and acts through the same methods.
+reads snapshots and acts through the same methods. Everything worth telling an
+operator is published on :attr:`Registry.events`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
-from collections.abc import Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from typing import cast
 
 import attrs
 import trio
+from sortedcontainers import SortedDict
 
 from pmlb._log import RateLimited
 from pmlb._proto import upstream_pb2 as pb
@@ -24,6 +26,8 @@ from pmlb.config import Config, UpstreamConfig
 from pmlb.downstream.client import Client
 from pmlb.downstream.limits import ConnectionCounters
 from pmlb.downstream.reasons import STOPPING, UPSTREAM_ACTION, classify
+from pmlb.events import EventBus
+from pmlb.metrics import LatencyHistogram
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.supervisor import Upstream, UpstreamState
 
@@ -60,6 +64,21 @@ class Statistics:
     awaiting_upstream: int
     #: connection limits: what was accepted, refused and closed (a copy)
     connections: ConnectionCounters = attrs.field(factory=ConnectionCounters)
+    broadcast_recipients: int = 0
+    #: connections closed at once because new clients were not accepted
+    refused: int = 0
+    #: bytes of every client that has come and gone, plus the connected ones
+    bytes_from_clients: int = 0
+    bytes_to_clients: int = 0
+    #: clients connected now / ever, by listener name
+    clients_by_listener: dict[str, int] = attrs.Factory(dict)
+    clients_total_by_listener: dict[str, int] = attrs.Factory(dict)
+    #: closed connections by kind of reason (see :func:`pmlb.downstream.reasons.classify`)
+    disconnects: dict[str, int] = attrs.Factory(dict)
+    #: messages queued for clients, all clients together
+    queued_to_clients: int = 0
+    accepting: bool = True
+    policy: str = "round_robin"
 
 
 class Registry:
@@ -69,6 +88,17 @@ class Registry:
         self.config = config
         self.policy: Policy = policy or make_policy(config.balancing)
         self.clients: dict[str, Client] = {}
+        # The same clients by connection number, for stable cursor paging.
+        self._by_seq: SortedDict = SortedDict()
+        self._next_seq = 0
+        #: whether listeners hand new connections on (an operator may pause it)
+        self.accepting = True
+        #: set when someone asked the whole process to drain and stop
+        self.stop_requested = trio.Event()
+        self.events = EventBus()
+        #: how long client batches wait in dispatch for an upstream to take them
+        self.dispatch_latency = LatencyHistogram()
+        self._start_supervisor: Callable[[Upstream], None] | None = None
         self.upstreams: dict[str, Upstream] = {}
         # The serving upstreams, in the order they started serving: the
         # policy's indexes point into this list.
@@ -93,11 +123,27 @@ class Registry:
         self.unknown_client = 0
         self.invalid_target = 0
         self.connections = ConnectionCounters()
+        self.broadcast_recipients = 0
+        self.refused = 0
+        self._closed_bytes_in = 0
+        self._closed_bytes_out = 0
+        self._by_listener: Counter[str] = Counter()
+        self._total_by_listener: Counter[str] = Counter()
+        self._disconnects: Counter[str] = Counter()
 
     # -- clients --------------------------------------------------------
 
+    def admit(self) -> bool:
+        """Whether a new connection may become a client; counts the refused ones."""
+        if not self.accepting:
+            self.refused += 1
+        return self.accepting
+
     def add_client(self, client: Client) -> None:
+        client.seq = self._next_seq
+        self._next_seq += 1
         self.clients[client.uuid] = client
+        self._by_seq[client.seq] = client
         self.clients_total += 1
         self._send_event(
             pb.InputStreamRequest(
@@ -108,6 +154,15 @@ class Registry:
                 listener=client.listener,
                 transport=client.transport,
             )
+        )
+        self._by_listener[client.listener] += 1
+        self._total_by_listener[client.listener] += 1
+        self.events.publish(
+            "client.connected",
+            client=client.uuid,
+            listener=client.listener,
+            remote=client.remote,
+            transport=client.transport,
         )
 
     def remove_client(self, client: Client) -> None:
@@ -126,6 +181,18 @@ class Registry:
         )
         self.policy.forget(client.uuid)
         self._event_policy.forget(client.uuid)
+        del self._by_seq[client.seq]
+        self._by_listener[client.listener] -= 1
+        self._closed_bytes_in += client.bytes_in
+        self._closed_bytes_out += client.bytes_out
+        reason = client.close_reason
+        self._disconnects[classify(reason).name.lower()] += 1
+        self.events.publish(
+            "client.disconnected",
+            client=client.uuid,
+            listener=client.listener,
+            reason=reason or STOPPING,
+        )
 
     def _send_event(self, event: pb.InputStreamRequest) -> None:
         """Queue a lifecycle event for one upstream that takes events, by the policy."""
@@ -152,14 +219,47 @@ class Registry:
                 dropped_total=self.events_dropped,
             )
 
-    def set_policy(self, name: str) -> None:
-        """Balance with the policy called ``name`` from now on; ``ValueError`` if unknown.
+    def client_page(
+        self,
+        *,
+        after: int = -1,
+        limit: int = 100,
+        state: str | None = None,
+        listener: str | None = None,
+    ) -> tuple[list[Client], int | None]:
+        """Clients connected after cursor ``after``, oldest first, filtered.
 
-        A new policy starts with no memory: under ``sticky``, clients are
-        placed afresh.
+        ``state`` is ``active`` or ``inactive`` (``None``: both). Returns the
+        page and the cursor of the next page (``None`` on the last page). The
+        cost is one seek plus the clients looked at, whatever the total.
         """
-        self.policy = make_policy(name)
-        log.info("balancing policy set", extra={"policy": name})
+        if state not in (None, "active", "inactive"):
+            raise ValueError(f"state must be active or inactive, got {state!r}")
+        now, window = time.monotonic(), self.config.activity_window
+        want_active = state == "active"
+        page: list[Client] = []
+        for seq in self._by_seq.irange(minimum=after, inclusive=(False, True)):
+            client = self._by_seq[seq]
+            if listener is not None and client.listener != listener:
+                continue
+            if state is not None and client.is_active(now, window) is not want_active:
+                continue
+            if len(page) == limit:
+                return page, page[-1].seq
+            page.append(client)
+        return page, None
+
+    def kick(self, uuid: str, reason: str = "kicked by an operator") -> Client:
+        """Disconnect one client; ``KeyError`` if there is no such client."""
+        client = self.clients[uuid]
+        client.close(reason)
+        return client
+
+    def send_to(self, uuid: str, payload: bytes) -> bool:
+        """Queue ``payload`` for one client, as an upstream would; ``KeyError`` if unknown."""
+        sent = self.clients[uuid].send(payload)
+        self.messages_to_clients += sent
+        return sent
 
     async def dispatch(self, requests: list[pb.InputStreamRequest]) -> None:
         """Hand a batch of client messages to serving upstreams, by the policy.
@@ -168,6 +268,13 @@ class Registry:
         full: the caller stops reading its socket meanwhile (backpressure).
         """
         self.messages_from_clients += len(requests)
+        started = time.perf_counter()
+        try:
+            await self._dispatch(requests)
+        finally:
+            self.dispatch_latency.observe(time.perf_counter() - started, len(requests))
+
+    async def _dispatch(self, requests: list[pb.InputStreamRequest]) -> None:
         while requests:
             serving = self._serving
             if not serving:
@@ -190,11 +297,60 @@ class Registry:
     # -- upstreams ------------------------------------------------------
 
     def add_upstream(self, config: UpstreamConfig) -> Upstream:
+        """Register an upstream (not yet supervised); ``ValueError`` if its address is taken."""
         if config.address in self.upstreams:
             raise ValueError(f"upstream {config.address} already exists")
         upstream = Upstream(config=config, outbox=Outbox(self.config.upstream_queue_size))
         self.upstreams[config.address] = upstream
+        self.events.publish("upstream.added", upstream=config.address)
         return upstream
+
+    def attach_supervisor(self, start: Callable[[Upstream], None]) -> None:
+        """Set how :meth:`start_upstream` starts a supervisor (the server does this)."""
+        self._start_supervisor = start
+
+    def start_upstream(self, config: UpstreamConfig) -> Upstream:
+        """Add an upstream and start supervising it; ``ValueError`` if its address is taken."""
+        if self._start_supervisor is None:
+            raise RuntimeError("this registry is not attached to a running server")
+        upstream = self.add_upstream(config)
+        self._start_supervisor(upstream)
+        return upstream
+
+    async def remove_upstream(self, address: str) -> None:
+        """Stop and remove an upstream; its queued messages fail over.
+
+        ``KeyError`` if there is no such upstream.
+        """
+        upstream = self.upstreams[address]
+        upstream.cancel_scope.cancel()
+        await upstream.removed.wait()
+
+    async def drain_upstream(self, address: str, *, grace: float = 30.0, quiet: float = 0.5) -> int:
+        """Send an upstream no new messages, let it finish, then remove it.
+
+        It waits until the upstream's queue is written out and its stream has
+        been silent for ``quiet`` seconds (answers still on their way), at
+        most ``grace`` seconds; whatever is still queued then fails over.
+        Returns how many messages failed over. ``KeyError`` if there is no
+        such upstream.
+        """
+        upstream = self.upstreams[address]
+        if not upstream.draining:
+            upstream.draining = True
+            self._serving = [u for u in self._serving if u is not upstream]
+            upstream.outbox.close()
+            self.events.publish("upstream.draining", upstream=address)
+            log.info("upstream draining", extra={"upstream": address})
+        with trio.move_on_after(grace):
+            await upstream.outbox.wait_empty()
+            received = -1
+            while received != upstream.messages_received:
+                received = upstream.messages_received
+                await trio.sleep(quiet)
+        left = len(upstream.outbox)
+        await self.remove_upstream(address)
+        return left
 
     def set_upstream_state(
         self, upstream: Upstream, state: UpstreamState, *, reason: str | None = None
@@ -206,7 +362,11 @@ class Registry:
         fields: dict[str, object] = {"upstream": upstream.address, "state": str(state)}
         if reason:
             fields["reason"] = reason
+        self.events.publish("upstream.state", **fields)
         if state is UpstreamState.SERVING:
+            if upstream.draining:
+                log.info("upstream serving again while draining", extra=fields)
+                return
             if upstream.config.events:
                 upstream.outbox.put_nowait(self._event_orphans)
                 self._event_orphans.clear()
@@ -334,11 +494,38 @@ class Registry:
 
     def broadcast(self, kind: str, payload: bytes) -> int:
         """Send ``payload`` to ``all``, ``active`` or ``inactive`` clients; return how many."""
-        self.broadcasts += 1
         recipients = self.select_clients(kind)
+        self.broadcasts += 1
         sent = sum(1 for client in recipients if client.send(payload))
         self.messages_to_clients += sent
+        self.broadcast_recipients += sent
         return sent
+
+    # -- runtime --------------------------------------------------------
+
+    def set_policy(self, name: str) -> None:
+        """Balance with the policy called ``name`` from now on; ``ValueError`` if unknown.
+
+        A new policy starts with no memory: under ``sticky``, clients are
+        placed afresh. Setting the policy in force changes nothing.
+        """
+        if name == self.policy.name:
+            return
+        self.policy = make_policy(name)
+        log.info("balancing policy set", extra={"policy": name})
+        self.events.publish("runtime.policy", policy=name)
+
+    def set_accepting(self, accepting: bool) -> None:
+        """Let listeners take new clients, or close new connections at once."""
+        if accepting != self.accepting:
+            self.accepting = accepting
+            self.events.publish("runtime.accepting", accepting=accepting)
+
+    def request_stop(self) -> None:
+        """Ask the server to drain and stop (what SIGTERM does)."""
+        if not self.stop_requested.is_set():
+            self.events.publish("runtime.stop")
+            self.stop_requested.set()
 
     def select_clients(self, kind: str) -> Iterable[Client]:
         if kind not in ("all", "active", "inactive"):
@@ -366,4 +553,16 @@ class Registry:
             awaiting_upstream=len(self._orphans)
             + sum(len(u.outbox) for u in self.upstreams.values()),
             connections=attrs.evolve(self.connections),
+            broadcast_recipients=self.broadcast_recipients,
+            refused=self.refused,
+            bytes_from_clients=self._closed_bytes_in
+            + sum(c.bytes_in for c in self.clients.values()),
+            bytes_to_clients=self._closed_bytes_out
+            + sum(c.bytes_out for c in self.clients.values()),
+            clients_by_listener={k: v for k, v in self._by_listener.items() if v},
+            clients_total_by_listener=dict(self._total_by_listener),
+            disconnects=dict(self._disconnects),
+            queued_to_clients=sum(c.queued for c in self.clients.values()),
+            accepting=self.accepting,
+            policy=self.policy.name,
         )

@@ -337,3 +337,85 @@ async def test_disconnect_refuses_a_broadcast_target() -> None:
     registry.deliver([reply(client_uuid="a", action=7)])
     assert a.close_reason is None
     assert registry.invalid_target == 2
+
+
+def test_client_pages_follow_connection_order_and_filters() -> None:
+    registry = Registry(Config())
+    clients = [client(registry, f"c{i}", active=i % 2 == 0) for i in range(7)]
+    registry.remove_client(clients[3])
+
+    seen: list[str] = []
+    cursor = -1
+    while True:
+        page, cursor_next = registry.client_page(after=cursor, limit=2)
+        seen += [c.uuid for c in page]
+        if cursor_next is None:
+            break
+        cursor = cursor_next
+    assert seen == ["c0", "c1", "c2", "c4", "c5", "c6"]
+
+    active, more = registry.client_page(state="active", limit=10)
+    assert [c.uuid for c in active] == ["c0", "c2", "c4", "c6"]
+    assert more is None
+    inactive, _ = registry.client_page(state="inactive", limit=1)
+    assert [c.uuid for c in inactive] == ["c1"]
+    assert registry.client_page(listener="other")[0] == []
+
+
+async def test_disconnects_are_counted_by_kind_and_reported_as_events() -> None:
+    registry = Registry(Config())
+    with registry.events.subscribe() as events:
+        for name, reason in [
+            ("a", "slow client: outbound queue full (10 messages)"),
+            ("b", "bad input: message of 70000 bytes exceeds max_message_size 65536"),
+            ("c", None),
+        ]:
+            c = client(registry, name, active=True)
+            if reason:
+                c.close(reason)
+            registry.remove_client(c)
+        kinds = [e["type"] for e in await events.next_batch()]
+    assert kinds == ["client.connected", "client.disconnected"] * 3
+    assert registry.statistics().disconnects == {"slow": 1, "too_big": 1, "drain": 1}
+
+
+async def test_set_policy_and_accepting() -> None:
+    registry = Registry(Config())
+    registry.set_policy("round_robin")
+    with pytest.raises(ValueError, match="unknown balancing policy 'psychic'"):
+        registry.set_policy("psychic")
+    assert registry.admit()
+    registry.set_accepting(False)
+    assert not registry.admit()
+    assert registry.statistics().refused == 1
+
+
+async def test_drain_sends_nothing_new_and_removes_once_written() -> None:
+    registry, (a, b) = setup(2)
+    for up in (a, b):
+        registry.set_upstream_state(up, UpstreamState.SERVING)
+    registry.attach_supervisor(lambda upstream: None)
+    await registry.dispatch([request(n) for n in range(4)])
+    assert (len(a.outbox), len(b.outbox)) == (2, 2)
+
+    async def finish_b() -> None:
+        # B's stream writes out what it had; nothing new arrives meanwhile
+        await trio.testing.wait_all_tasks_blocked()
+        assert not b.outbox.accepting
+        assert payloads(b.outbox.take_nowait()) == [1, 3]
+
+    async with trio.open_nursery() as nursery:
+
+        async def supervise_b() -> None:
+            with b.cancel_scope:
+                await trio.sleep_forever()
+            registry.set_upstream_state(b, UpstreamState.REMOVED)
+            b.removed.set()
+
+        nursery.start_soon(supervise_b)
+        nursery.start_soon(finish_b)
+        left = await registry.drain_upstream(b.address, quiet=0.01)
+    assert left == 0
+    assert b.address not in registry.upstreams
+    await registry.dispatch([request(n) for n in range(4, 8)])
+    assert payloads(a.outbox.take_nowait()) == [0, 2, 4, 5, 6, 7]

@@ -36,6 +36,7 @@ class Client:
         "messages_out",
         "queue_limit",
         "remote",
+        "seq",
         "transport",
         "uuid",
     )
@@ -76,6 +77,8 @@ class Client:
         # time.monotonic() since when the queue has been full, if it is
         self._full_since: float | None = None
         self._pending: deque[bytes] = deque()
+        #: connection number, set by the registry (orders clients for paging)
+        self.seq = -1
         self._wakeup: trio.Event | None = None
         self._scope = scope
 

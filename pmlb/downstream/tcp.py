@@ -160,6 +160,9 @@ async def handle_connection(
     ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Run one client: limits, handshake, then its reader and writer."""
+    if not registry.admit():  # an operator paused new clients
+        await trio.aclose_forcefully(stream)
+        return
     try:
         remote = format_address(*stream.socket.getpeername()[:2])
     except OSError:  # the peer is already gone

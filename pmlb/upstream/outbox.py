@@ -82,6 +82,11 @@ class Outbox(Generic[T]):
             self._space.unpark_all()
         return items
 
+    async def wait_empty(self) -> None:
+        """Return once everything queued has been taken."""
+        while self._items:
+            await self._space.park()
+
     async def wait_nonempty(self) -> None:
         """Return once something is queued."""
         while not self._items:

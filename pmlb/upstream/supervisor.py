@@ -59,6 +59,8 @@ class Upstream:
     #: time.time() of the last readiness and liveness answers
     ready_at: float | None = None
     alive_at: float | None = None
+    #: being drained: gets no new messages, removed once it has finished
+    draining: bool = False
     #: cancelling it removes the upstream (its supervisor ends)
     cancel_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     #: set once the supervisor has ended and the upstream is removed

@@ -1,0 +1,191 @@
+"""Prometheus metrics, read from the registry's snapshots at scrape time.
+
+Nothing here runs per message except :meth:`LatencyHistogram.observe`, once
+per dispatched batch; every other figure is a counter the core keeps anyway,
+collected when ``/metrics`` is scraped.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+if TYPE_CHECKING:
+    from pmlb.registry import Registry
+
+#: Upper bounds in seconds; a batch that waits for an upstream to serve can
+#: take seconds, a healthy one microseconds.
+LATENCY_BUCKETS = (
+    0.00001,
+    0.00005,
+    0.0001,
+    0.0005,
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+)
+
+
+class LatencyHistogram:
+    """A cumulative histogram cheap enough for the data path (no locks, one bisect)."""
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, seconds: float, count: int = 1) -> None:
+        """Record ``count`` events that each took ``seconds``."""
+        self.counts[bisect_left(self.buckets, seconds)] += count
+        self.total += seconds * count
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        running, out = 0, []
+        for bound, count in zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+class RegistryCollector(Collector):
+    """Turns one :class:`~pmlb.registry.Registry` into Prometheus metric families."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        from pmlb.upstream.supervisor import UpstreamState
+
+        registry = self._registry
+        stats = registry.statistics()
+
+        current = GaugeMetricFamily(
+            "pmlb_clients", "Clients connected now, by listener.", labels=["listener"]
+        )
+        total = CounterMetricFamily(
+            "pmlb_clients_connected", "Clients ever connected, by listener.", labels=["listener"]
+        )
+        for listener in registry.config.listeners:
+            current.add_metric([listener.name], stats.clients_by_listener.get(listener.name, 0))
+            total.add_metric([listener.name], stats.clients_total_by_listener.get(listener.name, 0))
+        yield current
+        yield total
+
+        messages = CounterMetricFamily(
+            "pmlb_messages", "Messages by direction.", labels=["direction"]
+        )
+        messages.add_metric(["from_clients"], stats.messages_from_clients)
+        messages.add_metric(["to_clients"], stats.messages_to_clients)
+        yield messages
+        data = CounterMetricFamily(
+            "pmlb_client_bytes", "Bytes on client connections by direction.", labels=["direction"]
+        )
+        data.add_metric(["from_clients"], stats.bytes_from_clients)
+        data.add_metric(["to_clients"], stats.bytes_to_clients)
+        yield data
+
+        disconnects = CounterMetricFamily(
+            "pmlb_client_disconnects",
+            "Closed client connections by reason (slow client, too large, ...).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(stats.disconnects.items()):
+            disconnects.add_metric([reason], count)
+        yield disconnects
+        yield CounterMetricFamily(
+            "pmlb_clients_refused",
+            "Connections closed at once because new clients were not accepted.",
+            value=stats.refused,
+        )
+
+        states = GaugeMetricFamily(
+            "pmlb_upstream_state",
+            "1 for each upstream's current state.",
+            labels=["upstream", "state"],
+        )
+        queued = GaugeMetricFamily(
+            "pmlb_upstream_queued", "Messages waiting for each upstream.", labels=["upstream"]
+        )
+        upstream_messages = CounterMetricFamily(
+            "pmlb_upstream_messages",
+            "Messages to and from each upstream.",
+            labels=["upstream", "direction"],
+        )
+        for address, upstream in list(registry.upstreams.items()):
+            for state in UpstreamState:
+                if state is not UpstreamState.REMOVED:
+                    states.add_metric([address, str(state)], float(upstream.state is state))
+            queued.add_metric([address], len(upstream.outbox))
+            upstream_messages.add_metric([address, "to_upstream"], upstream.messages_dispatched)
+            upstream_messages.add_metric([address, "from_upstream"], upstream.messages_received)
+        yield states
+        yield queued
+        yield upstream_messages
+        yield GaugeMetricFamily(
+            "pmlb_upstreams_serving", "Upstreams serving now.", value=stats.upstreams_serving
+        )
+        yield GaugeMetricFamily(
+            "pmlb_awaiting_upstream",
+            "Accepted client messages not yet written to an upstream.",
+            value=stats.awaiting_upstream,
+        )
+        yield GaugeMetricFamily(
+            "pmlb_client_queued",
+            "Messages waiting to be written to clients, all clients together.",
+            value=stats.queued_to_clients,
+        )
+
+        latency = registry.dispatch_latency
+        yield HistogramMetricFamily(
+            "pmlb_dispatch_latency_seconds",
+            "Time from reading client messages to handing them to an upstream's queue.",
+            buckets=latency.cumulative(),
+            sum_value=latency.total,
+        )
+
+        yield CounterMetricFamily(
+            "pmlb_broadcasts",
+            "Broadcasts sent (by upstreams or the admin).",
+            value=stats.broadcasts,
+        )
+        yield CounterMetricFamily(
+            "pmlb_broadcast_recipients",
+            "Clients a broadcast was queued for, summed over broadcasts.",
+            value=stats.broadcast_recipients,
+        )
+        yield CounterMetricFamily(
+            "pmlb_unknown_client_drops",
+            "Upstream messages dropped because their client UUID is not connected.",
+            value=stats.unknown_client,
+        )
+        yield CounterMetricFamily(
+            "pmlb_invalid_target_drops",
+            "Upstream messages dropped because their target is invalid.",
+            value=stats.invalid_target,
+        )
+        yield CounterMetricFamily(
+            "pmlb_event_subscribers_dropped",
+            "Admin event stream consumers dropped for falling behind.",
+            value=registry.events.dropped_subscribers,
+        )
+
+
+def metrics_registry(registry: Registry) -> CollectorRegistry:
+    """A Prometheus registry holding only this pmlb's metrics (not the process's)."""
+    collectors = CollectorRegistry(auto_describe=False)
+    collectors.register(RegistryCollector(registry))
+    return collectors
