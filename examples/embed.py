@@ -21,10 +21,13 @@ from pmlb.config import apply_overrides
 
 
 async def main(port: int, upstream: str, ticks: int) -> None:
-    config = apply_overrides(pmlb.Config(), port=port, framing="line", upstreams=[upstream])
+    config = apply_overrides(
+        pmlb.Config(), port=port, framing="line", upstreams=[upstream], admin_port=0
+    )
     async with trio.open_nursery() as nursery:
         server: pmlb.Server = await nursery.start(pmlb.serve, config)
         print(f"pmlb embedded, clients connect to {server.listeners['default'][0]}", flush=True)
+        print(f"admin API and dashboard at {server.admin_url}/", flush=True)
         for n in range(1, ticks + 1):
             await trio.sleep(1)
             sent = server.registry.broadcast("all", f"tick {n}".encode())

@@ -1,23 +1,27 @@
-"""The command line: ``pmlb serve``, ``pmlb check-config``, ``pmlb demo``."""
+"""The command line: ``pmlb serve``, ``pmlb check-config``, ``pmlb demo``, ``pmlb ctl``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 
+import attrs
 import trio
 
-from pmlb import _log
+from pmlb import _log, ctl
 from pmlb.config import (
     Config,
     ConfigError,
     ListenerConfig,
+    ManagementConfig,
     UpstreamConfig,
     apply_overrides,
+    check_admin_exposure,
     load_config,
     render_config,
 )
@@ -27,6 +31,8 @@ from pmlb.server import Server, serve
 log = logging.getLogger("pmlb.server")
 
 DEMO_UPSTREAM_STOP_TIMEOUT = 30.0
+#: The environment variable holding the admin API's bearer token.
+TOKEN_ENV = "PMLB_ADMIN_TOKEN"
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +64,18 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         choices=["round_robin", "sticky", "hash", "least_loaded"],
         help="the balancing policy (default round_robin)",
     )
+    _add_admin_flags(group)
+
+
+def _add_admin_flags(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--admin-host", metavar="HOST", help="admin API address")
+    group.add_argument("--admin-port", type=int, metavar="PORT", help="admin API port (0: any)")
+    group.add_argument(
+        "--admin",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve the admin API (token: the PMLB_ADMIN_TOKEN environment variable)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("config", metavar="FILE")
     _add_overrides(check)
 
+    ctl.add_parser(commands)
+
     demo = commands.add_parser(
         "demo", help="run pmlb with the demo echo upstream: then `nc 127.0.0.1 7999`"
     )
@@ -86,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--port", type=int, default=7999, help="client listener port (default 7999)")
     demo.add_argument("--framing", choices=["raw", "line", "length"], default="raw")
+    demo.add_argument(
+        "--admin-port",
+        type=int,
+        default=8000,
+        help="admin API and dashboard port on 127.0.0.1 (default 8000; 0: any; -1: none)",
+    )
     demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     return parser
 
@@ -104,6 +130,10 @@ def _config(args: argparse.Namespace, path: str | None) -> Config:
         log_format=args.log_format,
         upstream_transport=args.upstream_transport,
         balancing=args.balancing,
+        admin_host=args.admin_host,
+        admin_port=args.admin_port,
+        admin=args.admin,
+        admin_token=os.environ.get(TOKEN_ENV) or None,
     )
 
 
@@ -136,21 +166,37 @@ def _run(config: Config) -> int:
     try:
         trio.run(run_until_signalled, config)
     except* ListenError as group:
-        for exc in group.exceptions:
+        for exc in _leaves(group):
             print(f"pmlb: {exc}", file=sys.stderr)
         code = 1
     return code
 
 
+def _leaves(group: BaseExceptionGroup[ListenError]) -> list[BaseException]:
+    # The error may come from a nursery inside a nursery: print the errors themselves.
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return leaves
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args, args.config)
+    check_admin_exposure(config)
     _log.configure(config.log.level, config.log.format)
     return _run(config)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config(args, args.config)
-    print(render_config(config), end="")
+    shown = config
+    if config.management.token:  # a secret: never printed
+        shown = attrs.evolve(config, management=attrs.evolve(config.management, token="***"))
+    print(render_config(shown), end="")
+    try:
+        check_admin_exposure(config)
+    except ConfigError as exc:
+        print(f"pmlb: warning: `pmlb serve` will refuse this: {exc}", file=sys.stderr)
     return 0
 
 
@@ -172,10 +218,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         config = Config(
             listeners=(ListenerConfig(host=args.host, port=args.port, framing=args.framing),),
             upstreams=(UpstreamConfig(host="127.0.0.1", port=port),),
+            management=ManagementConfig(port=args.admin_port, enabled=args.admin_port >= 0),
         )
+        dashboard = f"; dashboard: http://127.0.0.1:{args.admin_port}/" if args.admin_port else ""
         print(
             f"pmlb demo: echo upstream on 127.0.0.1:{port}; clients: nc {args.host} {args.port}"
-            " (Ctrl-C to stop)",
+            f"{dashboard} (Ctrl-C to stop)",
             file=sys.stderr,
             flush=True,
         )
@@ -191,7 +239,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    handlers = {"serve": cmd_serve, "check-config": cmd_check_config, "demo": cmd_demo}
+    handlers = {
+        "serve": cmd_serve,
+        "check-config": cmd_check_config,
+        "demo": cmd_demo,
+        "ctl": ctl.run,
+    }
     try:
         code = handlers[args.command](args)
     except ConfigError as exc:

@@ -52,6 +52,8 @@ An example using every table::
     [management_server]
     host = "127.0.0.1"
     port = 8000
+    enabled = true              # false: no admin API at all
+    token = ""                  # bearer token (PMLB_ADMIN_TOKEN in the environment overrides it)
 
     [management_server.tls]
     cert_path = ""
@@ -125,7 +127,10 @@ An example using every table::
 
 ``[management_server]`` and ``[management_server.tls]``
     The admin API's ``host`` (default ``"127.0.0.1"``) and ``port`` (default
-    8000). ``cert_path`` and ``key_path`` in the ``tls`` table name a PEM
+    8000), ``enabled`` (default true) and ``token``, the bearer token every
+    admin route but ``/healthz`` requires (default empty: no token). pmlb
+    refuses to serve the admin on an address that is not loopback without a
+    token. ``cert_path`` and ``key_path`` in the ``tls`` table name a PEM
     certificate and its key; both empty means no TLS.
 
 ``[log]``
@@ -286,7 +291,24 @@ class ManagementConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000
+    enabled: bool = True
+    #: the admin's bearer token; empty: none (allowed on loopback only)
+    token: str = attrs.field(default="", repr=False)
     tls: ManagementTLSConfig | None = None
+
+    @property
+    def address(self) -> str:
+        return format_address(self.host, self.port)
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the admin listens only on this machine."""
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name other than localhost
+            return False
 
 
 @attrs.frozen(kw_only=True)
@@ -345,6 +367,17 @@ class ConfigError(Exception):
         return "\n".join(self.problems)
 
 
+def check_admin_exposure(config: Config) -> None:
+    """Raise :class:`ConfigError` if the admin would listen beyond loopback without a token."""
+    management = config.management
+    if management.enabled and not management.loopback and not management.token:
+        raise ConfigError(
+            f"{config.source or 'configuration'}: management_server.host: {management.host!r}"
+            " is not a loopback address and no token is set; set management_server.token"
+            " or the PMLB_ADMIN_TOKEN environment variable, or listen on 127.0.0.1"
+        )
+
+
 # Checking values
 
 
@@ -376,6 +409,15 @@ def _string(value: object) -> str:
     return value
 
 
+def _token(value: object) -> str:
+    # Never echo the value: it is a secret.
+    if not isinstance(value, str):
+        raise _Bad(f"must be a string, got {type(value).__name__}")
+    if value != value.strip() or any(not (33 <= ord(c) <= 126) for c in value):
+        raise _Bad("must be printable ASCII without spaces")
+    return value
+
+
 def _name(value: object) -> str:
     name = _string(value)
     if not name:
@@ -383,13 +425,35 @@ def _name(value: object) -> str:
     return name
 
 
+_HOST_LABEL: Final = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
 def _host(value: object) -> str:
     host = _name(value)
     if host.startswith("[") or host.endswith("]"):
         raise _Bad(f"must be written without brackets, got {host!r}")
-    if any(char.isspace() for char in host):
-        raise _Bad(f"must be a host name or IP address, got {host!r}")
+    problem = host_problem(host)
+    if problem:
+        raise _Bad(problem)
     return host
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` is neither an IP address nor a valid DNS name, or ``None`` if it is one."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    shown = host if len(host) <= 80 else host[:77] + "..."
+    if len(host) > 253 or not all(
+        _HOST_LABEL.fullmatch(label) for label in host.removesuffix(".").split(".")
+    ):
+        return (
+            f"must be an IP address or a host name (labels of 1 to 63 letters, digits,"
+            f" '-' or '_'; 253 characters at most), got {shown!r}"
+        )
+    return None
 
 
 def _integer(low: int, high: int | None = None) -> Callable[[object], int]:
@@ -526,6 +590,8 @@ _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
 _MANAGEMENT_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "host": _host,
     "port": _port,
+    "enabled": _boolean,
+    "token": _token,
 }
 _TLS_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "cert_path": _string,
@@ -847,6 +913,10 @@ def apply_overrides(
     log_format: str | None = None,
     upstream_transport: str | None = None,
     balancing: str | None = None,
+    admin_host: str | None = None,
+    admin_port: int | None = None,
+    admin: bool | None = None,
+    admin_token: str | None = None,
 ) -> Config:
     """``config`` with command-line flags applied; ``None`` leaves a setting as it is.
 
@@ -927,6 +997,17 @@ def apply_overrides(
         config_changes["listeners"] = (first, *others)
     if log_changes:
         config_changes["log"] = attrs.evolve(config.log, **log_changes)
+    admin_changes = _checked(
+        problems,
+        [
+            ("--admin-host", "host", admin_host, _host),
+            ("--admin-port", "port", admin_port, _port),
+            ("--admin/--no-admin", "enabled", admin, _boolean),
+            ("PMLB_ADMIN_TOKEN", "token", admin_token, _token),
+        ],
+    )
+    if admin_changes:
+        config_changes["management"] = attrs.evolve(config.management, **admin_changes)
 
     problems.raise_if_any()
     return attrs.evolve(config, **config_changes)
@@ -1043,6 +1124,10 @@ def render_config(config: Config) -> str:
         "host": config.management.host,
         "port": config.management.port,
     }
+    if not config.management.enabled:
+        management["enabled"] = False
+    if config.management.token:
+        management["token"] = config.management.token
     if config.management.tls is not None:
         management["tls"] = attrs.asdict(config.management.tls)
     document["management_server"] = management

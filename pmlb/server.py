@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from functools import partial
 
 import attrs
 import trio
 import trio_asyncio
 
-from pmlb.config import Config, ListenerConfig, UpstreamConfig
-from pmlb.downstream.tcp import open_listeners, serve_tcp_listener
+from pmlb.config import Config, ListenerConfig, UpstreamConfig, check_admin_exposure
+from pmlb.downstream.tcp import ListenError, open_listeners, serve_tcp_listener
 from pmlb.downstream.websocket import serve_websocket_listener
 from pmlb.registry import Registry
 from pmlb.upstream.discovery import nameserver_resolver, run_dns_discovery, system_resolve
@@ -32,36 +31,27 @@ class Server:
     registry: Registry
     #: bound addresses (``host:port``) by listener name
     listeners: dict[str, list[str]]
-    _stop: trio.Event = attrs.field(alias="stop")
-    _upstream_nursery: trio.Nursery = attrs.field(alias="upstream_nursery")
-    _transport_factory: Callable[[UpstreamConfig], Transport] = attrs.field(
-        alias="transport_factory"
-    )
+    #: the admin API's URL (``None`` when it is disabled)
+    admin_url: str | None = None
 
     def add_upstream(self, config: UpstreamConfig) -> Upstream:
         """Start supervising a new upstream; ``ValueError`` if its address is taken."""
-        upstream = self.registry.add_upstream(config)
-        self._upstream_nursery.start_soon(
-            supervise, upstream, self.registry, self._transport_factory
-        )
-        return upstream
+        return self.registry.start_upstream(config)
 
     async def remove_upstream(self, address: str) -> None:
         """Stop and remove the upstream at ``address``; its queued messages fail over.
 
         ``KeyError`` if there is no such upstream.
         """
-        upstream = self.registry.upstreams[address]
-        upstream.cancel_scope.cancel()
-        await upstream.removed.wait()
+        await self.registry.remove_upstream(address)
 
     def stop(self) -> None:
         """Stop gracefully: stop accepting, close clients, then close upstream streams."""
-        self._stop.set()
+        self.registry.request_stop()
 
     @property
     def stopping(self) -> bool:
-        return self._stop.is_set()
+        return self.registry.stop_requested.is_set()
 
     def port(self, listener: str = "default") -> int:
         """The bound port of ``listener`` (handy when the config asked for port 0)."""
@@ -78,17 +68,23 @@ async def serve(
     Use it as ``server = await nursery.start(pmlb.serve, config)``: it returns
     once every listener is accepting, with a :class:`Server` that gives the
     bound addresses, the registry, and :meth:`Server.stop`. Raises
-    :class:`pmlb.ListenError` if a listener cannot bind.
+    :class:`pmlb.ListenError` if a listener or the admin cannot bind, and
+    :class:`pmlb.ConfigError` if the admin would listen beyond loopback
+    without a token.
     """
+    check_admin_exposure(config)
     registry = Registry(config)
-    stop = trio.Event()
     # Bind every listener before starting anything, so that a taken port
     # fails at once with a plain ListenError.
     bound: list[tuple[ListenerConfig, list[trio.SocketListener]]] = []
     try:
         for listener in config.listeners:
             bound.append((listener, await open_listeners(listener)))
-        async with trio_asyncio.open_loop() as loop, trio.open_nursery() as upstreams:
+        async with (
+            trio_asyncio.open_loop() as loop,
+            trio.open_nursery() as admin,
+            trio.open_nursery() as upstreams,
+        ):
 
             def stream_transport(upstream: UpstreamConfig) -> Transport:
                 ssl_context = partial(upstream_ssl_context, upstream) if upstream.tls else None
@@ -122,15 +118,11 @@ async def serve(
                     server_name=upstream.tls_server_name or None,
                 )
 
-            def start_upstream(upstream_config: UpstreamConfig) -> Upstream:
-                upstream = registry.add_upstream(upstream_config)
-                upstreams.start_soon(supervise, upstream, registry, transport_factory)
-                return upstream
-
-            async def stop_upstream(address: str) -> None:
-                upstream = registry.upstreams[address]
-                upstream.cancel_scope.cancel()
-                await upstream.removed.wait()
+            registry.attach_supervisor(
+                lambda upstream: upstreams.start_soon(
+                    supervise, upstream, registry, transport_factory
+                )
+            )
 
             for upstream_config in config.upstreams:
                 if upstream_config.discovery == "dns":
@@ -140,10 +132,14 @@ async def serve(
                         else system_resolve
                     )
                     upstreams.start_soon(
-                        run_dns_discovery, upstream_config, start_upstream, stop_upstream, resolve
+                        run_dns_discovery,
+                        upstream_config,
+                        registry.start_upstream,
+                        registry.remove_upstream,
+                        resolve,
                     )
                 else:
-                    start_upstream(upstream_config)
+                    registry.start_upstream(upstream_config)
             async with trio.open_nursery() as downstream:
                 addresses = {}
                 for listener, sockets in bound:
@@ -155,20 +151,16 @@ async def serve(
                     addresses[listener.name] = await downstream.start(
                         serve_listener, listener, sockets, registry
                     )
-                task_status.started(
-                    Server(
-                        registry,
-                        addresses,
-                        stop=stop,
-                        upstream_nursery=upstreams,
-                        transport_factory=transport_factory,
-                    )
-                )
-                await stop.wait()
+                admin_url = None
+                if config.management.enabled:
+                    admin_url = await _start_admin(admin, config, registry, addresses)
+                task_status.started(Server(registry, addresses, admin_url))
+                await registry.stop_requested.wait()
                 log.info("stopping: closing listeners and clients")
                 downstream.cancel_scope.cancel()
             log.info("stopping: closing upstream streams")
             upstreams.cancel_scope.cancel()
+            admin.cancel_scope.cancel()
     finally:
         # serve_listeners closes its listeners; these are for the paths
         # where it never ran.
@@ -176,3 +168,34 @@ async def serve(
             for socket_listener in sockets:
                 await trio.aclose_forcefully(socket_listener)
     log.info("stopped")
+
+
+async def _start_admin(
+    nursery: trio.Nursery, config: Config, registry: Registry, listeners: dict[str, list[str]]
+) -> str:
+    # Imported here: the admin app pulls in Quart, which a pmlb embedded
+    # without an admin does not need to load.
+    from pmlb.admin import serve_admin
+
+    try:
+        url: str = await nursery.start(serve_admin, config.management, registry, listeners)
+    except (OSError, BaseExceptionGroup) as exc:
+        # hypercorn binds inside its own nurseries, so the error may come in a group.
+        error = _first_os_error(exc)
+        if error is None:
+            raise
+        raise ListenError(
+            f"admin (management_server): cannot listen on {config.management.address}: "
+            f"{error.strerror or error}"
+        ) from exc
+    return url
+
+
+def _first_os_error(exc: BaseException) -> OSError | None:
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _first_os_error(inner)) is not None:
+                return found
+    return None

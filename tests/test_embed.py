@@ -14,7 +14,10 @@ from tests.helpers import Processes
 
 
 def config(upstream_port: int | None = None, port: int = 0) -> pmlb.Config:
-    data: dict[str, object] = {"server": {"host": "127.0.0.1", "port": port, "framing": "line"}}
+    data: dict[str, object] = {
+        "server": {"host": "127.0.0.1", "port": port, "framing": "line"},
+        "management_server": {"port": 0},
+    }
     if upstream_port is not None:
         data["upstream"] = [{"host": "127.0.0.1", "port": upstream_port}]
     return pmlb.parse_config(data)
@@ -68,6 +71,7 @@ async def test_several_listeners_share_one_registry(procs: Processes) -> None:
             "server": {"host": "127.0.0.1", "port": 0, "framing": "line"},
             "listener": [{"name": "second", "host": "127.0.0.1", "port": 0, "framing": "line"}],
             "upstream": [{"host": "127.0.0.1", "port": up_port}],
+            "management_server": {"enabled": False},
         }
     )
     async with trio.open_nursery() as nursery:

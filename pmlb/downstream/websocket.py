@@ -89,6 +89,9 @@ async def handle_request(
         )
         await request.reject(404, body=f"no WebSocket endpoint at {path}\n".encode())
         return
+    if not registry.admit():  # an operator paused new clients
+        await request.reject(503, body=b"not accepting new clients\n")
+        return
     try:
         ws = await request.accept()
     except ConnectionClosed:

@@ -33,6 +33,8 @@ from pmlb._proto import upstream_pb2 as pb
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.transport import Deliver, UpstreamError
 
+#: Seconds closing a channel may take before pmlb gives up on it.
+CLOSE_TIMEOUT = 5.0
 _SERVICE = "/upstream.grpc.service.UpstreamPeerService/"
 _STREAM = grpclib.const.Cardinality.STREAM_STREAM
 _UNARY = grpclib.const.Cardinality.UNARY_UNARY
@@ -188,7 +190,12 @@ class GrpclibTransport:
         if channel is None:
             return
         # Closing a broken connection may fail; it is closed all the same.
-        with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+        # Shielded so that a removal still closes it, but bounded: a close
+        # that never completes must not keep the upstream from being removed.
+        with (
+            trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT),
+            contextlib.suppress(Exception),
+        ):
             await trio_asyncio.aio_as_trio(_close_channel, loop=self._loop)(channel)
 
 

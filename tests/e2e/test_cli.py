@@ -81,7 +81,9 @@ async def test_signal_stops_gracefully_with_exit_0(procs: Processes, signum: int
 
 
 async def test_demo_answers_a_client_at_once(procs: Processes) -> None:
-    demo = await procs.start("pmlb demo", [sys.executable, "-m", "pmlb", "demo", "--port", "0"])
+    demo = await procs.start(
+        "pmlb demo", [sys.executable, "-m", "pmlb", "demo", "--port", "0", "--admin-port", "0"]
+    )
     port = int(
         (await demo.wait_for(r"listening listener=default address=127\.0\.0\.1:(\d+)")).group(1)
     )
@@ -94,7 +96,9 @@ async def test_demo_answers_a_client_at_once(procs: Processes) -> None:
 
 
 async def test_demo_upstream_follows_a_killed_demo(procs: Processes) -> None:
-    demo = await procs.start("pmlb demo", [sys.executable, "-m", "pmlb", "demo", "--port", "0"])
+    demo = await procs.start(
+        "pmlb demo", [sys.executable, "-m", "pmlb", "demo", "--port", "0", "--admin-port", "0"]
+    )
     await demo.wait_for("upstream serving")
     children = trio.Path(f"/proc/{demo.pid}/task/{demo.pid}/children")
     [child] = (await children.read_text()).split()

@@ -1,0 +1,43 @@
+"""The admin server: the QuartTrio app of :mod:`pmlb.admin.app` on hypercorn, in pmlb's tree."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from pmlb.admin.app import create_app
+from pmlb.config import ManagementConfig
+from pmlb.registry import Registry
+
+log = logging.getLogger("pmlb.admin")
+
+
+async def serve_admin(
+    management: ManagementConfig,
+    registry: Registry,
+    listeners: dict[str, list[str]],
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the admin API until cancelled; ``task_status`` gets its URL once it accepts.
+
+    Raises ``OSError`` if its address cannot be bound.
+    """
+    app = create_app(registry, listeners=listeners, token=management.token)
+    config = HypercornConfig()
+    config.bind = [management.address]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("pmlb.admin.http")
+    config.graceful_timeout = 1.0
+    if management.tls is not None and management.tls.cert_path:
+        config.certfile = management.tls.cert_path
+        config.keyfile = management.tls.key_path
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(partial(hypercorn_serve, app, config))
+        url = binds[0]
+        log.info("admin listening", extra={"url": url, "token": bool(management.token)})
+        task_status.started(url)

@@ -1,0 +1,518 @@
+"""The admin API: a QuartTrio app that sees and steers pmlb through the registry.
+
+Routes live under ``/api/v1``; ``/healthz``, ``/readyz``, ``/metrics``,
+``/openapi.json``, the event WebSocket and the dashboard at ``/`` complete it.
+Every route but ``/healthz`` and the dashboard's static page (which carries no
+data: it asks for the token and then calls the API) requires the bearer token
+when one is configured.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import attrs
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from quart import Response, request, websocket
+from quart_schema import (
+    QuartSchema,
+    RequestSchemaValidationError,
+    validate_querystring,
+    validate_request,
+    validate_response,
+)
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from pmlb._time import rfc3339_from
+from pmlb.admin import schemas as s
+from pmlb.balancer import POLICIES
+from pmlb.config import UpstreamConfig
+from pmlb.downstream.client import Client
+from pmlb.metrics import metrics_registry
+from pmlb.registry import Registry
+from pmlb.upstream.supervisor import Upstream
+
+log = logging.getLogger("pmlb.admin")
+
+#: Seconds a DELETE of an upstream waits for its connection to close.
+REMOVE_WAIT = 10.0
+
+#: Paths anyone may read: liveness for orchestrators, and the dashboard's shell.
+PUBLIC_PATHS = frozenset({"/healthz", "/", "/favicon.ico"})
+
+
+def _version() -> str:
+    try:
+        return version("pmlb")
+    except PackageNotFoundError:  # running from a source tree
+        return "unknown"
+
+
+def _error(status: int, message: str, fields: list[str] | None = None) -> tuple[Response, int]:
+    body = s.Error(error=message, fields=fields or []).model_dump()
+    return Response(json.dumps(body), content_type="application/json"), status
+
+
+def _upstream_view(upstream: Upstream) -> s.Upstream:
+    config = upstream.config
+    return s.Upstream(
+        address=upstream.address,
+        host=config.host,
+        port=config.port,
+        state=str(upstream.state),
+        draining=upstream.draining,
+        last_error=upstream.last_error,
+        ready_at=rfc3339_from(upstream.ready_at),
+        alive_at=rfc3339_from(upstream.alive_at),
+        ready_timeout=config.ready_timeout,
+        alive_timeout=config.alive_timeout,
+        live_interval=config.live_interval,
+        transport=config.transport,
+        messages_to_upstream=upstream.messages_dispatched,
+        messages_from_upstream=upstream.messages_received,
+        queued=len(upstream.outbox),
+    )
+
+
+def _client_view(client: Client, now: float, wall: float, window: float) -> s.Client:
+    last = client.last_active
+    return s.Client(
+        uuid=client.uuid,
+        remote=client.remote,
+        listener=client.listener,
+        transport=client.transport,
+        connected_at=rfc3339_from(client.connected_at) or "",
+        last_active_at=None if last is None else rfc3339_from(wall - (now - last)),
+        active=client.is_active(now, window),
+        messages_in=client.messages_in,
+        messages_out=client.messages_out,
+        bytes_in=client.bytes_in,
+        bytes_out=client.bytes_out,
+        queued=client.queued,
+    )
+
+
+def _payload(message: s.Message) -> bytes:
+    if message.encoding == "base64":
+        try:
+            return base64.b64decode(message.payload, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise _Invalid(f"payload is not valid base64: {exc}", "payload") from None
+    return message.payload.encode()
+
+
+class _Invalid(Exception):
+    """A request that passed the schema but cannot be done as asked (400)."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _public_config(registry: Registry) -> dict[str, object]:
+    config = attrs.asdict(registry.config, recurse=True)
+    config.pop("source", None)
+    management = config["management"]
+    if management.get("token"):
+        management["token"] = "***"
+    # The upstreams are what runs now, not what the file said at start.
+    config["upstreams"] = [attrs.asdict(u.config) for u in registry.upstreams.values()]
+    return config
+
+
+def create_app(
+    registry: Registry,
+    *,
+    listeners: dict[str, list[str]],
+    token: str = "",
+    set_log_level: Callable[[str], None] | None = None,
+    log_level: Callable[[], str] | None = None,
+) -> QuartTrio:
+    """The admin app for ``registry``.
+
+    ``listeners`` are the bound client addresses by listener name. ``token``
+    (empty: none) protects every route but ``/healthz`` and ``/``.
+    """
+    app = QuartTrio(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 32 * 1024 * 1024
+    QuartSchema(
+        app,
+        info={"title": "pmlb admin API", "version": "1"},
+        swagger_ui_path=None,
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
+        security=[{"bearer": []}],
+    )
+    metrics = metrics_registry(registry)
+    started_at, started = time.time(), time.monotonic()
+    expected = token.encode()
+
+    def set_level(level: str) -> None:
+        logging.getLogger("pmlb").setLevel(level.upper())
+
+    def get_level() -> str:
+        return logging.getLevelName(logging.getLogger("pmlb").getEffectiveLevel()).lower()
+
+    set_log_level = set_log_level or set_level
+    log_level = log_level or get_level
+
+    def authorized(header: str | None) -> bool:
+        if not expected:
+            return True
+        scheme, _, given = (header or "").partition(" ")
+        # compare_digest on bytes: constant time whatever the given length
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), expected)
+
+    def action(what: str, **fields: Any) -> None:
+        registry.events.publish(f"admin.{what}", **fields)
+        log.info(f"admin: {what}", extra=fields)
+
+    @app.before_request
+    async def check_token() -> tuple[Response, int] | None:
+        # Read the body before any answer: hypercorn stalls a keep-alive
+        # connection answered (401, 404, 405) before its request body came in.
+        await request.get_data()
+        if request.path in PUBLIC_PATHS or authorized(request.headers.get("Authorization")):
+            return None
+        response, status = _error(401, "missing or wrong bearer token")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="pmlb"'
+        return response, status
+
+    @app.errorhandler(RequestSchemaValidationError)
+    async def bad_body(error: RequestSchemaValidationError) -> tuple[Response, int]:
+        problem = error.validation_error
+        if hasattr(problem, "errors"):
+            details = problem.errors()
+            fields = [".".join(str(p) for p in d["loc"]) or "body" for d in details]
+            text = "; ".join(
+                f"{'.'.join(str(p) for p in d['loc']) or 'body'}: {d['msg']}" for d in details
+            )
+            return _error(400, f"invalid request: {text}", fields)
+        return _error(400, f"invalid request: {problem}", ["body"])
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> tuple[Response, int]:
+        status = error.code or 500
+        return _error(status, error.description or error.name)
+
+    @app.errorhandler(UnicodeDecodeError)
+    async def not_utf8(error: UnicodeDecodeError) -> tuple[Response, int]:
+        return _error(400, "invalid request: the body is not UTF-8 JSON", ["body"])
+
+    @app.errorhandler(Exception)
+    async def internal_error(error: Exception) -> tuple[Response, int]:
+        # A bug in a route: the proxy carries on, the operator gets a 500 and
+        # the log gets the traceback.
+        log.exception("internal error in the admin API", extra={"path": request.path})
+        return _error(500, f"internal error: {type(error).__name__}")
+
+    @app.errorhandler(_Invalid)
+    async def invalid(error: _Invalid) -> tuple[Response, int]:
+        return _error(400, str(error), [error.field])
+
+    # -- health -----------------------------------------------------------
+
+    @app.get("/healthz")
+    @validate_response(s.Health)
+    async def healthz() -> s.Health:
+        """The process is alive (no token needed)."""
+        return s.Health(status="ok")
+
+    @app.get("/readyz")
+    @validate_response(s.Ready, 200)
+    @validate_response(s.Ready, 503)
+    async def readyz() -> tuple[s.Ready, int]:
+        """Listeners are bound and at least one upstream serves."""
+        if registry.stop_requested.is_set():
+            return s.Ready(ready=False, reason="stopping"), 503
+        if registry.statistics().upstreams_serving == 0:
+            return s.Ready(ready=False, reason="no upstream is serving"), 503
+        return s.Ready(ready=True), 200
+
+    @app.get("/metrics")
+    async def metrics_text() -> Response:
+        """Prometheus text format."""
+        return Response(generate_latest(metrics), content_type=CONTENT_TYPE_LATEST)
+
+    # -- upstreams --------------------------------------------------------
+
+    def find_upstream(address: str) -> Upstream:
+        upstream = registry.upstreams.get(address)
+        if upstream is None:
+            raise _NotFound(f"no upstream {address}")
+        return upstream
+
+    @app.errorhandler(_NotFound)
+    async def not_found(error: _NotFound) -> tuple[Response, int]:
+        return _error(404, str(error))
+
+    @app.errorhandler(_Conflict)
+    async def conflict(error: _Conflict) -> tuple[Response, int]:
+        return _error(409, str(error))
+
+    def add_upstream(body: s.UpstreamIn | s.LegacyUpstreamIn) -> s.Upstream:
+        config = UpstreamConfig(
+            host=body.host,
+            port=body.port,
+            ready_timeout=body.ready_timeout,
+            alive_timeout=body.alive_timeout,
+        )
+        if isinstance(body, s.UpstreamIn):
+            config = attrs.evolve(config, live_interval=body.live_interval)
+            if body.transport is not None:
+                config = attrs.evolve(config, transport=body.transport)
+        if config.address in registry.upstreams:
+            raise _Conflict(f"upstream {config.address} already exists")
+        upstream = registry.start_upstream(config)
+        action("upstream_added", upstream=config.address)
+        return _upstream_view(upstream)
+
+    @app.get("/api/v1/upstreams")
+    @validate_response(s.UpstreamList)
+    async def list_upstreams() -> s.UpstreamList:
+        """Every upstream with its state, timings and traffic."""
+        return s.UpstreamList(upstreams=[_upstream_view(u) for u in registry.upstreams.values()])
+
+    @app.post("/api/v1/upstreams")
+    @validate_request(s.UpstreamIn)
+    @validate_response(s.Upstream, 201)
+    async def create_upstream(data: s.UpstreamIn) -> tuple[s.Upstream, int]:
+        """Add an upstream and start supervising it (409 if its address is taken)."""
+        return add_upstream(data), 201
+
+    @app.post("/upstream/add")
+    @validate_request(s.LegacyUpstreamIn)
+    @validate_response(s.Upstream, 201)
+    async def legacy_add_upstream(data: s.LegacyUpstreamIn) -> tuple[s.Upstream, int]:
+        """The original project's route, kept for its callers."""
+        return add_upstream(data), 201
+
+    @app.get("/api/v1/upstreams/<address>")
+    @validate_response(s.Upstream)
+    async def get_upstream(address: str) -> s.Upstream:
+        return _upstream_view(find_upstream(address))
+
+    @app.delete("/api/v1/upstreams/<address>")
+    @validate_response(s.Removed, 200)
+    @validate_response(s.Removed, 202)
+    async def delete_upstream(address: str) -> tuple[s.Removed, int]:
+        """Remove an upstream at once; messages queued for it fail over.
+
+        202 with ``pending`` if its connection takes long to close: it is
+        removed from the list once closed.
+        """
+        find_upstream(address)
+        action("upstream_removed", upstream=address)
+        with trio.move_on_after(REMOVE_WAIT):
+            await registry.remove_upstream(address)
+            return s.Removed(removed=address), 200
+        log.warning("upstream removal still pending", extra={"upstream": address})
+        return s.Removed(removed=address, pending=True), 202
+
+    @app.post("/api/v1/upstreams/<address>/drain")
+    @validate_request(s.DrainIn)
+    @validate_response(s.Drained, 200)
+    @validate_response(s.Drained, 202)
+    async def drain_upstream(address: str, data: s.DrainIn) -> tuple[s.Drained, int]:
+        """No new messages; answers it owes still arrive (up to ``timeout``); then removed.
+
+        202 with ``pending`` if its connection takes long to close.
+        """
+        find_upstream(address)
+        action("upstream_drain", upstream=address)
+        with trio.move_on_after(data.timeout + REMOVE_WAIT):
+            left = await registry.drain_upstream(address, grace=data.timeout)
+            return s.Drained(upstream=address, failed_over=left), 200
+        return s.Drained(upstream=address, failed_over=0, pending=True), 202
+
+    # -- clients ----------------------------------------------------------
+
+    @app.get("/api/v1/clients")
+    @validate_querystring(s.ClientQuery)
+    @validate_response(s.ClientPage)
+    async def list_clients(query_args: s.ClientQuery) -> s.ClientPage:
+        """Connected clients, oldest first, ``limit`` at a time from ``cursor``."""
+        if query_args.listener is not None and query_args.listener not in listeners:
+            raise _NotFound(f"no listener {query_args.listener!r}")
+        page, cursor = registry.client_page(
+            after=query_args.cursor,
+            limit=query_args.limit,
+            state=query_args.state,
+            listener=query_args.listener,
+        )
+        now, wall, window = time.monotonic(), time.time(), registry.config.activity_window
+        return s.ClientPage(
+            clients=[_client_view(c, now, wall, window) for c in page],
+            next_cursor=cursor,
+            connected=len(registry.clients),
+        )
+
+    def find_client(uuid: str) -> Client:
+        client = registry.clients.get(uuid)
+        if client is None:
+            raise _NotFound(f"no client {uuid}")
+        return client
+
+    @app.get("/api/v1/clients/<uuid>")
+    @validate_response(s.Client)
+    async def get_client(uuid: str) -> s.Client:
+        client = find_client(uuid)
+        return _client_view(client, time.monotonic(), time.time(), registry.config.activity_window)
+
+    @app.delete("/api/v1/clients/<uuid>")
+    @validate_response(s.Disconnected)
+    async def kick_client(uuid: str) -> s.Disconnected:
+        """Disconnect a client."""
+        find_client(uuid)
+        registry.kick(uuid)
+        action("client_kicked", client=uuid)
+        return s.Disconnected(disconnected=uuid)
+
+    @app.post("/api/v1/clients/<uuid>/messages")
+    @validate_request(s.Message)
+    @validate_response(s.Queued, 202)
+    async def send_to_client(uuid: str, data: s.Message) -> tuple[s.Queued, int]:
+        """Queue a message for one client, as an upstream would."""
+        find_client(uuid)
+        queued = registry.send_to(uuid, _payload(data))
+        action("client_message", client=uuid, queued=queued)
+        return s.Queued(client=uuid, queued=queued), 202
+
+    @app.post("/api/v1/broadcast")
+    @validate_request(s.BroadcastIn)
+    @validate_response(s.BroadcastOut)
+    async def broadcast(data: s.BroadcastIn) -> s.BroadcastOut:
+        """Send a message to all, active or inactive clients."""
+        recipients = registry.broadcast(data.kind, _payload(data))
+        action("broadcast", kind=data.kind, recipients=recipients)
+        return s.BroadcastOut(kind=data.kind, recipients=recipients)
+
+    # -- runtime ----------------------------------------------------------
+
+    def runtime_view() -> s.Runtime:
+        stats = registry.statistics()
+        return s.Runtime(
+            version=_version(),
+            started_at=rfc3339_from(started_at) or "",
+            uptime=time.monotonic() - started,
+            log_level=log_level(),
+            policy=stats.policy,
+            policies=sorted(POLICIES),
+            accepting=stats.accepting,
+            stopping=registry.stop_requested.is_set(),
+            listeners=listeners,
+            config=_public_config(registry),
+            stats=s.Stats(
+                clients=stats.clients,
+                clients_active=sum(1 for _ in registry.select_clients("active")),
+                clients_total=stats.clients_total,
+                upstreams=stats.upstreams,
+                upstreams_serving=stats.upstreams_serving,
+                messages_from_clients=stats.messages_from_clients,
+                messages_to_clients=stats.messages_to_clients,
+                bytes_from_clients=stats.bytes_from_clients,
+                bytes_to_clients=stats.bytes_to_clients,
+                broadcasts=stats.broadcasts,
+                broadcast_recipients=stats.broadcast_recipients,
+                unknown_client=stats.unknown_client,
+                invalid_target=stats.invalid_target,
+                awaiting_upstream=stats.awaiting_upstream,
+                refused=stats.refused,
+                disconnects=stats.disconnects,
+            ),
+        )
+
+    @app.get("/api/v1/runtime")
+    @validate_response(s.Runtime)
+    async def get_runtime() -> s.Runtime:
+        """The effective configuration, counters and runtime switches."""
+        return runtime_view()
+
+    @app.patch("/api/v1/runtime")
+    @validate_request(s.RuntimeIn)
+    @validate_response(s.Runtime)
+    async def patch_runtime(data: s.RuntimeIn) -> s.Runtime:
+        """Change the log level, the balancing policy or whether new clients are accepted."""
+        if data.policy is not None and data.policy not in POLICIES:
+            known = ", ".join(sorted(POLICIES))
+            raise _Invalid(f"unknown policy {data.policy!r}; known: {known}", "policy")
+        if data.log_level is not None:
+            set_log_level(data.log_level)
+            action("log_level", level=data.log_level)
+        if data.policy is not None:
+            registry.set_policy(data.policy)
+            action("policy", policy=data.policy)
+        if data.accepting is not None:
+            registry.set_accepting(data.accepting)
+            action("accepting", accepting=data.accepting)
+        return runtime_view()
+
+    @app.post("/api/v1/runtime/drain")
+    @validate_response(s.Draining, 202)
+    async def drain() -> tuple[s.Draining, int]:
+        """Drain and stop the whole process, as SIGTERM does."""
+        action("drain")
+        registry.request_stop()
+        return s.Draining(draining=True), 202
+
+    # -- events -----------------------------------------------------------
+
+    @app.websocket("/api/v1/events")
+    async def events() -> None:
+        """JSON events as they happen, one per WebSocket message.
+
+        Authenticate with the ``Authorization`` header, or (browsers cannot
+        set headers) by sending the token as the first message. A consumer
+        that falls behind is closed with code 1008.
+        """
+        if not authorized(websocket.headers.get("Authorization")):
+            with trio.move_on_after(10):
+                first = await websocket.receive()
+                given = first if isinstance(first, str) else first.decode(errors="replace")
+                if authorized(f"Bearer {given.strip()}"):
+                    await _stream_events(registry, websocket.send)
+                    return
+            await websocket.close(1008, "missing or wrong bearer token")
+            return
+        await websocket.accept()
+        await _stream_events(registry, websocket.send)
+
+    # -- dashboard --------------------------------------------------------
+
+    @app.get("/")
+    async def dashboard() -> Response:
+        """The dashboard page (static; it reads everything through the API)."""
+        page = resources.files("pmlb.admin").joinpath("dashboard.html").read_text()
+        return Response(page, content_type="text/html; charset=utf-8")
+
+    return app
+
+
+async def _stream_events(registry: Registry, send: Callable[[str], Awaitable[None]]) -> None:
+    with registry.events.subscribe() as subscription:
+        await send(json.dumps({"type": "hello", "recent": list(registry.events.recent)}))
+        while batch := await subscription.next_batch():
+            for event in batch:
+                await send(json.dumps(event))
+    if subscription.dropped:
+        await websocket.close(1008, "event consumer too slow: dropped")
+
+
+class _NotFound(Exception):
+    pass
+
+
+class _Conflict(Exception):
+    pass

@@ -1,0 +1,202 @@
+"""The admin API's request and response bodies; the OpenAPI document is made from these."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from pmlb.config import host_problem
+
+
+def _valid_host(host: str) -> str:
+    problem = host_problem(host)
+    if problem:
+        raise ValueError(problem)
+    return host
+
+
+Host = Annotated[str, Field(min_length=1, max_length=253), AfterValidator(_valid_host)]
+
+
+class _Strict(BaseModel):
+    # A typo in a field name is an error, not a silently ignored field.
+    model_config = ConfigDict(extra="forbid")
+
+
+class Error(BaseModel):
+    """Every error answer: what went wrong, and for a bad body, which fields."""
+
+    error: str
+    fields: list[str] = []
+
+
+# -- upstreams ------------------------------------------------------------
+
+
+class UpstreamIn(_Strict):
+    host: Host
+    port: int = Field(ge=1, le=65535)
+    ready_timeout: float = Field(default=5.0, gt=0, le=86400)
+    alive_timeout: float = Field(default=30.0, gt=0, le=86400)
+    live_interval: float = Field(default=5.0, gt=0, le=86400)
+    #: the gRPC transport (default: the configured default)
+    transport: Literal["native", "grpclib"] | None = None
+
+
+class LegacyUpstreamIn(_Strict):
+    """The original project's ``POST /upstream/add`` body."""
+
+    host: Host
+    port: int = Field(ge=1, le=65535)
+    alive_timeout: float = Field(default=30.0, gt=0, le=86400)
+    ready_timeout: float = Field(default=5.0, gt=0, le=86400)
+
+
+class Upstream(BaseModel):
+    address: str
+    host: str
+    port: int
+    state: str
+    draining: bool
+    last_error: str | None
+    ready_at: str | None
+    alive_at: str | None
+    ready_timeout: float
+    alive_timeout: float
+    live_interval: float
+    transport: str
+    messages_to_upstream: int
+    messages_from_upstream: int
+    queued: int
+
+
+class UpstreamList(BaseModel):
+    upstreams: list[Upstream]
+
+
+class DrainIn(_Strict):
+    timeout: float = Field(default=30.0, gt=0, le=3600)
+
+
+class Drained(BaseModel):
+    upstream: str
+    failed_over: int
+    pending: bool = False
+
+
+class Removed(BaseModel):
+    removed: str
+    #: true when its connection is still closing (it leaves the list once closed)
+    pending: bool = False
+
+
+# -- clients --------------------------------------------------------------
+
+
+class ClientQuery(_Strict):
+    state: Literal["active", "inactive"] | None = None
+    listener: str | None = None
+    cursor: int = Field(default=-1, ge=-1)
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class Client(BaseModel):
+    uuid: str
+    remote: str
+    listener: str
+    transport: str
+    connected_at: str
+    last_active_at: str | None
+    active: bool
+    messages_in: int
+    messages_out: int
+    bytes_in: int
+    bytes_out: int
+    queued: int
+
+
+class ClientPage(BaseModel):
+    clients: list[Client]
+    #: pass as ``cursor`` to get the next page; null on the last page
+    next_cursor: int | None
+    #: clients connected now, whatever the filters
+    connected: int
+
+
+class Message(_Strict):
+    payload: str = Field(max_length=16 * 1024 * 1024)
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+
+
+class Queued(BaseModel):
+    client: str
+    queued: bool
+
+
+class Disconnected(BaseModel):
+    disconnected: str
+
+
+class BroadcastIn(Message):
+    kind: Literal["all", "active", "inactive"] = "all"
+
+
+class BroadcastOut(BaseModel):
+    kind: str
+    recipients: int
+
+
+# -- runtime --------------------------------------------------------------
+
+
+class RuntimeIn(_Strict):
+    log_level: Literal["debug", "info", "warning", "error"] | None = None
+    policy: str | None = Field(default=None, min_length=1, max_length=64)
+    accepting: bool | None = None
+
+
+class Stats(BaseModel):
+    clients: int
+    clients_active: int
+    clients_total: int
+    upstreams: int
+    upstreams_serving: int
+    messages_from_clients: int
+    messages_to_clients: int
+    bytes_from_clients: int
+    bytes_to_clients: int
+    broadcasts: int
+    broadcast_recipients: int
+    unknown_client: int
+    invalid_target: int
+    awaiting_upstream: int
+    refused: int
+    disconnects: dict[str, int]
+
+
+class Runtime(BaseModel):
+    version: str
+    started_at: str
+    uptime: float
+    log_level: str
+    policy: str
+    policies: list[str]
+    accepting: bool
+    stopping: bool
+    listeners: dict[str, list[str]]
+    config: dict[str, object]
+    stats: Stats
+
+
+class Draining(BaseModel):
+    draining: bool
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    reason: str | None = None
