@@ -1,0 +1,82 @@
+"""The dashboard in a real browser: Debian's headless Chromium driven by Playwright.
+
+`.ci/run` installs Chromium (`apt-get install chromium`). Set
+``PMLB_UPDATE_SCREENSHOT=1`` to write the README's screenshot to
+``docs/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import trio
+from playwright.sync_api import expect, sync_playwright
+
+from tests.e2e.test_admin import TOKEN
+from tests.helpers import ROOT, Processes, admin_url, upstream_arg, wait_serving
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+HAVE_CHROMIUM = os.path.exists(CHROMIUM)
+#: what the machine's closed network needs (see the environment notes): no
+#: background fetches, no sandbox as root, a fresh profile
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def drive_dashboard(url: str, a: str, b_port: int, screenshot: Path) -> None:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(url)
+            # the token prompt, then the dashboard
+            page.fill("#token", TOKEN)
+            page.click("#login-form button")
+            expect(page.locator(f'#upstreams tr[data-address="{a}"]')).to_contain_text("serving")
+            expect(page.locator("#serving")).to_have_text("1 / 1")
+            expect(page.locator("#clients-active")).to_have_text("1")
+
+            page.fill("#add-upstream input[name=port]", str(b_port))
+            page.click("#add-upstream button")
+            b_row = page.locator(f'#upstreams tr[data-address="127.0.0.1:{b_port}"]')
+            expect(b_row).to_contain_text("serving", timeout=20_000)
+            expect(page.locator("#serving")).to_have_text("2 / 2")
+            expect(page.locator("#events")).to_contain_text("admin.upstream_added")
+            page.screenshot(path=str(screenshot), full_page=True)
+            assert errors == []
+        finally:
+            browser.close()
+
+
+async def test_dashboard_shows_upstreams_and_adds_one(procs: Processes, tmp_path: Path) -> None:
+    if not HAVE_CHROMIUM:
+        pytest.fail("Chromium is not installed: run .ci/run, or apt-get install chromium")
+    _, a_port = await procs.upstream("A")
+    _, b_port = await procs.upstream("B", kind="grpcio")
+    pmlb, port = await procs.pmlb(
+        "--framing", "line", *upstream_arg(a_port), env={"PMLB_ADMIN_TOKEN": TOKEN}
+    )
+    url = await admin_url(pmlb)
+    await wait_serving(pmlb, a_port)
+    client = await procs.client(port)
+    await client.whoami()
+
+    screenshot = tmp_path / "dashboard.png"
+    await trio.to_thread.run_sync(drive_dashboard, url, f"127.0.0.1:{a_port}", b_port, screenshot)
+    assert screenshot.stat().st_size > 10_000
+    if os.environ.get("PMLB_UPDATE_SCREENSHOT"):
+        shutil.copy(screenshot, ROOT / "docs" / "dashboard.png")
