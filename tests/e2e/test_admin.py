@@ -19,7 +19,7 @@ import httpx
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import open_websocket_url
 
 from tests.helpers import (
     TIMEOUT,
@@ -30,6 +30,7 @@ from tests.helpers import (
     upstream_arg,
     wait_serving,
 )
+from tests.ws_client import WsClient
 
 pytestmark = pytest.mark.e2e
 
@@ -414,14 +415,22 @@ async def test_events_stream_sees_clients_come_and_go(procs: Processes) -> None:
             assert event["recipients"] == 0
 
         # browsers cannot set headers: the token may come as the first message
-        async with open_websocket_url(ws_url) as ws:
-            await ws.send_message(TOKEN)
-            assert json.loads(await ws.get_message())["type"] == "hello"
-        async with open_websocket_url(ws_url) as ws:
-            await ws.send_message("wrong")
-            with pytest.raises(ConnectionClosed) as closed:
-                await ws.get_message()
-            assert closed.value.reason.code == 1008
+        # (a second WebSocket implementation, from the websockets package)
+        admin_port = int(admin.url.rsplit(":", 1)[1])
+        browser_like = await WsClient.connect(admin_port, "/api/v1/events")
+        try:
+            await browser_like.send(TOKEN)
+            assert json.loads(await browser_like.recv())["type"] == "hello"
+        finally:
+            await browser_like.aclose()
+        wrong = await WsClient.connect(admin_port, "/api/v1/events")
+        try:
+            await wrong.send("wrong")
+            closed = await wrong.expect_close()
+            assert closed.code == 1008
+            assert closed.reason == "missing or wrong bearer token"
+        finally:
+            await wrong.aclose()
 
 
 # -- pmlb ctl -------------------------------------------------------------

@@ -115,7 +115,7 @@ async def test_demo_upstream_follows_a_killed_demo(procs: Processes) -> None:
 
 async def test_json_logs_are_one_object_per_line_with_fields(procs: Processes) -> None:
     cmd = [sys.executable, "-m", "pmlb", "serve", "--host", "127.0.0.1", "--port", "0"]
-    pmlb = await procs.start("pmlb", [*cmd, "--log-format", "json"])
+    pmlb = await procs.start("pmlb", [*cmd, "--admin-port", "0", "--log-format", "json"])
     line = (await pmlb.wait_for(r'"msg": "listening"')).string
     event = json.loads(line)
     assert event["level"] == "info"
