@@ -1,5 +1,8 @@
 """The dashboard in a real browser: Debian's headless Chromium driven by Playwright.
 
+Playwright runs in a child process: its sync API runs an asyncio loop, which
+trio-asyncio (imported by other tests in this process) would have patched.
+
 `.ci/run` installs Chromium (`apt-get install chromium`). Set
 ``PMLB_UPDATE_SCREENSHOT=1`` to write the README's screenshot to
 ``docs/dashboard.png``.
@@ -9,11 +12,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import trio
-from playwright.sync_api import expect, sync_playwright
 
 from tests.e2e.test_admin import TOKEN
 from tests.helpers import ROOT, Processes, admin_url, upstream_arg, wait_serving
@@ -36,6 +39,8 @@ CHROMIUM_ARGS = [
 
 
 def drive_dashboard(url: str, a: str, b_port: int, screenshot: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -76,7 +81,16 @@ async def test_dashboard_shows_upstreams_and_adds_one(procs: Processes, tmp_path
     await client.whoami()
 
     screenshot = tmp_path / "dashboard.png"
-    await trio.to_thread.run_sync(drive_dashboard, url, f"127.0.0.1:{a_port}", b_port, screenshot)
+    args = [url, f"127.0.0.1:{a_port}", str(b_port), str(screenshot)]
+    with trio.fail_after(120):
+        done = await trio.run_process(
+            [sys.executable, __file__, *args], capture_stderr=True, check=False
+        )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
     assert screenshot.stat().st_size > 10_000
     if os.environ.get("PMLB_UPDATE_SCREENSHOT"):
         shutil.copy(screenshot, ROOT / "docs" / "dashboard.png")
+
+
+if __name__ == "__main__":
+    drive_dashboard(sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]))

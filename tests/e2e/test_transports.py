@@ -156,7 +156,7 @@ async def test_native_stream_fails_when_the_upstream_dies(procs: Processes, kind
 
         async def kill_after_first_reply() -> None:
             await got.wait()
-            up.process.kill()
+            up.kill()
 
         with trio.fail_after(TIMEOUT):
             async with trio.open_nursery() as nursery:
