@@ -100,7 +100,7 @@ class RegistryCollector(Collector):
 
         disconnects = CounterMetricFamily(
             "pmlb_client_disconnects",
-            "Closed client connections by reason (slow client, too large, ...).",
+            "Closed client connections by kind of reason (slow, too_big, kicked, ...).",
             labels=["reason"],
         )
         for reason, count in sorted(stats.disconnects.items()):

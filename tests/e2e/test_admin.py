@@ -372,7 +372,7 @@ async def test_metrics_change_when_traffic_flows(procs: Processes) -> None:
         assert after[("pmlb_client_bytes_total", (("direction", "from_clients"),))] > 0
         assert after[("pmlb_clients", (("listener", "default"),))] == 1
         assert after[("pmlb_clients_connected_total", (("listener", "default"),))] == 2
-        assert after[("pmlb_client_disconnects_total", (("reason", "too large"),))] == 1
+        assert after[("pmlb_client_disconnects_total", (("reason", "too_big"),))] == 1
         assert after[("pmlb_broadcasts_total", ())] == 1
         assert after[("pmlb_broadcast_recipients_total", ())] == 1
         count = ("pmlb_dispatch_latency_seconds_count", ())
