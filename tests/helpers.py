@@ -10,6 +10,7 @@ import ctypes
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,17 @@ ROOT = Path(__file__).resolve().parents[1]
 UPSTREAMS = ROOT / "tests" / "upstreams"
 #: generous: a loaded CI machine may take seconds to start an interpreter
 TIMEOUT = 30.0
+GRPCJS = UPSTREAMS / "grpcjs"
+
+
+def node() -> str:
+    """The Node.js interpreter for the grpc-js upstream, with its packages installed."""
+    path = shutil.which("node")
+    if path is None:
+        raise AssertionError("node not found: install Node.js (.ci/run does)")
+    if not (GRPCJS / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        raise AssertionError(f"@grpc/grpc-js is not installed: run npm ci --prefix {GRPCJS}")
+    return path
 
 
 class Proc:
@@ -165,15 +177,15 @@ class Processes:
         ready: bool = True,
         extra: Sequence[str] = (),
     ) -> tuple[Proc, int]:
-        """A scripted test upstream (see tests/upstreams/script.py); returns it and its port."""
-        args = [
-            sys.executable,
-            str(UPSTREAMS / f"{kind}_upstream.py"),
-            "--name",
-            name,
-            "--port",
-            str(port),
-        ]
+        """A scripted test upstream (see tests/upstreams/script.py); returns it and its port.
+
+        ``kind`` is ``grpclib``, ``grpcio`` or ``grpcjs`` (Node.js, tests/upstreams/grpcjs).
+        """
+        if kind == "grpcjs":
+            program = [node(), str(GRPCJS / "upstream.js")]
+        else:
+            program = [sys.executable, str(UPSTREAMS / f"{kind}_upstream.py")]
+        args = [*program, "--name", name, "--port", str(port)]
         if not ready:
             args.append("--not-ready")
         args += extra
