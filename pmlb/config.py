@@ -96,7 +96,10 @@ An example using every table::
     (seconds, default 10), ``ping_interval`` and ``ping_timeout`` (seconds,
     default 20 each: a client whose pong does not come in time is
     disconnected). TCP listeners accept these keys and ignore them, except ``handshake_timeout``,
-    which bounds their PROXY header and TLS handshake.
+    which bounds their PROXY header and TLS handshake. A WebSocket listener
+    also takes the TLS files (with ``tls_cert`` and ``tls_key`` it serves
+    ``wss://``), ``proxy_protocol`` and the limits, as TCP listeners do;
+    its ``handshake_timeout`` covers the PROXY header, TLS and the HTTP upgrade.
 
 ``[[listener]]``
     Another listener, with the same keys as the listener part of ``[server]``;
@@ -220,8 +223,9 @@ class ListenerConfig:
     handshake_timeout: float = 10.0
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
-    #: TLS (``transport = "tls"``): PEM certificate chain and key; a CA file
-    #: in ``tls_client_ca`` makes client certificates required (mutual TLS)
+    #: TLS (``transport = "tls"``, or ``"websocket"`` for wss): PEM certificate
+    #: chain and key; a CA file in ``tls_client_ca`` makes client certificates
+    #: required (mutual TLS)
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
@@ -238,6 +242,11 @@ class ListenerConfig:
     def address(self) -> str:
         """``host:port``, with an IPv6 host in brackets."""
         return format_address(self.host, self.port)
+
+    @property
+    def uses_tls(self) -> bool:
+        """TLS here: ``transport = "tls"``, or a WebSocket listener with a cert (wss)."""
+        return self.transport == "tls" or (self.transport == "websocket" and bool(self.tls_cert))
 
 
 @attrs.frozen(kw_only=True)
@@ -765,13 +774,22 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
 
 
 def _check_listener_tls(problems: _Problems, key: str, values: Mapping[str, Any]) -> None:
-    tls = values.get("transport") == "tls"
+    transport = values.get("transport")
+    tls = transport == "tls"
     for name in ("tls_cert", "tls_key"):
         if tls and not values.get(name):
             problems.add(f"{key}.{name}", 'required when transport = "tls"')
+    if transport == "websocket":  # optional: with both files, the listener serves wss://
+        if values.get("tls_cert") and not values.get("tls_key"):
+            problems.add(f"{key}.tls_key", "must be set when tls_cert is set")
+        if values.get("tls_key") and not values.get("tls_cert"):
+            problems.add(f"{key}.tls_cert", "must be set when tls_key is set")
+        if values.get("tls_client_ca") and not values.get("tls_cert"):
+            problems.add(f"{key}.tls_client_ca", "only applies when tls_cert is set")
+        return
     for name in ("tls_cert", "tls_key", "tls_client_ca"):
         if values.get(name) and not tls:
-            problems.add(f"{key}.{name}", 'only applies when transport = "tls"')
+            problems.add(f"{key}.{name}", 'only applies when transport = "tls" or "websocket"')
 
 
 def _check_upstream_tls(problems: _Problems, key: str, values: Mapping[str, Any]) -> None:

@@ -282,7 +282,7 @@ INVALID_FILES = [
     ),
     pytest.param(
         '[server]\ntls_client_ca = "ca.pem"',
-        'pmlb.toml: server.tls_client_ca: only applies when transport = "tls"',
+        'pmlb.toml: server.tls_client_ca: only applies when transport = "tls" or "websocket"',
         id="tls-client-ca-without-tls",
     ),
     pytest.param(

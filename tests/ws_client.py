@@ -7,6 +7,7 @@ with another implementation, so that both ends are not the same code.
 from __future__ import annotations
 
 import contextlib
+import ssl
 import uuid
 
 import trio
@@ -27,7 +28,7 @@ class HandshakeRefused(Exception):
 class WsClient:
     """One WebSocket connection; frames arrive whole (pmlb does not fragment)."""
 
-    def __init__(self, stream: trio.SocketStream, protocol: ClientProtocol) -> None:
+    def __init__(self, stream: trio.abc.Stream, protocol: ClientProtocol) -> None:
         self.stream = stream
         self.protocol = protocol
         self._frames: list[Frame] = []
@@ -38,13 +39,38 @@ class WsClient:
         self._arrived = trio.lowlevel.ParkingLot()
 
     @classmethod
-    async def connect(cls, port: int, path: str = "/") -> WsClient:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}{path}"), max_size=None)
+    async def connect(
+        cls,
+        port: int,
+        path: str = "/",
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        prefix: bytes = b"",
+    ) -> WsClient:
+        """Open ``ws://``, or ``wss://`` with ``ssl_context``.
+
+        ``prefix`` (a PROXY header) goes first: before the TLS handshake, else
+        in one write with the upgrade request.
+        """
+        tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        stream: trio.abc.Stream = tcp
+        scheme = "ws"
+        try:
+            if ssl_context is not None:
+                if prefix:
+                    await tcp.send_all(prefix)
+                    prefix = b""
+                stream = trio.SSLStream(tcp, ssl_context, server_hostname="127.0.0.1")
+                await stream.do_handshake()
+                scheme = "wss"
+        except BaseException:
+            await trio.aclose_forcefully(tcp)
+            raise
+        protocol = ClientProtocol(parse_uri(f"{scheme}://127.0.0.1:{port}{path}"), max_size=None)
         client = cls(stream, protocol)
         try:
             protocol.send_request(protocol.connect())
-            await client._flush()
+            await stream.send_all(prefix + b"".join(protocol.data_to_send()))
             with trio.fail_after(TIMEOUT):
                 while True:
                     for event in await client._receive():

@@ -36,7 +36,7 @@ class ListenError(Exception):
 
 async def open_listeners(config: ListenerConfig) -> list[trio.SocketListener]:
     """Bind ``config``'s address; :class:`ListenError` if it cannot (or its TLS files are bad)."""
-    if config.transport == "tls":
+    if config.uses_tls:
         server_ssl_context(config)  # fail before anything starts
     try:
         return await trio.open_tcp_listeners(config.port, host=config.host)
@@ -69,8 +69,8 @@ def server_ssl_context(config: ListenerConfig) -> ssl.SSLContext:
     return context
 
 
-class _Gate:
-    """The limits a listener checks for each new connection."""
+class Gate:
+    """The limits a listener checks for each new connection (TCP, TLS and WebSocket)."""
 
     def __init__(self, config: ListenerConfig, registry: Registry) -> None:
         self.config = config
@@ -80,10 +80,18 @@ class _Gate:
 
     def refusal(self) -> str | None:
         """Why a new connection must be refused now, or ``None`` to admit it."""
-        counters = self.registry.connections
+        return self.rate_refusal() or self.capacity_refusal()
+
+    def rate_refusal(self) -> str | None:
+        """Over ``accept_rate``: why, counted; else ``None`` (and a token is spent)."""
         if self.bucket is not None and not self.bucket.take(time.monotonic()):
-            counters.refused_accept_rate += 1
+            self.registry.connections.refused_accept_rate += 1
             return f"over accept_rate ({self.config.accept_rate:g}/s)"
+        return None
+
+    def capacity_refusal(self) -> str | None:
+        """At ``max_clients`` or ``max_clients_total``: why, counted; else ``None``."""
+        counters = self.registry.connections
         if self.config.max_clients and self.open >= self.config.max_clients:
             counters.refused_max_clients += 1
             return f"listener at max_clients ({self.config.max_clients})"
@@ -94,7 +102,7 @@ class _Gate:
         return None
 
 
-class _Prefixed(trio.abc.Stream):
+class PrefixedStream(trio.abc.Stream):
     """A stream whose first bytes were already read (past a PROXY header)."""
 
     def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
@@ -142,7 +150,7 @@ async def serve_tcp_listener(
         handle_connection,
         config=config,
         registry=registry,
-        gate=_Gate(config, registry),
+        gate=Gate(config, registry),
         ssl_context=context,
     )
     await trio.serve_listeners(handler, listeners)
@@ -156,7 +164,7 @@ async def handle_connection(
     *,
     config: ListenerConfig,
     registry: Registry,
-    gate: _Gate | None = None,
+    gate: Gate | None = None,
     ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Run one client: limits, handshake, then its reader and writer."""
@@ -168,7 +176,7 @@ async def handle_connection(
     except OSError:  # the peer is already gone
         await trio.aclose_forcefully(stream)
         return
-    gate = gate or _Gate(config, registry)
+    gate = gate or Gate(config, registry)
     counters = registry.connections
     refusal = gate.refusal()
     if refusal is not None:
@@ -181,7 +189,7 @@ async def handle_connection(
     counters.open += 1
     gate.open += 1
     try:
-        client_stream, remote, initial = await _handshake(
+        client_stream, remote, initial = await handshake(
             stream, remote, config, registry, ssl_context
         )
         if client_stream is not None:
@@ -195,7 +203,7 @@ async def handle_connection(
         await trio.aclose_forcefully(stream)
 
 
-async def _handshake(
+async def handshake(
     stream: trio.SocketStream,
     remote: str,
     config: ListenerConfig,
@@ -220,7 +228,7 @@ async def _handshake(
                     fields["via"] = format_address(*stream.socket.getpeername()[:2])
             if ssl_context is not None:
                 if initial:
-                    client_stream, initial = _Prefixed(stream, initial), b""
+                    client_stream, initial = PrefixedStream(stream, initial), b""
                 tls = trio.SSLStream(client_stream, ssl_context, server_side=True)
                 try:
                     await tls.do_handshake()

@@ -12,34 +12,55 @@ listener's ``websocket_reply``:
 - ``text``: text whenever the payload is valid UTF-8, else binary;
 - ``binary``: always binary.
 
+Connections go through what TCP connections go through (see
+:mod:`pmlb.downstream.tcp`): the listener's ``accept_rate`` (over it, the TCP
+connection is closed at once, before any handshake), the PROXY header and
+TLS (``wss://``, when the listener has ``tls_cert``) where configured, then
+the HTTP upgrade, all three under one ``handshake_timeout``. A client over
+``max_clients`` or ``max_clients_total`` completes the upgrade and is closed
+at once with 1008 and the limit as the reason, so that a browser can tell.
+Every refusal and forced close is counted in ``Registry.connections``.
+
 pmlb pings every ``ping_interval`` seconds and disconnects a client whose
 pong does not come within ``ping_timeout``. Close codes say why: 1009 for a
-message over ``max_message_size``, 1001 when pmlb stops, 1008 (policy) for a
-slow client or a disconnection ordered by an upstream or the admin, 1000 when
-the client closed.
+message over ``max_message_size``, 1001 when pmlb stops or drains, 1008
+(policy) for a limit (``max_clients``, ``idle_timeout``), a slow client or a
+disconnection ordered by an upstream or the admin, 1000 when the client
+closed, 1011 for anything else.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 import uuid
 from functools import partial
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    wrap_server_stream,
+)
 
+from pmlb._log import RateLimited
 from pmlb._proto import upstream_pb2 as pb
 from pmlb._time import rfc3339_now
 from pmlb.config import ListenerConfig, format_address
 from pmlb.downstream.client import Client
 from pmlb.downstream.reasons import STOPPING, WEBSOCKET_CLOSE_CODES, classify
+from pmlb.downstream.tcp import Gate, PrefixedStream, handshake, server_ssl_context
 from pmlb.registry import Registry
 
 log = logging.getLogger("pmlb.downstream")
+_refusal_log = RateLimited(log)
 
 #: seconds to wait for the client's side of the closing handshake
 DISCONNECT_TIMEOUT = 2.0
+#: close code for a limit or another policy (RFC 6455 section 7.4.1)
+POLICY_VIOLATION = 1008
 
 
 async def serve_websocket_listener(
@@ -54,38 +75,113 @@ async def serve_websocket_listener(
     Reports the bound addresses through ``task_status`` once accepting, as
     :func:`pmlb.downstream.tcp.serve_tcp_listener` does.
     """
+    context = server_ssl_context(config) if config.uses_tls else None
     addresses = [format_address(*listener.socket.getsockname()[:2]) for listener in listeners]
     for address in addresses:
         log.info(
             "listening",
-            extra={"listener": config.name, "address": address, "path": config.path},
+            extra={
+                "listener": config.name,
+                "address": address,
+                "path": config.path,
+                "scheme": "wss" if context else "ws",
+            },
         )
-    server = WebSocketServer(
-        partial(handle_request, config=config, registry=registry),
-        listeners,
-        # One message at a time is enough: the reader hands each on at once,
-        # and a full queue is what pushes back on the client.
-        message_queue_size=1,
-        max_message_size=config.max_message_size,
-        connect_timeout=config.handshake_timeout,
-        disconnect_timeout=DISCONNECT_TIMEOUT,
+    task_status.started(addresses)
+    handler = partial(
+        handle_connection,
+        config=config,
+        registry=registry,
+        gate=Gate(config, registry),
+        ssl_context=context,
     )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        task_status.started(addresses)
+    await trio.serve_listeners(handler, listeners)
 
 
-async def handle_request(
-    request: WebSocketRequest, *, config: ListenerConfig, registry: Registry
+async def handle_connection(
+    stream: trio.SocketStream,
+    *,
+    config: ListenerConfig,
+    registry: Registry,
+    gate: Gate,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
-    """Accept (or refuse) one handshake and run the client."""
+    """Run one connection: limits, PROXY header and TLS, the upgrade, then the client."""
+    try:
+        remote = format_address(*stream.socket.getpeername()[:2])
+    except OSError:  # the peer is already gone
+        await trio.aclose_forcefully(stream)
+        return
+    refusal = gate.rate_refusal()
+    if refusal is not None:
+        # Refused before any handshake work: that is what the rate limit is for.
+        _refusal_log.warning(
+            "connection refused", listener=config.name, peer=remote, reason=refusal
+        )
+        await trio.aclose_forcefully(stream)
+        return
+    refusal = gate.capacity_refusal()
+    counters = registry.connections
+    if refusal is None:
+        counters.accepted += 1
+        counters.open += 1
+        gate.open += 1
+    try:
+        deadline = trio.current_time() + config.handshake_timeout
+        client_stream, remote, initial = await handshake(
+            stream, remote, config, registry, ssl_context
+        )
+        if client_stream is None:
+            return
+        if initial:  # the upgrade request came in with the PROXY header
+            client_stream = PrefixedStream(client_stream, initial)
+        corked = _Corked(client_stream)
+        async with trio.open_nursery() as nursery:
+            request = None
+            with trio.move_on_at(deadline):
+                request = await wrap_server_stream(
+                    nursery,
+                    corked,
+                    # One message at a time is enough: the reader hands each on
+                    # at once, and a full queue is what pushes back on the client.
+                    message_queue_size=1,
+                    max_message_size=config.max_message_size,
+                )
+            if request is None:
+                counters.handshake_timeouts += 1
+                _refusal_log.warning(
+                    "handshake timed out",
+                    listener=config.name,
+                    peer=remote,
+                    reason=f"handshake_timeout ({config.handshake_timeout:g}s)",
+                )
+            else:
+                await _handle_request(request, remote, corked, config, registry, refusal)
+            nursery.cancel_scope.cancel()  # the connection's reader task
+    except Exception:
+        # A bug in one connection must not end the listener or other clients.
+        log.exception("internal error on a client connection", extra={"peer": remote})
+    finally:
+        if refusal is None:
+            counters.open -= 1
+            gate.open -= 1
+        await trio.aclose_forcefully(stream)
+
+
+async def _handle_request(
+    request: WebSocketRequest,
+    remote: str,
+    corked: _Corked,
+    config: ListenerConfig,
+    registry: Registry,
+    refusal: str | None,
+) -> None:
+    """Accept (or refuse) one upgrade request and run the client."""
     path = request.path.split("?", 1)[0]
-    remote = request.remote
-    peer = remote if isinstance(remote, str) else format_address(str(remote.address), remote.port)
     if path != config.path:
         log.info(
             "websocket handshake refused",
-            extra={"listener": config.name, "peer": peer, "path": path},
+            extra={"listener": config.name, "peer": remote, "path": path},
         )
         await request.reject(404, body=f"no WebSocket endpoint at {path}\n".encode())
         return
@@ -96,15 +192,39 @@ async def handle_request(
         ws = await request.accept()
     except ConnectionClosed:
         return
-    try:
-        await _run_client(ws, peer, config, registry)
-    except Exception:
-        # A bug in one connection must not end the listener or other clients.
-        log.exception("internal error on a client connection", extra={"peer": peer})
+    if refusal is not None:
+        _refusal_log.warning(
+            "connection refused", listener=config.name, peer=remote, reason=refusal
+        )
+        await close(ws, POLICY_VIOLATION, refusal)
+        return
+    await _run_client(ws, remote, corked, config, registry)
+
+
+async def close(ws: WebSocketConnection, code: int, reason: str) -> None:
+    """Send a close frame with ``code`` and ``reason`` (cut to fit) and close the connection.
+
+    Shielded, and waits at most ``DISCONNECT_TIMEOUT`` for the client's side
+    of the closing handshake: when pmlb stops, this runs inside a cancelled
+    scope, and the client should still learn why.
+    """
+    with trio.CancelScope(shield=True), trio.move_on_after(DISCONNECT_TIMEOUT):
+        await ws.aclose(code, _truncate(reason))
+
+
+def close_code(reason: str | None) -> int:
+    """The WebSocket close code for a ``Client.close_reason``."""
+    if reason is not None and reason.startswith("idle for"):
+        return POLICY_VIOLATION
+    return WEBSOCKET_CLOSE_CODES[classify(reason)]
 
 
 async def _run_client(
-    ws: WebSocketConnection, remote: str, config: ListenerConfig, registry: Registry
+    ws: WebSocketConnection,
+    remote: str,
+    corked: _Corked,
+    config: ListenerConfig,
+    registry: Registry,
 ) -> None:
     client: Client | None = None
     try:
@@ -123,21 +243,66 @@ async def _run_client(
             registry.add_client(client)
             log.info("client connected", extra=fields)
             texts = _TextState(config.websocket_reply)
-            nursery.start_soon(_write, ws, client, texts)
+            nursery.start_soon(_write, ws, corked, client, texts)
             nursery.start_soon(_keepalive, ws, client, config)
-            await _read(ws, client, registry, texts)
+            await _read(ws, client, config, registry, texts)
     finally:
         if client is not None:
+            counters = registry.connections
+            if client.closed_slow:
+                counters.slow_client_disconnects += 1
+            counters.slow_client_dropped += client.dropped
             registry.remove_client(client)
             if client.close_reason is None:
                 client.close_reason = STOPPING
-            kind = classify(client.close_reason)
-            # Shielded: when pmlb stops, this runs inside a cancelled scope,
-            # and the client should still learn why (1001).
-            with trio.CancelScope(shield=True), trio.move_on_after(DISCONNECT_TIMEOUT):
-                await ws.aclose(WEBSOCKET_CLOSE_CODES[kind], _truncate(client.close_reason))
+            await close(ws, close_code(client.close_reason), client.close_reason)
             fields["reason"] = client.close_reason
             log.info("client disconnected", extra=fields)
+
+
+class _Corked(trio.abc.Stream):
+    """Holds what is sent while ``corked`` and sends it in one piece on :meth:`flush`.
+
+    trio-websocket writes each message with its own ``send_all``; the writer
+    corks the stream around a batch so that the batch goes out in one write.
+    Anything sent while not corked (pongs, the close frame) goes out at once,
+    after whatever is still held, so that the order on the wire is kept.
+    """
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self._held: list[bytes] = []
+        self._lock = trio.StrictFIFOLock()
+        self.corked = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.corked:
+            self._held.append(bytes(data))
+            await trio.lowlevel.checkpoint()
+            return
+        async with self._lock:
+            if self._held:
+                data = b"".join([*self._held, data])
+                self._held.clear()
+            await self._stream.send_all(data)
+
+    async def flush(self) -> None:
+        """Uncork and send everything held."""
+        self.corked = False
+        async with self._lock:
+            if self._held:
+                data = b"".join(self._held)
+                self._held.clear()
+                await self._stream.send_all(data)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._stream.receive_some(max_bytes)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 def _truncate(reason: str) -> str:
@@ -165,15 +330,28 @@ class _TextState:
 
 
 async def _read(
-    ws: WebSocketConnection, client: Client, registry: Registry, texts: _TextState
+    ws: WebSocketConnection,
+    client: Client,
+    config: ListenerConfig,
+    registry: Registry,
+    texts: _TextState,
 ) -> None:
     uuid_ = client.uuid
+    idle = config.idle_timeout or float("inf")
+    message: str | bytes | None
     while True:
         try:
-            message = await ws.get_message()
+            message = None
+            with trio.move_on_after(idle):
+                message = await ws.get_message()
+            if message is None:
+                registry.connections.idle_timeouts += 1
+                client.close(f"idle for idle_timeout ({idle:g}s)")
+                return
         except ConnectionClosed as closed:
             reason = closed.reason
             if reason is not None and reason.code == 1009:
+                registry.connections.bad_input += 1
                 client.close(f"bad input: message too big ({reason.reason})")
             elif reason is not None and reason.code == 1006:
                 client.close("connection lost")
@@ -194,15 +372,26 @@ async def _read(
         )
 
 
-async def _write(ws: WebSocketConnection, client: Client, texts: _TextState) -> None:
+async def _write(
+    ws: WebSocketConnection, corked: _Corked, client: Client, texts: _TextState
+) -> None:
     try:
         while True:
             batch = await client.next_batch()
-            for payload in batch:
-                await ws.send_message(texts.encode(payload))
-                client.messages_out += 1
-                client.bytes_out += len(payload)
-    except ConnectionClosed:
+            if not batch:  # drained
+                client.close("pmlb is shutting down")
+                return
+            # Each message is framed on its own; the batch goes out in one write.
+            corked.corked = True
+            try:
+                for payload in batch:
+                    await ws.send_message(texts.encode(payload))
+                    client.messages_out += 1
+                    client.bytes_out += len(payload)
+            finally:
+                corked.corked = False
+            await corked.flush()
+    except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
         client.close("connection lost while writing")
 
 
