@@ -26,7 +26,7 @@ pong does not come within ``ping_timeout``. Close codes say why: 1009 for a
 message over ``max_message_size``, 1001 when pmlb stops or drains, 1008
 (policy) for a limit (``max_clients``, ``idle_timeout``), a slow client or a
 disconnection ordered by an upstream or the admin, 1000 when the client
-closed, 1011 for anything else.
+closed, 1011 for a missing pong or anything else.
 """
 
 from __future__ import annotations
