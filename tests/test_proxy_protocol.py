@@ -94,7 +94,9 @@ def test_v2_unix_and_unspec_carry_no_address() -> None:
         (b"GET / HTTP/1.1\r\n", "not a PROXY protocol header"),
         (b"PROXZ", "not a PROXY protocol header"),
         (b"\r\n\r\n\x00\r\nQUIX", "not a PROXY protocol header"),
-        (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", "without CRLF"),
+        (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", "LF not preceded by CR"),
+        # Refused even with a CRLF after it, as it is when the LF arrives alone.
+        (b"PROXY UNKNOWN x\ny\r\n", "LF not preceded by CR"),
         (b"PROXY " + b"x" * 120, "without CRLF"),
         (b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n", "malformed PROXY v1"),
         (b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n", "malformed PROXY v1"),

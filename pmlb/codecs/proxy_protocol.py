@@ -32,6 +32,7 @@ __all__ = [
 V1_MAX_LENGTH = 107
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 _V1_PREFIX = b"PROXY "
+_CR = ord("\r")
 _V2_FIXED = struct.Struct(">12sBBH")
 _IPV4 = struct.Struct(">4s4sHH")
 _IPV6 = struct.Struct(">16s16sHH")
@@ -100,13 +101,19 @@ class ProxyHeaderParser:
         prefix = bytes(buffer[: len(_V1_PREFIX)])
         if not _V1_PREFIX.startswith(prefix):
             raise ProxyProtocolError("not a PROXY protocol header")
-        end = buffer.find(b"\r\n", 0, V1_MAX_LENGTH)
-        if end < 0:
-            if len(buffer) >= V1_MAX_LENGTH or b"\n" in buffer:
+        # The line ends at its first LF, which must follow a CR: a bare LF is
+        # refused whether or not a CRLF comes later, so that the verdict
+        # does not depend on how the bytes were split into reads.
+        newline = buffer.find(b"\n", 0, V1_MAX_LENGTH)
+        if newline < 0:
+            if len(buffer) >= V1_MAX_LENGTH:
                 raise ProxyProtocolError(
                     f"PROXY v1 header without CRLF in its first {V1_MAX_LENGTH} bytes"
                 )
             return None
+        end = newline - 1
+        if buffer[end] != _CR:
+            raise ProxyProtocolError("PROXY v1 header with a LF not preceded by CR")
         header = _parse_v1(bytes(buffer[len(_V1_PREFIX) : end]))
         return header, bytes(buffer[end + 2 :])
 
