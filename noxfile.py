@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
@@ -43,3 +45,41 @@ def bench(session: nox.Session) -> None:
     """
     session.install("-e", ".")
     session.run("python", "tools/bench/run.py", *session.posargs)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """The property tests of tests/test_fuzz.py with a large budget (not in CI).
+
+    ``PMLB_FUZZ_EXAMPLES`` (default 10,000 here) is the examples per test: with
+    the 11 tests that is over 100,000 generated cases. Prints how many ran.
+    """
+    import json
+    import tempfile
+    import time
+    from pathlib import Path
+
+    session.install("-e", ".[test]")
+    examples = os.environ.get("PMLB_FUZZ_EXAMPLES", "10000")
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "counts.json"
+        started = time.monotonic()
+        session.run(
+            "pytest",
+            "tests/test_fuzz.py",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--timeout=3600",
+            *session.posargs,
+            env={"PMLB_FUZZ_EXAMPLES": examples, "PMLB_FUZZ_REPORT": str(report)},
+        )
+        elapsed = time.monotonic() - started
+        counts: dict[str, int] = json.loads(report.read_text())
+    width = max(map(len, counts))
+    for name, count in counts.items():
+        session.log(f"{name:<{width}}  {count:>9,}")
+    session.log(
+        f"{'total':<{width}}  {sum(counts.values()):>9,} examples in {elapsed:.0f} s"
+        f" (PMLB_FUZZ_EXAMPLES={examples} per test)"
+    )

@@ -556,6 +556,76 @@ INVALID_FILES = [
         "pmlb.toml: log.format: must be one of 'text', 'json', got integer 1",
         id="log-format-integer",
     ),
+    pytest.param(
+        '[[listener]]\nname = "a"\ncolour = "blue"',
+        "pmlb.toml: listener[0].colour: unknown key",
+        id="listener-unknown-key",
+    ),
+    pytest.param(
+        '[listener]\nname = "a"',
+        "pmlb.toml: listener: must be an array of tables ([[listener]]), got a table ([listener])",
+        id="listener-table-not-array",
+    ),
+    pytest.param(
+        '[[listener]]\nname = ""',
+        "pmlb.toml: listener[0].name: must not be empty",
+        id="listener-name-empty",
+    ),
+    pytest.param(
+        '[[listener]]\nname = "a"\nping_interval = 0',
+        "pmlb.toml: listener[0].ping_interval: must be a number > 0, got 0",
+        id="listener-ping-interval-zero",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "h"\nport = 1\nresolve_interval = 0',
+        "pmlb.toml: upstream[0].resolve_interval: must be a number > 0, got 0",
+        id="upstream-resolve-interval-zero",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "h"\nport = 1\nhealth_service = 1',
+        "pmlb.toml: upstream[0].health_service: must be a string, got integer 1",
+        id="upstream-health-service-integer",
+    ),
+    pytest.param(
+        '[management_server]\ncolour = "blue"',
+        "pmlb.toml: management_server.colour: unknown key",
+        id="management-unknown-key",
+    ),
+    pytest.param(
+        "management_server = 1",
+        "pmlb.toml: management_server: must be a table, got integer 1",
+        id="management-not-a-table",
+    ),
+    pytest.param(
+        '[management_server]\nhost = ""',
+        "pmlb.toml: management_server.host: must not be empty",
+        id="management-host-empty",
+    ),
+    pytest.param(
+        '[management_server]\nenabled = "no"',
+        "pmlb.toml: management_server.enabled: must be true or false, got string 'no'",
+        id="management-enabled-string",
+    ),
+    pytest.param(
+        '[management_server]\ntoken = "a b"',
+        "pmlb.toml: management_server.token: must be printable ASCII without spaces",
+        id="management-token-with-space",
+    ),
+    pytest.param(
+        '[management_server.tls]\nkey_path = "key.pem"',
+        "pmlb.toml: management_server.tls.cert_path: must be set when key_path is set",
+        id="tls-key-without-cert",
+    ),
+    pytest.param(
+        '[log]\ncolour = "blue"',
+        "pmlb.toml: log.colour: unknown key",
+        id="log-unknown-key",
+    ),
+    pytest.param(
+        'log = "debug"',
+        "pmlb.toml: log: must be a table, got string 'debug'",
+        id="log-not-a-table",
+    ),
 ]
 
 
