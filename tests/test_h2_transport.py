@@ -128,7 +128,8 @@ async def test_a_batch_is_one_data_frame_and_replies_come_back_in_order(
 async def test_large_batches_are_cut_into_frames_and_flow_control_is_honoured(
     nursery: trio.Nursery,
 ) -> None:
-    # the default 64 KiB windows are smaller than what is sent
+    # the default 64 KiB windows are smaller than what is sent; the first
+    # replies (24 KB frames) come in the same read as the ACK of our settings
     upstream = FakeUpstream(reply_padding=1000)
     transport = connect(nursery, upstream)
     outbox: Outbox[pb.InputStreamRequest] = Outbox(10_000)

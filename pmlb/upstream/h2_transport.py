@@ -152,6 +152,11 @@ class _Connection:
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
             }
         )
+        # h2 raises its frame size limit when the upstream acknowledges these
+        # settings, but only from its next read: a larger frame arriving in
+        # the same read as that ACK (legal: the upstream already has our
+        # settings) would fail the connection as "overlong".
+        self.h2.max_inbound_frame_size = _MAX_FRAME_SIZE
         self.h2.increment_flow_control_window(_RECEIVE_WINDOW - 65535)
         await self.flush()
 
