@@ -8,6 +8,8 @@ or malformed replies, or stop answering liveness. It records what it got.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 import h2.config
 import h2.connection
@@ -42,11 +44,20 @@ class FakeUpstream:
     end_after: tuple[int, int, str] | None = None
 
     received: list[pb.InputStreamRequest] = attrs.Factory(list)
+    #: flow-controlled bytes received on bidi streams
+    received_bytes: int = 0
     #: DATA frames that carried client messages on the bidi stream
     data_frames: int = 0
     pings: int = 0
     connections: int = 0
-    _started: set[int] = attrs.Factory(set)
+    #: (connection, stream id) of the streams whose response headers were sent
+    _started: set[tuple[int, int]] = attrs.Factory(set)
+    _changed: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds; it is checked after each read."""
+        while not predicate():
+            await self._changed.park()
 
     async def serve(self, stream: trio.abc.Stream) -> None:
         self.connections += 1
@@ -56,6 +67,14 @@ class FakeUpstream:
         paths: dict[int, bytes] = {}
         decoders: dict[int, GrpcMessageDecoder] = {}
         unacked: list[tuple[int, int]] = []
+        # the window opener and the main loop both send (at once, on a socket)
+        sending = trio.Lock()
+
+        async def send_pending() -> None:
+            async with sending:
+                if out := conn.data_to_send():
+                    await stream.send_all(out)
+
         async with stream, trio.open_nursery() as nursery:
 
             async def window_opener() -> None:
@@ -63,16 +82,18 @@ class FakeUpstream:
                 for stream_id, size in unacked:
                     conn.acknowledge_received_data(size, stream_id)
                 unacked.clear()
-                await stream.send_all(conn.data_to_send())
+                await send_pending()
 
             if self.hold_window:
                 nursery.start_soon(window_opener)
-            await stream.send_all(conn.data_to_send())
+            await send_pending()
             while data := await stream.receive_some(65536):
+                if conn.state_machine.state is h2.connection.ConnectionState.CLOSED:
+                    continue  # after our GOAWAY: what the client still sends is ignored
                 for event in conn.receive_data(data):
                     self._handle(conn, event, paths, decoders, unacked)
-                if out := conn.data_to_send():
-                    await stream.send_all(out)
+                await send_pending()
+                self._changed.unpark_all()
             nursery.cancel_scope.cancel()
 
     def _handle(
@@ -106,6 +127,7 @@ class FakeUpstream:
             path = paths[stream_id]
             if path.endswith(b"/bidirectionalStreaming"):
                 self.data_frames += 1
+                self.received_bytes += size
                 self._stream(conn, stream_id, messages)
             elif path.endswith(b"/live"):
                 for _ in messages:
@@ -129,8 +151,8 @@ class FakeUpstream:
     def _send(
         self, conn: h2.connection.H2Connection, stream_id: int, messages: list[Message]
     ) -> None:
-        if stream_id not in self._started:
-            self._started.add(stream_id)
+        if (id(conn), stream_id) not in self._started:
+            self._started.add((id(conn), stream_id))
             conn.send_headers(stream_id, _HEADERS)
         raw = [b"\x0a\x05ab" if self.malformed else m.SerializeToString() for m in messages]
         # No empty DATA frame when a frame carried only part of a message:

@@ -3,29 +3,20 @@
 The upstream is tests/upstreams/grpcjs/upstream.js: the same script as the
 Python upstreams, plus commands that make it reset its stream, send GOAWAY or
 end the stream with a status. These tests skip only where Node.js is not
-installed at all; .ci/run installs it and sets PMLB_TEST_REQUIRE_NODE, so in
-CI a missing node fails them instead.
+installed at all (see ``needs_node``).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import uuid
 from collections import Counter
 
 import pytest
 
-from tests.helpers import Processes, free_low_port, upstream_arg, wait_serving
+from tests.helpers import Processes, free_low_port, needs_node, upstream_arg, wait_serving
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        shutil.which("node") is None and not os.environ.get("PMLB_TEST_REQUIRE_NODE"),
-        reason="Node.js (node) is not installed: the grpc-js upstream cannot run",
-    ),
-]
+pytestmark = [pytest.mark.e2e, needs_node]
 
 
 @pytest.fixture(autouse=True, params=["native", "grpclib"])

@@ -1,4 +1,4 @@
-"""Both transports against real upstream processes (grpclib and grpcio).
+"""Both transports against real upstream processes (grpclib, grpcio and grpc-js).
 
 The differential test sends the same scripted traffic through the grpclib
 transport and the native one and requires the same replies, in the same order.
@@ -19,11 +19,11 @@ from pmlb.upstream.grpclib_transport import GrpclibTransport
 from pmlb.upstream.h2_transport import H2Transport
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.transport import Transport, UpstreamError
-from tests.helpers import TIMEOUT, Processes
+from tests.helpers import TIMEOUT, Processes, needs_node
 
 pytestmark = pytest.mark.e2e
 
-KINDS = ["grpclib", "grpcio"]
+KINDS = ["grpclib", "grpcio", pytest.param("grpcjs", marks=needs_node)]
 TRANSPORTS = ["grpclib", "native"]
 
 

@@ -1,0 +1,185 @@
+"""Both transports against the same misbehaving upstream: the differential test for faults.
+
+The scripted h2 server of tests/fake_h2_upstream.py, on a real TCP socket
+(127.0.0.1, port 0), resets the stream, sends GOAWAY, ends it with an error
+status, or holds back its flow-control window. The same traffic goes through
+the grpclib transport and the native one; what a caller can see must be the
+same: the replies delivered, that the stream failed, what went back to the
+outbox, and that the transport serves again afterwards. (The error texts
+differ: each transport words its library's errors.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+
+import attrs
+import pytest
+import trio
+import trio_asyncio
+
+from pmlb._proto import upstream_pb2 as pb
+from pmlb.upstream.grpclib_transport import GrpclibTransport
+from pmlb.upstream.h2_transport import H2Transport
+from pmlb.upstream.outbox import Outbox
+from pmlb.upstream.transport import Transport, UpstreamError
+from tests.fake_h2_upstream import FakeUpstream
+from tests.helpers import TIMEOUT
+
+TRANSPORTS = ["grpclib", "native"]
+
+
+@contextlib.asynccontextmanager
+async def serving(upstream: FakeUpstream) -> AsyncIterator[int]:
+    """``upstream`` on a TCP port of 127.0.0.1; yields the port."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        # the client may drop the connection at any point
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await upstream.serve(stream)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+        yield listeners[0].socket.getsockname()[1]
+        nursery.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def open_transport(name: str, port: int) -> AsyncIterator[Transport]:
+    async with contextlib.AsyncExitStack() as stack:
+        transport: Transport
+        if name == "native":
+            transport = H2Transport("127.0.0.1", port)
+        else:
+            loop = await stack.enter_async_context(trio_asyncio.open_loop())
+            transport = GrpclibTransport("127.0.0.1", port, loop)
+        try:
+            yield transport
+        finally:
+            await transport.aclose()
+
+
+def requests(n: int, size: int = 0) -> list[pb.InputStreamRequest]:
+    return [
+        pb.InputStreamRequest(time="t", client_uuid=f"c{i % 3}", payload=b"%04d" % i * (size or 1))
+        for i in range(n)
+    ]
+
+
+@attrs.define
+class Outcome:
+    """What a caller saw of one scripted exchange."""
+
+    replies: list[bytes]
+    failed: bool
+    requeued: list[bytes]
+    ready_after: bool
+    connections: int
+
+
+async def exchange(
+    name: str, upstream: FakeUpstream, batch: list[pb.InputStreamRequest]
+) -> Outcome:
+    """Send ``batch`` on a stream until it fails; then ask ``ready`` again."""
+    async with serving(upstream) as port, open_transport(name, port) as transport:
+        outbox: Outbox[pb.InputStreamRequest] = Outbox(1000)
+        outbox.open()
+        outbox.put_nowait(batch)
+        replies: list[bytes] = []
+        failed = False
+        with trio.fail_after(TIMEOUT):
+            assert await transport.check_ready()
+            try:
+                await transport.run_stream(
+                    outbox, lambda got: replies.extend(r.payload for r in got)
+                )
+            except UpstreamError:
+                failed = True
+            ready = await transport.check_ready()
+        return Outcome(
+            replies,
+            failed,
+            [r.payload for r in outbox.take_nowait()],
+            ready,
+            upstream.connections,
+        )
+
+
+async def both(make: Callable[[], FakeUpstream], batch: list[pb.InputStreamRequest]) -> Outcome:
+    """The same exchange through each transport, each with a fresh upstream."""
+    outcomes = {name: await exchange(name, make(), batch) for name in TRANSPORTS}
+    assert outcomes["native"] == outcomes["grpclib"]
+    return outcomes["native"]
+
+
+async def test_rst_stream() -> None:
+    outcome = await both(lambda: FakeUpstream(reset_after=3), requests(3))
+    # the reset came instead of the replies; the connection is still good
+    assert outcome == Outcome([], True, [], True, 1)
+
+
+async def test_goaway() -> None:
+    outcome = await both(lambda: FakeUpstream(goaway_after=3), requests(3))
+    # the connection is gone: ready is asked on a new one
+    assert outcome == Outcome([], True, [], True, 2)
+
+
+async def test_error_status_in_trailers() -> None:
+    outcome = await both(lambda: FakeUpstream(end_after=(2, 8, "too much")), requests(2))
+    assert outcome == Outcome([b"echo:0000", b"echo:0001"], True, [], True, 1)
+
+
+async def stalled_then_opened(name: str, batch: list[pb.InputStreamRequest]) -> list[bytes]:
+    """Send ``batch`` to an upstream that holds its window, then opens it; the replies."""
+    size = 5 + len(batch[0].SerializeToString())
+    upstream = FakeUpstream(hold_window=True)
+    replies: list[bytes] = []
+    all_replies = trio.Event()
+
+    def deliver(got: list[pb.OutputStreamRequest]) -> None:
+        replies.extend(r.payload for r in got)
+        if len(replies) >= len(batch):
+            all_replies.set()
+
+    async with serving(upstream) as port, open_transport(name, port) as transport:
+        outbox: Outbox[pb.InputStreamRequest] = Outbox(1000)
+        outbox.open()
+        outbox.put_nowait(batch)
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(transport.run_stream, outbox, deliver)
+                # exactly the window: a byte more and h2 would fail the connection
+                await upstream.wait_until(lambda: upstream.received_bytes == 65535)
+                assert len(upstream.received) == 65535 // size
+                upstream.open_window.set()
+                await all_replies.wait()
+                nursery.cancel_scope.cancel()
+    return replies
+
+
+async def test_a_stalled_window_then_opened() -> None:
+    batch = requests(100, size=250)  # ~100 KB: more than the 64 KiB default window
+    results = {name: await stalled_then_opened(name, batch) for name in TRANSPORTS}
+    assert results["native"] == results["grpclib"]
+    assert results["native"] == [b"echo:" + m.payload for m in batch]
+
+
+@pytest.mark.parametrize("name", TRANSPORTS)
+async def test_cancelled_while_stalled_requeues_what_was_not_written(name: str) -> None:
+    batch = requests(100, size=250)
+    size = 5 + len(batch[0].SerializeToString())
+    upstream = FakeUpstream(hold_window=True)
+    async with serving(upstream) as port, open_transport(name, port) as transport:
+        outbox: Outbox[pb.InputStreamRequest] = Outbox(1000)
+        outbox.open()
+        outbox.put_nowait(batch)
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(transport.run_stream, outbox, lambda _: None)
+                await upstream.wait_until(lambda: upstream.received_bytes == 65535)
+                nursery.cancel_scope.cancel()
+    # whole messages and the start of one were written; the rest is back, in order
+    started = -(-65535 // size)
+    assert outbox.take_nowait() == batch[started:]
