@@ -122,7 +122,8 @@ class RegistryCollector(Collector):
         )
         upstream_messages = CounterMetricFamily(
             "pmlb_upstream_messages",
-            "Messages to and from each upstream.",
+            "Messages to and from each upstream (to_upstream: dispatched to its queue;"
+            " written_to_upstream: of those, written to its stream).",
             labels=["upstream", "direction"],
         )
         for address, upstream in list(registry.upstreams.items()):
@@ -132,6 +133,9 @@ class RegistryCollector(Collector):
             queued.add_metric([address], len(upstream.outbox))
             upstream_messages.add_metric([address, "to_upstream"], upstream.messages_dispatched)
             upstream_messages.add_metric([address, "from_upstream"], upstream.messages_received)
+            upstream_messages.add_metric(
+                [address, "written_to_upstream"], upstream.messages_written
+            )
         yield states
         yield queued
         yield upstream_messages

@@ -384,7 +384,7 @@ class Registry:
         if previous is UpstreamState.SERVING:
             self._serving = [u for u in self._serving if u is not upstream]
             upstream.outbox.close()
-            moved = upstream.outbox.take_nowait()
+            moved = upstream.outbox.take_back()
             self._redispatch(moved)
             fields["requeued"] = len(moved)
         if state is UpstreamState.REMOVED:

@@ -69,3 +69,15 @@ async def test_wait_nonempty_wakes_on_put() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="capacity"):
         Outbox(0)
+
+
+def test_taken_counts_what_the_writer_keeps_not_failover() -> None:
+    box: Outbox[int] = Outbox(capacity=10)
+    box.open()
+    box.put_nowait([1, 2, 3])
+    assert box.take_nowait() == [1, 2, 3]
+    box.requeue([3])  # 3 was not written
+    assert box.taken == 2
+    box.put_nowait([4])
+    assert box.take_back() == [3, 4]  # failover: not written here
+    assert box.taken == 2

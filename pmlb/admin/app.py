@@ -81,6 +81,7 @@ def _upstream_view(upstream: Upstream) -> s.Upstream:
         transport=config.transport,
         messages_to_upstream=upstream.messages_dispatched,
         messages_from_upstream=upstream.messages_received,
+        messages_written=upstream.messages_written,
         queued=len(upstream.outbox),
     )
 

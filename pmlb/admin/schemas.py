@@ -68,6 +68,8 @@ class Upstream(BaseModel):
     transport: str
     messages_to_upstream: int
     messages_from_upstream: int
+    #: messages written to its stream (failed-over ones included, requeued ones not)
+    messages_written: int
     queued: int
 
 

@@ -24,6 +24,10 @@ class Outbox(Generic[T]):
 
     The capacity is a soft bound: a put that finds room adds its whole batch,
     so the outbox can hold up to ``capacity`` plus one batch per putter.
+
+    :attr:`taken` counts what the writer took and did not put back: the
+    messages written (or being written when the stream broke) to the
+    upstream's stream. Only those can be lost when the upstream dies.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -34,6 +38,8 @@ class Outbox(Generic[T]):
         self._accepting = False
         self._space = trio.lowlevel.ParkingLot()
         self._data = trio.lowlevel.ParkingLot()
+        #: items taken by the writer (take_nowait) minus those it put back (requeue)
+        self.taken = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -68,12 +74,19 @@ class Outbox(Generic[T]):
 
     def requeue(self, items: list[T]) -> None:
         """Put back, in front and in order, items taken but not written."""
+        self.taken -= len(items)
         self._items.extendleft(reversed(items))
         if self._data:
             self._data.unpark_all()
 
     def take_nowait(self) -> list[T]:
-        """Everything queued, oldest first (maybe nothing)."""
+        """Everything queued, oldest first (maybe nothing), for the stream writer."""
+        items = self.take_back()
+        self.taken += len(items)
+        return items
+
+    def take_back(self) -> list[T]:
+        """Everything queued, oldest first, not to be written here (failover)."""
         if not self._items:
             return []
         items = list(self._items)

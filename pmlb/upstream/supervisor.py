@@ -71,6 +71,11 @@ class Upstream:
         return self.config.address
 
     @property
+    def messages_written(self) -> int:
+        """Messages written to its stream (over all its connections); see :attr:`Outbox.taken`."""
+        return self.outbox.taken
+
+    @property
     def queued(self) -> int:
         """Messages waiting in its outbox (what ``least_loaded`` balances on)."""
         return len(self.outbox)

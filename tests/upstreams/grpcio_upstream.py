@@ -4,8 +4,10 @@ Run: ``python tests/upstreams/grpcio_upstream.py --name A [--host H] [--port P] 
 
 The same behaviour and command line as ``grpclib_upstream.py``, on a gRPC
 implementation pmlb did not write: it prints ``LISTENING <port>`` once bound,
-``ready`` answers false while started with ``--not-ready``, until SIGUSR1, and
-SIGTERM or SIGINT stops it with exit code 0.
+``ready`` answers false while started with ``--not-ready``, until SIGUSR1,
+SIGUSR2 makes it answer ``live`` and ``ready`` false from then on, and
+SIGTERM or SIGINT stops it with exit code 0. The payload ``reset`` makes it
+end the stream with status INTERNAL.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pmlb._proto import upstream_pb2 as pb2
 from tests.upstreams import script
-from tests.upstreams.script import Reply, event_line, respond, rfc3339_now
+from tests.upstreams.script import Recorder, Reply, event_line, respond, rfc3339_now
 
 SERVICE = "upstream.grpc.service.UpstreamPeerService"
 BROADCASTS = {
@@ -59,10 +61,24 @@ def _serialize_output(message: pb2.OutputStreamRequest | bytes) -> bytes:
 
 
 class ScriptedUpstream:
-    def __init__(self, name: str, *, ready: bool, malformed: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        ready: bool,
+        recorder: Recorder,
+        malformed: bool = False,
+        ready_hangs: bool = False,
+    ) -> None:
         self.name = name
         self.is_ready = ready
+        self.is_live = True
+        self.recorder = recorder
         self.malformed = malformed
+        self.ready_hangs = ready_hangs
+
+    def go_bad(self) -> None:
+        self.is_live = self.is_ready = False
 
     async def bidirectional_streaming(
         self, requests: AsyncIterator[pb2.InputStreamRequest], context: Any
@@ -85,17 +101,22 @@ class ScriptedUpstream:
                 )
                 print(line, flush=True)
                 continue
+            self.recorder.record(request.payload)
+            if request.payload == b"reset":
+                await context.abort(grpc.StatusCode.INTERNAL, "reset on purpose")
             for reply in respond(self.name, request.client_uuid, request.payload, request.time):
                 yield to_message(reply)
 
     async def ready(self, request: empty_pb2.Empty, context: Any) -> pb2.ReadyResult:
+        if self.ready_hangs:
+            await asyncio.Event().wait()
         return pb2.ReadyResult(time=rfc3339_now(), ready=self.is_ready)
 
     async def live(
         self, pings: AsyncIterator[empty_pb2.Empty], context: Any
     ) -> AsyncIterator[pb2.LiveResult]:
         async for _ping in pings:
-            yield pb2.LiveResult(time=rfc3339_now(), live=True)
+            yield pb2.LiveResult(time=rfc3339_now(), live=self.is_live)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
@@ -122,11 +143,18 @@ class ScriptedUpstream:
 
 async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    service = ScriptedUpstream(args.name, ready=not args.not_ready, malformed=args.malformed)
+    service = ScriptedUpstream(
+        args.name,
+        ready=not args.not_ready,
+        recorder=Recorder(args.record),
+        malformed=args.malformed,
+        ready_hangs=args.ready_hangs,
+    )
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, setattr, service, "is_ready", True)
+    loop.add_signal_handler(signal.SIGUSR2, service.go_bad)
 
     # Without SO_REUSEPORT, a port already in use is an error instead of a shared port.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])

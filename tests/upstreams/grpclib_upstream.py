@@ -3,8 +3,10 @@
 Run: ``python tests/upstreams/grpclib_upstream.py --name A [--host H] [--port P] [--not-ready]``
 
 It prints ``LISTENING <port>`` once bound. ``ready`` answers false while started with
-``--not-ready``, until SIGUSR1. SIGTERM or SIGINT stops it with exit code 0.
-What it answers to client messages is in :mod:`tests.upstreams.script`.
+``--not-ready``, until SIGUSR1. SIGUSR2 makes it answer ``live`` and ``ready`` false
+from then on (an upstream going bad). SIGTERM or SIGINT stops it with exit code 0.
+What it answers to client messages is in :mod:`tests.upstreams.script`; the
+payload ``reset`` makes it reset the stream (HTTP/2 RST_STREAM).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import betterproto.lib.google.protobuf as pb_lib
+import grpclib.const
+import grpclib.server
 from grpclib.server import Server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -34,7 +38,14 @@ from pmlb.contract import (
     UpstreamPeerServiceBase,
 )
 from tests.upstreams import script
-from tests.upstreams.script import Reply, event_line, respond, rfc3339_now
+from tests.upstreams.script import Recorder, Reply, event_line, respond, rfc3339_now
+
+_BIDI = "/upstream.grpc.service.UpstreamPeerService/bidirectionalStreaming"
+
+
+class _Reset(Exception):
+    """Raised by the stream handler to reset the stream."""
+
 
 BROADCASTS = {
     "all": Broadcast.BROADCAST_ALL,
@@ -63,9 +74,34 @@ def to_message(reply: Reply) -> OutputStreamRequest:
 
 
 class ScriptedUpstream(UpstreamPeerServiceBase):
-    def __init__(self, name: str, *, ready: bool) -> None:
+    def __init__(
+        self, name: str, *, ready: bool, recorder: Recorder, ready_hangs: bool = False
+    ) -> None:
         self.name = name
         self.is_ready = ready
+        self.is_live = True
+        self.recorder = recorder
+        self.ready_hangs = ready_hangs
+
+    def go_bad(self) -> None:
+        self.is_live = self.is_ready = False
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        mapping = super().__mapping__()
+        handler = mapping[_BIDI]
+        mapping[_BIDI] = grpclib.const.Handler(
+            self._bidi, handler.cardinality, handler.request_type, handler.reply_type
+        )
+        return mapping
+
+    async def _bidi(
+        self, stream: grpclib.server.Stream[InputStreamRequest, OutputStreamRequest]
+    ) -> None:
+        try:
+            async for reply in self.bidirectional_streaming(stream.__aiter__()):
+                await stream.send_message(reply)
+        except _Reset:
+            await stream.cancel()
 
     async def bidirectional_streaming(
         self, input_stream_request_iterator: AsyncIterator[InputStreamRequest]
@@ -83,17 +119,22 @@ class ScriptedUpstream(UpstreamPeerServiceBase):
                 )
                 print(line, flush=True)
                 continue
+            self.recorder.record(request.payload)
+            if request.payload == b"reset":
+                raise _Reset
             for reply in respond(self.name, request.client_uuid, request.payload, request.time):
                 yield to_message(reply)
 
     async def ready(self, betterproto_lib_google_protobuf_empty: pb_lib.Empty) -> ReadyResult:
+        if self.ready_hangs:
+            await asyncio.Event().wait()
         return ReadyResult(time=rfc3339_now(), ready=self.is_ready)
 
     async def live(
         self, betterproto_lib_google_protobuf_empty_iterator: AsyncIterator[pb_lib.Empty]
     ) -> AsyncIterator[LiveResult]:
         async for _ping in betterproto_lib_google_protobuf_empty_iterator:
-            yield LiveResult(time=rfc3339_now(), live=True)
+            yield LiveResult(time=rfc3339_now(), live=self.is_live)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -106,11 +147,17 @@ def bind(host: str, port: int) -> socket.socket:
 
 async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    service = ScriptedUpstream(args.name, ready=not args.not_ready)
+    service = ScriptedUpstream(
+        args.name,
+        ready=not args.not_ready,
+        recorder=Recorder(args.record),
+        ready_hangs=args.ready_hangs,
+    )
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, setattr, service, "is_ready", True)
+    loop.add_signal_handler(signal.SIGUSR2, service.go_bad)
 
     server = Server([service])
     sock = bind(args.host, args.port)

@@ -9,6 +9,7 @@ Commands (the payload decoded as UTF-8, one trailing ``\\r`` ignored):
 - ``silent`` or ``silent ...``: no reply.
 - ``multi <uuid>,<uuid>... <text>``: one multicast of ``<text>`` to those clients.
 - ``kick <uuid>[,<uuid>...]``: disconnect that client (or those, by multicast).
+- ``oversize <n>``: one reply to the sender, ``n`` bytes of ``x``.
 - anything else: echo to the sender as ``<name>:`` + the original payload bytes.
 
 ``<text>`` is taken from the payload bytes, so it is forwarded byte for byte.
@@ -20,6 +21,7 @@ upstreams print each as a line (:func:`event_line`) that tests wait for.
 from __future__ import annotations
 
 import argparse
+import os
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,6 +64,8 @@ def respond(name: str, client_uuid: str, payload: bytes, time: str = "") -> list
             return [Reply(None, target, words[2])]
     if command == "silent":
         return []
+    if command == "oversize" and len(words) == 2 and words[1].isdigit():
+        return [Reply(client_uuid, None, b"x" * int(words[1]))]
     if command == "multi" and len(words) == 3 and words[1]:
         uuids = tuple(words[1].decode("utf-8", errors="replace").split(","))
         return [Reply(None, None, words[2], multicast=uuids)]
@@ -104,7 +108,33 @@ def parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--tls-cert", help="serve TLS with this PEM certificate chain")
     parser.add_argument("--tls-key", help="... and this PEM key")
     parser.add_argument("--tls-client-ca", help="require client certificates from this CA")
+    parser.add_argument(
+        "--record",
+        help="append every client message's payload, one a line, to this file (written"
+        " at once, so that it survives SIGKILL); print RECORDED <n> every 100",
+    )
+    parser.add_argument("--ready-hangs", action="store_true", help="never answer the ready RPC")
     return parser
+
+
+class Recorder:
+    """Writes each received payload to a file as it arrives (see ``--record``)."""
+
+    def __init__(self, path: str | None) -> None:
+        self._fd = (
+            None if path is None else os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        )
+        self.count = 0
+
+    def record(self, payload: bytes) -> None:
+        if self._fd is None:
+            return
+        # One write per message, straight to the kernel: what was recorded
+        # is in the file even if the process is killed the next instant.
+        os.write(self._fd, payload + b"\n")
+        self.count += 1
+        if self.count % 100 == 0:
+            print(f"RECORDED {self.count}", flush=True)
 
 
 def server_ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
