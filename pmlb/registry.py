@@ -105,6 +105,7 @@ class Registry:
         self._serving: list[Upstream] = []
         self._serving_changed = trio.lowlevel.ParkingLot()
         self._state_changed = trio.lowlevel.ParkingLot()
+        self._client_removed = trio.lowlevel.ParkingLot()
         # Accepted messages whose upstream failed while no other one served:
         # they go first to the next upstream that serves.
         self._orphans: deque[pb.InputStreamRequest] = deque()
@@ -193,6 +194,8 @@ class Registry:
             listener=client.listener,
             reason=reason or STOPPING,
         )
+        if self._client_removed:
+            self._client_removed.unpark_all()
 
     def _send_event(self, event: pb.InputStreamRequest) -> None:
         """Queue a lifecycle event for one upstream that takes events, by the policy."""
@@ -273,6 +276,26 @@ class Registry:
             await self._dispatch(requests)
         finally:
             self.dispatch_latency.observe(time.perf_counter() - started, len(requests))
+
+    async def dispatch_from(self, client: Client, requests: list[pb.InputStreamRequest]) -> bool:
+        """:meth:`dispatch` a batch read from ``client``; ``False``: read no more, it drains.
+
+        A draining client's last read is handed on at once, over the outboxes'
+        bound (it was read already: dropping it would lose it). A dispatch the
+        drain caught waiting completes first; the client's writer closes the
+        connection only after that.
+        """
+        if client.draining:
+            self.messages_from_clients += len(requests)
+            self._redispatch(requests)
+            return False
+        client.dispatching = True
+        await self.dispatch(requests)
+        client.dispatching = False
+        if client.draining:
+            client.drain()  # wakes the writer, which waited for this dispatch
+            return False
+        return True
 
     async def _dispatch(self, requests: list[pb.InputStreamRequest]) -> None:
         while requests:
@@ -522,10 +545,55 @@ class Registry:
             self.events.publish("runtime.accepting", accepting=accepting)
 
     def request_stop(self) -> None:
-        """Ask the server to drain and stop (what SIGTERM does)."""
+        """Ask the server to drain and stop (what SIGTERM does).
+
+        From now on new connections are refused (the server also closes its
+        listeners) and ``/readyz`` answers not ready.
+        """
         if not self.stop_requested.is_set():
+            self.accepting = False
             self.events.publish("runtime.stop")
             self.stop_requested.set()
+
+    async def drain_clients(self, period: float) -> None:
+        """Close every client, spread evenly over ``period`` seconds; return once all are gone.
+
+        The clients connected now are closed oldest first, the first at once
+        and the last ``period`` seconds later, so that they do not all
+        reconnect elsewhere at the same moment. Each stops being read, gets
+        what is queued for it written, then is closed with reason "drain".
+        Clients that arrive meanwhile (accepted just before the listeners
+        closed) are closed at the end.
+        """
+        clients = list(self.clients.values())
+        log.info(
+            "draining clients", extra={"clients": len(clients), "drain_period": f"{period:g}s"}
+        )
+        start = trio.current_time()
+        step = period / (len(clients) - 1) if len(clients) > 1 else 0.0
+        for index, client in enumerate(clients):
+            if step:
+                await trio.sleep_until(start + index * step)
+            client.drain()
+        while self.clients:
+            for client in list(self.clients.values()):
+                client.drain()
+            await self._client_removed.park()
+
+    async def flush_upstreams(self) -> None:
+        """Return once every accepted message is written to a serving upstream's stream.
+
+        Messages waiting for an upstream to serve wait as long as it takes:
+        the caller bounds this with a deadline.
+        """
+        while True:
+            busy = [u for u in self._serving if len(u.outbox) or u.outbox.in_flight]
+            if busy:
+                await busy[0].outbox.wait_written()
+            elif self._orphans:
+                await self._serving_changed.park()
+            else:
+                return
 
     def select_clients(self, kind: str) -> Iterable[Client]:
         if kind not in ("all", "active", "inactive"):

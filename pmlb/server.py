@@ -46,7 +46,17 @@ class Server:
         await self.registry.remove_upstream(address)
 
     def stop(self) -> None:
-        """Stop gracefully: stop accepting, close clients, then close upstream streams."""
+        """Start a graceful drain; :func:`serve` returns once it is done.
+
+        The drain stops accepting (the listeners close, ``/readyz`` answers
+        503), closes the clients spread evenly over ``drain_period`` seconds
+        (each stops being read, gets what is queued for it written, and is
+        closed: WebSocket clients with code 1001), waits until the messages
+        accepted from clients are written to upstream streams, then closes
+        the upstream streams. Whatever is left after ``drain_timeout``
+        seconds is stopped at once. To stop at once instead, cancel the
+        nursery :func:`serve` runs in. Calling it again changes nothing.
+        """
         self.registry.request_stop()
 
     @property
@@ -63,7 +73,7 @@ async def serve(
     *,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run pmlb with ``config`` until cancelled or stopped.
+    """Run pmlb with ``config`` until cancelled, or stopped and drained.
 
     Use it as ``server = await nursery.start(pmlb.serve, config)``: it returns
     once every listener is accepting, with a :class:`Server` that gives the
@@ -140,24 +150,42 @@ async def serve(
                     )
                 else:
                     registry.start_upstream(upstream_config)
+            # Connections live in `downstream`, accept loops in `accepting`:
+            # a drain ends the accept loops (closing the listeners) and keeps
+            # the clients until it closes them.
             async with trio.open_nursery() as downstream:
-                addresses = {}
-                for listener, sockets in bound:
-                    serve_listener = (
-                        serve_websocket_listener
-                        if listener.transport == "websocket"
-                        else serve_tcp_listener
-                    )
-                    addresses[listener.name] = await downstream.start(
-                        serve_listener, listener, sockets, registry
-                    )
-                admin_url = None
-                if config.management.enabled:
-                    admin_url = await _start_admin(admin, config, registry, addresses)
-                task_status.started(Server(registry, addresses, admin_url))
-                await registry.stop_requested.wait()
-                log.info("stopping: closing listeners and clients")
+                async with trio.open_nursery() as accepting:
+                    addresses = {}
+                    for listener, sockets in bound:
+                        serve_listener = (
+                            serve_websocket_listener
+                            if listener.transport == "websocket"
+                            else serve_tcp_listener
+                        )
+                        addresses[listener.name] = await accepting.start(
+                            partial(serve_listener, connections=downstream),
+                            listener,
+                            sockets,
+                            registry,
+                        )
+                    admin_url = None
+                    if config.management.enabled:
+                        admin_url = await _start_admin(admin, config, registry, addresses)
+                    task_status.started(Server(registry, addresses, admin_url))
+                    await registry.stop_requested.wait()
+                    log.info("stopping: closing listeners and clients")
+                    accepting.cancel_scope.cancel()
+                deadline = trio.current_time() + config.drain_timeout
+                with trio.move_on_at(deadline):
+                    await registry.drain_clients(config.drain_period)
                 downstream.cancel_scope.cancel()
+            with trio.move_on_at(deadline) as flushing:
+                await registry.flush_upstreams()
+            if flushing.cancelled_caught or trio.current_time() >= deadline:
+                log.warning(
+                    "drain_timeout reached: stopping at once",
+                    extra={"drain_timeout": f"{config.drain_timeout:g}s"},
+                )
             log.info("stopping: closing upstream streams")
             upstreams.cancel_scope.cancel()
             admin.cancel_scope.cancel()

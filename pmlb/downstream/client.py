@@ -28,6 +28,7 @@ class Client:
         "close_reason",
         "closed_slow",
         "connected_at",
+        "dispatching",
         "draining",
         "dropped",
         "last_active",
@@ -72,6 +73,9 @@ class Client:
         self.dropped = 0
         #: set by a graceful drain: the writer closes once the queue is empty
         self.draining = False
+        #: the reader is handing a batch on (waiting for room upstream); a
+        #: drain waits for it, so that no message read is lost
+        self.dispatching = False
         self._slow_policy = slow_policy
         self._slow_timeout = slow_timeout
         # time.monotonic() since when the queue has been full, if it is
@@ -126,9 +130,13 @@ class Client:
         return True
 
     async def next_batch(self) -> list[bytes]:
-        """Wait for queued messages and take them all (``[]`` once draining and empty)."""
+        """Wait for queued messages and take them all.
+
+        ``[]`` once draining, with nothing queued and nothing being dispatched:
+        the writer then closes the connection.
+        """
         while not self._pending:
-            if self.draining:
+            if self.draining and not self.dispatching:
                 return []
             self._wakeup = trio.Event()
             await self._wakeup.wait()
@@ -138,7 +146,10 @@ class Client:
         return batch
 
     def drain(self) -> None:
-        """Close once everything queued is written (a graceful drain)."""
+        """Stop reading, and close once everything queued is written (a graceful drain).
+
+        Also wakes the writer when a dispatch it waited for has ended.
+        """
         self.draining = True
         if self._wakeup is not None:
             self._wakeup.set()

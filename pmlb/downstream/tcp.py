@@ -25,6 +25,7 @@ from pmlb.codecs.proxy_protocol import ProxyHeaderParser, ProxyProtocolError
 from pmlb.config import ListenerConfig, format_address
 from pmlb.downstream.client import Client
 from pmlb.downstream.limits import TokenBucket
+from pmlb.downstream.reasons import DRAINING
 from pmlb.registry import Registry
 
 log = logging.getLogger("pmlb.downstream")
@@ -132,12 +133,15 @@ async def serve_tcp_listener(
     listeners: list[trio.SocketListener],
     registry: Registry,
     *,
+    connections: trio.Nursery | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept clients on ``listeners`` until cancelled.
+    """Accept clients on ``listeners`` until cancelled; cancelling closes the listeners.
 
     Reports the bound addresses (``host:port``, with the real port when the
-    config said 0) through ``task_status`` once accepting.
+    config said 0) through ``task_status`` once accepting. Connections run in
+    ``connections`` when given (they then outlive the accept loop: that is
+    how a drain stops accepting but keeps its clients), else in here.
     """
     context = server_ssl_context(config) if config.transport == "tls" else None
     addresses = [format_address(*listener.socket.getsockname()[:2]) for listener in listeners]
@@ -153,7 +157,7 @@ async def serve_tcp_listener(
         gate=Gate(config, registry),
         ssl_context=context,
     )
-    await trio.serve_listeners(handler, listeners)
+    await trio.serve_listeners(handler, listeners, handler_nursery=connections)
 
 
 _refusal_log = RateLimited(log)
@@ -338,9 +342,11 @@ async def _read(
             client.messages_in += len(messages)
             # One timestamp per read: every message in it arrived together.
             now = rfc3339_now()
-            await registry.dispatch(
-                [make_request(time=now, client_uuid=uuid_, payload=m) for m in messages]
-            )
+            requests = [make_request(time=now, client_uuid=uuid_, payload=m) for m in messages]
+            if not await registry.dispatch_from(client, requests):
+                # Draining: read no more; the writer closes the connection
+                # once the client's queue is written.
+                await trio.sleep_forever()
     except FramingError as exc:
         registry.connections.bad_input += 1
         client.close(f"bad input: {exc}")
@@ -355,7 +361,7 @@ async def _write(stream: trio.abc.Stream, client: Client, config: ListenerConfig
         while True:
             batch = await client.next_batch()
             if not batch:  # drained
-                client.close("pmlb is shutting down")
+                client.close(DRAINING)
                 return
             data = frame(framing, batch)
             await stream.send_all(data)

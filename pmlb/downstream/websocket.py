@@ -50,7 +50,7 @@ from pmlb._proto import upstream_pb2 as pb
 from pmlb._time import rfc3339_now
 from pmlb.config import ListenerConfig, format_address
 from pmlb.downstream.client import Client
-from pmlb.downstream.reasons import STOPPING, WEBSOCKET_CLOSE_CODES, classify
+from pmlb.downstream.reasons import DRAINING, STOPPING, WEBSOCKET_CLOSE_CODES, classify
 from pmlb.downstream.tcp import Gate, PrefixedStream, handshake, server_ssl_context
 from pmlb.registry import Registry
 
@@ -68,11 +68,13 @@ async def serve_websocket_listener(
     listeners: list[trio.SocketListener],
     registry: Registry,
     *,
+    connections: trio.Nursery | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept WebSocket clients on ``listeners`` until cancelled.
 
-    Reports the bound addresses through ``task_status`` once accepting, as
+    Reports the bound addresses through ``task_status`` once accepting, and
+    runs connections in ``connections`` when given, as
     :func:`pmlb.downstream.tcp.serve_tcp_listener` does.
     """
     context = server_ssl_context(config) if config.uses_tls else None
@@ -95,7 +97,7 @@ async def serve_websocket_listener(
         gate=Gate(config, registry),
         ssl_context=context,
     )
-    await trio.serve_listeners(handler, listeners)
+    await trio.serve_listeners(handler, listeners, handler_nursery=connections)
 
 
 async def handle_connection(
@@ -367,9 +369,11 @@ async def _read(
         client.last_active = time.monotonic()
         client.messages_in += 1
         client.bytes_in += len(payload)
-        await registry.dispatch(
-            [pb.InputStreamRequest(time=rfc3339_now(), client_uuid=uuid_, payload=payload)]
-        )
+        request = pb.InputStreamRequest(time=rfc3339_now(), client_uuid=uuid_, payload=payload)
+        if not await registry.dispatch_from(client, [request]):
+            # Draining: read no more; the writer closes the client (1001)
+            # once its queue is written.
+            await trio.sleep_forever()
 
 
 async def _write(
@@ -379,7 +383,7 @@ async def _write(
         while True:
             batch = await client.next_batch()
             if not batch:  # drained
-                client.close("pmlb is shutting down")
+                client.close(DRAINING)
                 return
             # Each message is framed on its own; the batch goes out in one write.
             corked.corked = True

@@ -36,6 +36,8 @@ class Outbox(Generic[T]):
         self.capacity = capacity
         self._items: deque[T] = deque()
         self._accepting = False
+        # The writer took a batch and has not come back for more yet.
+        self._in_flight = False
         self._space = trio.lowlevel.ParkingLot()
         self._data = trio.lowlevel.ParkingLot()
         #: items taken by the writer (take_nowait) minus those it put back (requeue)
@@ -48,6 +50,15 @@ class Outbox(Generic[T]):
     def accepting(self) -> bool:
         return self._accepting
 
+    @property
+    def in_flight(self) -> bool:
+        """Whether the writer may still be writing what it took last.
+
+        Writers take until they find nothing: an empty take means that
+        everything taken before was written (or put back).
+        """
+        return self._in_flight
+
     def open(self) -> None:
         """Start accepting puts (the upstream serves)."""
         self._accepting = True
@@ -55,6 +66,8 @@ class Outbox(Generic[T]):
     def close(self) -> None:
         """Stop accepting puts; blocked putters return ``False``."""
         self._accepting = False
+        # The writer took a batch and has not come back for more yet.
+        self._in_flight = False
         self._space.unpark_all()
 
     async def put(self, items: list[T]) -> bool:
@@ -88,7 +101,12 @@ class Outbox(Generic[T]):
     def take_back(self) -> list[T]:
         """Everything queued, oldest first, not to be written here (failover)."""
         if not self._items:
+            if self._in_flight:
+                self._in_flight = False
+                if self._space:
+                    self._space.unpark_all()
             return []
+        self._in_flight = True
         items = list(self._items)
         self._items.clear()
         if self._space:
@@ -98,6 +116,11 @@ class Outbox(Generic[T]):
     async def wait_empty(self) -> None:
         """Return once everything queued has been taken."""
         while self._items:
+            await self._space.park()
+
+    async def wait_written(self) -> None:
+        """Return once everything queued is taken and written, or the outbox closed."""
+        while self._accepting and (self._items or self._in_flight):
             await self._space.park()
 
     async def wait_nonempty(self) -> None:
