@@ -300,9 +300,11 @@ async def _run_client(
             registry.connections.slow_client_dropped += client.dropped
             registry.remove_client(client)
             nursery.cancel_scope.cancel()
-            await trio.aclose_forcefully(stream)
+            # Logged before the close: in this cancelled scope, the await
+            # below raises Cancelled, and nothing after it would run.
             fields["reason"] = client.close_reason or "closed by pmlb"
             log.info("client disconnected", extra=fields)
+            await trio.aclose_forcefully(stream)
 
 
 async def _read(
