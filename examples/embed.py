@@ -32,7 +32,7 @@ async def main(port: int, upstream: str, ticks: int) -> None:
             await trio.sleep(1)
             sent = server.registry.broadcast("all", f"tick {n}".encode())
             print(f"tick {n} sent to {sent} clients", flush=True)
-        server.stop()  # graceful: closes clients, then upstream streams; serve() returns
+        server.stop()  # a drain: closes clients, then upstream streams; serve() returns
 
 
 if __name__ == "__main__":

@@ -463,7 +463,7 @@ def create_app(
     @app.post("/api/v1/runtime/drain")
     @validate_response(s.Draining, 202)
     async def drain() -> tuple[s.Draining, int]:
-        """Drain and stop the whole process, as SIGTERM does."""
+        """Drain and stop the whole process, as SIGTERM does (answers before the drain ends)."""
         action("drain")
         registry.request_stop()
         return s.Draining(draining=True), 202
