@@ -310,3 +310,32 @@ def test_wss_config_needs_both_files(tmp_path: Path) -> None:
         pmlb.parse_config(
             {"server": {"transport": "websocket", "tls_cert": str(tmp_path / "c.pem")}}
         )
+
+
+async def test_messages_read_together_are_dispatched_as_one_batch(
+    procs: Processes, clients: Clients
+) -> None:
+    _, up = await procs.upstream("A")
+    async with trio.open_nursery() as nursery:
+        server: pmlb.Server = await nursery.start(pmlb.serve, make_config(up))
+        registry = server.registry
+        batches: list[int] = []
+        dispatch = registry.dispatch
+
+        async def recording(requests: list[Any]) -> None:
+            batches.append(len(requests))
+            await dispatch(requests)
+
+        registry.dispatch = recording  # type: ignore[method-assign]
+        client = await clients.connect(server.port("ws"))
+        await client.whoami()
+        # Ten frames in one write: pmlb reads them at once, and hands them on
+        # in batches (bounded by its message queue), in order.
+        for i in range(10):
+            client.protocol.send_text(f"m{i}".encode())
+        await client.stream.send_all(b"".join(client.protocol.data_to_send()))
+        assert [await client.recv() for _ in range(10)] == [f"A:m{i}" for i in range(10)]
+        assert batches[0] == 1  # whoami
+        assert sum(batches[1:]) == 10
+        assert max(batches) > 1
+        server.stop()

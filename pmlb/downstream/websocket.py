@@ -144,9 +144,9 @@ async def handle_connection(
                 request = await wrap_server_stream(
                     nursery,
                     corked,
-                    # One message at a time is enough: the reader hands each on
-                    # at once, and a full queue is what pushes back on the client.
-                    message_queue_size=1,
+                    # A full queue is what pushes back on the client; what it
+                    # holds is handed on as one batch (see _read).
+                    message_queue_size=queue_size(config.max_message_size),
                     max_message_size=config.max_message_size,
                 )
             if request is None:
@@ -360,20 +360,50 @@ async def _read(
             else:
                 client.close("client closed the connection")
             return
-        if isinstance(message, str):
-            texts.last_was_text = True
-            payload = message.encode()
-        else:
-            texts.last_was_text = False
-            payload = message
+        messages = [message, *_buffered(ws)]
+        payloads = [m.encode() if isinstance(m, str) else m for m in messages]
+        texts.last_was_text = isinstance(messages[-1], str)
         client.last_active = time.monotonic()
-        client.messages_in += 1
-        client.bytes_in += len(payload)
-        request = pb.InputStreamRequest(time=rfc3339_now(), client_uuid=uuid_, payload=payload)
-        if not await registry.dispatch_from(client, [request]):
+        client.messages_in += len(payloads)
+        client.bytes_in += sum(map(len, payloads))
+        # One timestamp per batch, as for one TCP read.
+        now = rfc3339_now()
+        requests = [pb.InputStreamRequest(time=now, client_uuid=uuid_, payload=p) for p in payloads]
+        if not await registry.dispatch_from(client, requests):
             # Draining: read no more; the writer closes the client (1001)
             # once its queue is written.
             await trio.sleep_forever()
+
+
+#: bytes of whole messages a connection may hold for pmlb to read (beside
+#: the one being assembled), which bounds trio-websocket's message queue
+QUEUED_BYTES = 256 * 1024
+#: the most messages handed to the upstreams as one batch
+MAX_BATCH = 32
+
+
+def queue_size(max_message_size: int) -> int:
+    """trio-websocket's message queue: as many messages as fit ``QUEUED_BYTES``, 1 to 32."""
+    return max(1, min(MAX_BATCH, QUEUED_BYTES // max(1, max_message_size)))
+
+
+def _buffered(ws: WebSocketConnection) -> list[str | bytes]:
+    """The messages trio-websocket has already read and queued, taken without waiting.
+
+    trio-websocket has no public way to take a message without waiting, so
+    this reads its receive channel; should a later version not have it, each
+    message is then simply its own batch.
+    """
+    receive_nowait = getattr(getattr(ws, "_recv_channel", None), "receive_nowait", None)
+    taken: list[str | bytes] = []
+    if receive_nowait is None:
+        return taken
+    while len(taken) < MAX_BATCH:
+        try:
+            taken.append(receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            break  # the next get_message() waits, or says why it is closed
+    return taken
 
 
 async def _write(
