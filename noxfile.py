@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests lint typecheck protos``; ``nox -s bench`` on demand."""
+"""Developer sessions: ``nox -s tests lint typecheck protos``; bench, fuzz, soak on demand."""
 
 from __future__ import annotations
 
@@ -83,3 +83,13 @@ def fuzz(session: nox.Session) -> None:
         f"{'total':<{width}}  {sum(counts.values()):>9,} examples in {elapsed:.0f} s"
         f" (PMLB_FUZZ_EXAMPLES={examples} per test)"
     )
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """pmlb under 1,000 churning clients while its upstreams restart (not in CI; ~5 minutes).
+
+    ``nox -s soak -- --duration 60 --json soak.json``; see tools/soak.py.
+    """
+    session.install("-e", ".")
+    session.run("python", "tools/soak.py", *session.posargs)
