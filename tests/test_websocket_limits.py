@@ -19,6 +19,7 @@ import trustme
 
 import pmlb
 from pmlb.codecs.proxy_protocol import encode_v1, encode_v2
+from pmlb.downstream import websocket
 from pmlb.downstream.limits import ConnectionCounters
 from pmlb.downstream.websocket import _Corked
 from tests.helpers import TIMEOUT, Processes
@@ -169,12 +170,13 @@ async def test_handshake_timeout_covers_the_http_upgrade(
         )
         port = server.port("ws")
         silent = await trio.open_tcp_stream("127.0.0.1", port)
+        procs.on_close(silent)
         # Half an upgrade request: still not a handshake.
         half = await trio.open_tcp_stream("127.0.0.1", port)
+        procs.on_close(half)
         await half.send_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         for stream in (silent, half):
             await expect_eof(stream)
-            await stream.aclose()
         assert counters(server).handshake_timeouts == 2
         assert counters(server).open == 0
         # A client that completes its handshake in time stays.
@@ -208,6 +210,29 @@ async def test_over_max_clients_closes_with_1008(procs: Processes, clients: Clie
         server.stop()
 
 
+async def test_over_max_clients_closed_at_once_past_the_courtesy_bound(
+    procs: Processes, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(websocket, "MAX_COURTESY_CLOSES", 1)
+    _, up = await procs.upstream("A")
+    async with trio.open_nursery() as nursery:
+        server: pmlb.Server = await nursery.start(pmlb.serve, make_config(up, max_clients=1))
+        port = server.port("ws")
+        first = await clients.connect(port)
+        await first.whoami()
+        # This one holds the one courtesy place: it never sends its upgrade.
+        slow = await trio.open_tcp_stream("127.0.0.1", port)
+        procs.on_close(slow)
+        await settle()
+        # So the next one is closed without a handshake.
+        extra = await trio.open_tcp_stream("127.0.0.1", port)
+        procs.on_close(extra)
+        await expect_eof(extra)
+        assert counters(server).refused_max_clients == 2
+        assert counters(server).handshake_timeouts == 0  # closed, not timed out
+        server.stop()
+
+
 async def test_max_clients_total_counts_tcp_and_websocket(
     procs: Processes, clients: Clients
 ) -> None:
@@ -232,8 +257,8 @@ async def test_accept_rate_closes_before_the_handshake(procs: Processes, clients
         first = await clients.connect(server.port("ws"))
         await first.whoami()
         second = await trio.open_tcp_stream("127.0.0.1", server.port("ws"))
+        procs.on_close(second)
         await expect_eof(second)
-        await second.aclose()
         assert counters(server).refused_accept_rate == 1
         await first.send("x")
         assert await first.recv() == "A:x"

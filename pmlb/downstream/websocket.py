@@ -18,7 +18,9 @@ connection is closed at once, before any handshake), the PROXY header and
 TLS (``wss://``, when the listener has ``tls_cert``) where configured, then
 the HTTP upgrade, all three under one ``handshake_timeout``. A client over
 ``max_clients`` or ``max_clients_total`` completes the upgrade and is closed
-at once with 1008 and the limit as the reason, so that a browser can tell.
+at once with 1008 and the limit as the reason, so that a browser can tell
+(while ``MAX_COURTESY_CLOSES`` of them are in their upgrade already, more are
+closed at once instead).
 Every refusal and forced close is counted in ``Registry.connections``.
 
 pmlb pings every ``ping_interval`` seconds and disconnects a client whose
@@ -61,6 +63,18 @@ _refusal_log = RateLimited(log)
 DISCONNECT_TIMEOUT = 2.0
 #: close code for a limit or another policy (RFC 6455 section 7.4.1)
 POLICY_VIOLATION = 1008
+#: connections over ``max_clients`` that may be in their upgrade at once, to
+#: be told 1008; past that, more are closed at once, as on TCP
+MAX_COURTESY_CLOSES = 64
+
+
+class _Refusing:
+    """How many connections over a limit are being told so (per listener)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
 
 
 async def serve_websocket_listener(
@@ -95,6 +109,7 @@ async def serve_websocket_listener(
         config=config,
         registry=registry,
         gate=Gate(config, registry),
+        refusing=_Refusing(),
         ssl_context=context,
     )
     await trio.serve_listeners(handler, listeners, handler_nursery=connections)
@@ -106,6 +121,7 @@ async def handle_connection(
     config: ListenerConfig,
     registry: Registry,
     gate: Gate,
+    refusing: _Refusing,
     ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Run one connection: limits, PROXY header and TLS, the upgrade, then the client."""
@@ -114,20 +130,27 @@ async def handle_connection(
     except OSError:  # the peer is already gone
         await trio.aclose_forcefully(stream)
         return
+    # Over accept_rate: closed before any handshake work, which is what the
+    # rate limit is for; so is a connection over max_clients when many are
+    # being told 1008 already.
     refusal = gate.rate_refusal()
-    if refusal is not None:
-        # Refused before any handshake work: that is what the rate limit is for.
+    at_once = refusal is not None
+    if refusal is None:
+        refusal = gate.capacity_refusal()
+        at_once = refusal is not None and refusing.count >= MAX_COURTESY_CLOSES
+    if at_once:
         _refusal_log.warning(
             "connection refused", listener=config.name, peer=remote, reason=refusal
         )
         await trio.aclose_forcefully(stream)
         return
-    refusal = gate.capacity_refusal()
     counters = registry.connections
     if refusal is None:
         counters.accepted += 1
         counters.open += 1
         gate.open += 1
+    else:
+        refusing.count += 1
     try:
         deadline = trio.current_time() + config.handshake_timeout
         client_stream, remote, initial = await handshake(
@@ -167,6 +190,8 @@ async def handle_connection(
         if refusal is None:
             counters.open -= 1
             gate.open -= 1
+        else:
+            refusing.count -= 1
         await trio.aclose_forcefully(stream)
 
 
