@@ -135,6 +135,8 @@ class Bench:
                 sys.executable, "-m", "pmlb", "serve", "--host", "127.0.0.1",
                 "--port", str(port), "--framing", "line", "--log-level", "warning",
                 "--upstream-transport", transport,
+                # both would want the admin API's default port 8000
+                "--no-admin",
             ]  # fmt: skip
             for _, up_port in upstreams:
                 args += ["--upstream", f"127.0.0.1:{up_port}"]
