@@ -125,6 +125,34 @@ async def test_wss_carries_traffic_and_counts_failed_tls(
         server.stop()
 
 
+async def test_wss_with_client_certificates(
+    procs: Processes,
+    clients: Clients,
+    ca: trustme.CA,
+    server_files: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    _, up = await procs.upstream("A")
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(ca_file)
+    config = make_config(up, tls_client_ca=str(ca_file), **server_files)
+    with_cert = ssl.create_default_context()
+    ca.configure_trust(with_cert)
+    ca.issue_cert("client.example").configure_cert(with_cert)
+    without = ssl.create_default_context()
+    ca.configure_trust(without)
+    async with trio.open_nursery() as nursery:
+        server: pmlb.Server = await nursery.start(pmlb.serve, config)
+        client = await clients.connect(server.port("ws"), ssl_context=with_cert)
+        await client.whoami()
+        # TLS 1.3: the client's handshake ends before pmlb checks for a
+        # certificate, so the refusal shows during the upgrade.
+        with pytest.raises((EOFError, trio.BrokenResourceError)):
+            await clients.connect(server.port("ws"), ssl_context=without)
+        assert counters(server).tls_handshake_failures == 1
+        server.stop()
+
+
 async def test_proxy_protocol_gives_the_real_address_over_wss(
     procs: Processes, clients: Clients, ca: trustme.CA, server_files: dict[str, str]
 ) -> None:
