@@ -7,10 +7,20 @@ import trio
 
 from tests.helpers import Processes
 
+UPSTREAM_TRANSPORTS = ("native", "grpclib")
+
 
 @pytest.fixture
-async def procs(nursery: trio.Nursery) -> AsyncIterator[Processes]:
+async def procs(nursery: trio.Nursery, request: pytest.FixtureRequest) -> AsyncIterator[Processes]:
     processes = Processes(nursery)
+    # A module runs its tests once per upstream transport with an autouse
+    # fixture parametrized as "transport". That fixture's own assignment to
+    # procs.upstream_transport may come too late: pytest-trio does not wait
+    # for an autouse fixture the test does not name before the test starts.
+    callspec = getattr(request.node, "callspec", None)
+    transport = callspec.params.get("transport") if callspec is not None else None
+    if transport in UPSTREAM_TRANSPORTS:
+        processes.upstream_transport = transport
     try:
         yield processes
     finally:
