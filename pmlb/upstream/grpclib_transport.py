@@ -22,6 +22,7 @@ from typing import Any
 import grpclib.client
 import grpclib.config
 import grpclib.const
+import grpclib.encoding.proto
 import grpclib.exceptions
 import h2.exceptions
 import trio
@@ -30,6 +31,7 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import DecodeError
 
 from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.grpc import DEFAULT_MAX_MESSAGE_SIZE
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.transport import Deliver, UpstreamError
 
@@ -63,6 +65,22 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+class _LimitedCodec(grpclib.encoding.proto.ProtoCodec):
+    """grpclib's protobuf codec, refusing what the native transport refuses: a
+    message over the size limit (grpclib itself has none)."""
+
+    def __init__(self, max_message_size: int) -> None:
+        self._max_message_size = max_message_size
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        if len(data) > self._max_message_size:
+            raise UpstreamError(
+                f"bad gRPC message from the upstream: message of {len(data)} bytes"
+                f" exceeds the maximum of {self._max_message_size}"
+            )
+        return super().decode(data, message_type)
+
+
 class GrpclibTransport:
     """One HTTP/2 connection to one upstream, made with grpclib."""
 
@@ -89,12 +107,14 @@ class GrpclibTransport:
 
     def _get_channel(self) -> grpclib.client.Channel:
         if self._channel is None:
+            codec = _LimitedCodec(DEFAULT_MAX_MESSAGE_SIZE)
             if self._ssl_context is None:
-                self._channel = grpclib.client.Channel(self._host, self._port)
+                self._channel = grpclib.client.Channel(self._host, self._port, codec=codec)
             else:
                 self._channel = grpclib.client.Channel(
                     self._host,
                     self._port,
+                    codec=codec,
                     ssl=self._ssl_context(),
                     config=grpclib.config.Configuration(ssl_target_name_override=self._server_name),
                 )
