@@ -126,7 +126,15 @@ class RegistryCollector(Collector):
             " written_to_upstream: of those, written to its stream).",
             labels=["upstream", "direction"],
         )
+        failures = CounterMetricFamily(
+            "pmlb_upstream_failures",
+            "Upstream failures: serving (its stream or liveness failed, it stopped serving)"
+            " and readiness (a ready check failed).",
+            labels=["upstream", "kind"],
+        )
         for address, upstream in list(registry.upstreams.items()):
+            failures.add_metric([address, "serving"], upstream.failures)
+            failures.add_metric([address, "readiness"], upstream.ready_failures)
             for state in UpstreamState:
                 if state is not UpstreamState.REMOVED:
                     states.add_metric([address, str(state)], float(upstream.state is state))
@@ -139,6 +147,7 @@ class RegistryCollector(Collector):
         yield states
         yield queued
         yield upstream_messages
+        yield failures
         yield GaugeMetricFamily(
             "pmlb_upstreams_serving", "Upstreams serving now.", value=stats.upstreams_serving
         )

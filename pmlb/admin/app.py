@@ -101,6 +101,7 @@ def _client_view(client: Client, now: float, wall: float, window: float) -> s.Cl
         bytes_in=client.bytes_in,
         bytes_out=client.bytes_out,
         queued=client.queued,
+        dropped=client.dropped,
     )
 
 

@@ -116,6 +116,8 @@ class Client(BaseModel):
     bytes_in: int
     bytes_out: int
     queued: int
+    #: messages dropped by the ``drop_oldest`` slow-client policy
+    dropped: int = 0
 
 
 class ClientPage(BaseModel):

@@ -56,6 +56,10 @@ class Upstream:
     #: messages handed to its outbox / received from it
     messages_dispatched: int = 0
     messages_received: int = 0
+    #: times it stopped serving (its stream or liveness failed); readiness
+    #: checks that failed (no answer in time, ready = false, an error)
+    failures: int = 0
+    ready_failures: int = 0
     #: time.time() of the last readiness and liveness answers
     ready_at: float | None = None
     alive_at: float | None = None
@@ -140,6 +144,7 @@ async def _supervise(
             reason = f"internal error: {exc!r}"
         finally:
             await transport.aclose()
+        upstream.failures += 1
         upstream.last_error = reason
         registry.set_upstream_state(upstream, UpstreamState.UNHEALTHY, reason=reason)
         await trio.sleep(backoff.next())
@@ -159,6 +164,7 @@ async def _wait_ready(upstream: Upstream, transport: Transport, backoff: Backoff
         if ready:
             upstream.ready_at = time.time()
             return
+        upstream.ready_failures += 1
         if upstream.last_error != problem:
             log.info("upstream not ready", extra={"upstream": config.address, "reason": problem})
         upstream.last_error = problem

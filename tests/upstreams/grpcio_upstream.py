@@ -6,7 +6,7 @@ The same behaviour and command line as ``grpclib_upstream.py``, on a gRPC
 implementation pmlb did not write: it prints ``LISTENING <port>`` once bound,
 ``ready`` answers false while started with ``--not-ready``, until SIGUSR1,
 SIGUSR2 makes it answer ``live`` and ``ready`` false from then on, and
-SIGTERM or SIGINT stops it with exit code 0. The payload ``reset`` makes it
+SIGTERM or SIGINT stops it with exit code 0. The payload ``reset <name>`` makes it
 end the stream with status INTERNAL.
 """
 
@@ -102,7 +102,7 @@ class ScriptedUpstream:
                 print(line, flush=True)
                 continue
             self.recorder.record(request.payload)
-            if request.payload == b"reset":
+            if request.payload == b"reset " + self.name.encode():
                 await context.abort(grpc.StatusCode.INTERNAL, "reset on purpose")
             for reply in respond(self.name, request.client_uuid, request.payload, request.time):
                 yield to_message(reply)

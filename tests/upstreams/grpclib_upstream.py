@@ -6,7 +6,7 @@ It prints ``LISTENING <port>`` once bound. ``ready`` answers false while started
 ``--not-ready``, until SIGUSR1. SIGUSR2 makes it answer ``live`` and ``ready`` false
 from then on (an upstream going bad). SIGTERM or SIGINT stops it with exit code 0.
 What it answers to client messages is in :mod:`tests.upstreams.script`; the
-payload ``reset`` makes it reset the stream (HTTP/2 RST_STREAM).
+payload ``reset <name>`` makes it reset the stream (HTTP/2 RST_STREAM).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class ScriptedUpstream(UpstreamPeerServiceBase):
                 print(line, flush=True)
                 continue
             self.recorder.record(request.payload)
-            if request.payload == b"reset":
+            if request.payload == b"reset " + self.name.encode():
                 raise _Reset
             for reply in respond(self.name, request.client_uuid, request.payload, request.time):
                 yield to_message(reply)

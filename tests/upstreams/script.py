@@ -9,7 +9,10 @@ Commands (the payload decoded as UTF-8, one trailing ``\\r`` ignored):
 - ``silent`` or ``silent ...``: no reply.
 - ``multi <uuid>,<uuid>... <text>``: one multicast of ``<text>`` to those clients.
 - ``kick <uuid>[,<uuid>...]``: disconnect that client (or those, by multicast).
-- ``oversize <n>``: one reply to the sender, ``n`` bytes of ``x``.
+- ``oversize <name> <n>``: the upstream called ``<name>`` replies to the sender
+  with ``n`` bytes of ``x`` (the others echo it).
+- ``reset <name>``: the upstream called ``<name>`` resets the stream (done by
+  the servers, see there; the others echo it).
 - anything else: echo to the sender as ``<name>:`` + the original payload bytes.
 
 ``<text>`` is taken from the payload bytes, so it is forwarded byte for byte.
@@ -64,8 +67,8 @@ def respond(name: str, client_uuid: str, payload: bytes, time: str = "") -> list
             return [Reply(None, target, words[2])]
     if command == "silent":
         return []
-    if command == "oversize" and len(words) == 2 and words[1].isdigit():
-        return [Reply(client_uuid, None, b"x" * int(words[1]))]
+    if command == "oversize" and len(words) == 3 and words[1] == name.encode():
+        return [Reply(client_uuid, None, b"x" * int(words[2]))]
     if command == "multi" and len(words) == 3 and words[1]:
         uuids = tuple(words[1].decode("utf-8", errors="replace").split(","))
         return [Reply(None, None, words[2], multicast=uuids)]
