@@ -262,5 +262,11 @@ async def _receive_loop(
     while True:
         message = await stream.recv_message()
         if message is None:
+            # The upstream ended the stream; its trailers say why (as the
+            # native transport reports). grpclib reads them only once our
+            # half is ended too, and raises GRPCError for an error status.
+            with contextlib.suppress(*_FAILURES):
+                await stream.end()
+            await stream.recv_trailing_metadata()
             raise UpstreamError("the upstream ended the stream")
         deliver([message])
