@@ -23,6 +23,7 @@ class Client:
         "_slow_policy",
         "_slow_timeout",
         "_wakeup",
+        "_write_scope",
         "bytes_in",
         "bytes_out",
         "close_reason",
@@ -85,6 +86,8 @@ class Client:
         self.seq = -1
         self._wakeup: trio.Event | None = None
         self._scope = scope
+        # The scope of the write in progress, if any (see writing()).
+        self._write_scope: trio.CancelScope | None = None
 
     def is_active(self, now: float, window: float) -> bool:
         """Whether the client sent a message within ``window`` seconds of ``now`` (monotonic)."""
@@ -113,21 +116,51 @@ class Client:
                 now = time.monotonic()
                 if self._full_since is None:
                     self._full_since = now
+                    self._arm_write_deadline()
                 if (
                     now - self._full_since >= self._slow_timeout
                     or len(pending) >= 2 * self.queue_limit
                 ):
                     self.closed_slow = True
-                    self.close(
-                        f"slow client: outbound queue full ({self.queue_limit} messages)"
-                        + (f" for {self._slow_timeout:g}s" if self._slow_timeout else "")
-                    )
+                    self.close(self._slow_reason())
                     return False
         pending.append(payload)
         if self._wakeup is not None:
             self._wakeup.set()
             self._wakeup = None
         return True
+
+    def _slow_reason(self) -> str:
+        return f"slow client: outbound queue full ({self.queue_limit} messages)" + (
+            f" for {self._slow_timeout:g}s" if self._slow_timeout else ""
+        )
+
+    def writing(self) -> trio.CancelScope:
+        """The cancel scope for one write of the connection's writer.
+
+        Under ``"disconnect"``, its deadline is when the queue will have been
+        full for ``slow_timeout``: a client that stops reading is closed then
+        even if nothing more is queued for it. Pass it to :meth:`written`.
+        """
+        self._write_scope = trio.CancelScope()
+        self._arm_write_deadline()
+        return self._write_scope
+
+    def written(self, scope: trio.CancelScope) -> bool:
+        """After a write in ``scope``: whether it timed out (the client is then closed)."""
+        self._write_scope = None
+        if not scope.cancelled_caught:
+            return False
+        self.closed_slow = True
+        self.close(self._slow_reason())
+        return True
+
+    def _arm_write_deadline(self) -> None:
+        scope, since = self._write_scope, self._full_since
+        if scope is None or since is None or self._slow_policy != "disconnect":
+            return
+        left = self._slow_timeout - (time.monotonic() - since)
+        scope.deadline = trio.current_time() + max(0.0, left)
 
     async def next_batch(self) -> list[bytes]:
         """Wait for queued messages and take them all.

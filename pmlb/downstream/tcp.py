@@ -366,7 +366,10 @@ async def _write(stream: trio.abc.Stream, client: Client, config: ListenerConfig
                 client.close(DRAINING)
                 return
             data = frame(framing, batch)
-            await stream.send_all(data)
+            with client.writing() as scope:
+                await stream.send_all(data)
+            if client.written(scope):
+                return
             client.messages_out += len(batch)
             client.bytes_out += len(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

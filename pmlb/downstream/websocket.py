@@ -441,15 +441,18 @@ async def _write(
                 client.close(DRAINING)
                 return
             # Each message is framed on its own; the batch goes out in one write.
-            corked.corked = True
-            try:
-                for payload in batch:
-                    await ws.send_message(texts.encode(payload))
-                    client.messages_out += 1
-                    client.bytes_out += len(payload)
-            finally:
-                corked.corked = False
-            await corked.flush()
+            with client.writing() as scope:
+                corked.corked = True
+                try:
+                    for payload in batch:
+                        await ws.send_message(texts.encode(payload))
+                        client.messages_out += 1
+                        client.bytes_out += len(payload)
+                finally:
+                    corked.corked = False
+                await corked.flush()
+            if client.written(scope):
+                return
     except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
         client.close("connection lost while writing")
 

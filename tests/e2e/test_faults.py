@@ -510,6 +510,46 @@ async def test_drop_oldest_keeps_the_slow_client_and_drops_its_oldest_messages(
     assert pmlb.count("client disconnected") == 0
 
 
+async def test_slow_client_is_disconnected_when_its_full_queue_stops_growing(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """Full for slow_client_timeout is enough: nothing more need be queued for it."""
+    _, up_port = await procs.upstream("A")
+    queue = 20
+    config = write_config(
+        tmp_path / "pmlb.toml",
+        {"framing": "line", "client_queue_size": queue, "slow_client_timeout": SLOW_TIMEOUT},
+        [up_port],
+    )
+    pmlb, port = await procs.pmlb("--config", str(config))
+    url = await admin_url(pmlb)
+    await wait_serving(pmlb, up_port)
+    slow = await tiny_window_client(procs, port)
+    slow_uuid = await slow.whoami()
+    feeder = await procs.client(port)
+    mark = pmlb.mark()
+    # One message at a time until its queue is over the limit (the kernel's
+    # buffers take an unknown number first), then nothing more.
+    with trio.fail_after(TIMEOUT):
+        while True:
+            await feeder.send(f"to {slow_uuid} {'w' * 60000}")
+            await feeder.whoami()  # routed by now: one upstream answers in order
+            view = await get_json(f"{url}/api/v1/clients/{slow_uuid}")
+            if int(str(view["queued"])) > queue:
+                break
+    full_at = time.monotonic()
+    await pmlb.wait_for(
+        rf"client disconnected client={slow_uuid} .*reason=\"?slow client: outbound"
+        rf" queue full \({queue} messages\) for {SLOW_TIMEOUT:g}s",
+        after=mark,
+    )
+    print(
+        f"\n[faults:slow-idle] disconnected {time.monotonic() - full_at:.2f}s after its queue"
+        f" went over {queue} messages (slow_client_timeout {SLOW_TIMEOUT:g}s)"
+    )
+    assert await feeder.whoami() == feeder.uuid
+
+
 # -- 4. misbehaving upstreams ----------------------------------------------------
 # (Malformed replies and a frozen upstream are in test_health.py.)
 
