@@ -112,6 +112,40 @@ class RegistryCollector(Collector):
             value=stats.refused,
         )
 
+        connections = stats.connections
+        yield GaugeMetricFamily(
+            "pmlb_connections_open",
+            "Connections open now, including those still in their handshake.",
+            value=connections.open,
+        )
+        yield CounterMetricFamily(
+            "pmlb_connections_accepted",
+            "Connections accepted by the listeners.",
+            value=connections.accepted,
+        )
+        limited = CounterMetricFamily(
+            "pmlb_connections_limited",
+            "Connections refused or closed by a limit or a failed handshake, by reason.",
+            labels=["reason"],
+        )
+        for reason, count in (
+            ("max_clients", connections.refused_max_clients),
+            ("accept_rate", connections.refused_accept_rate),
+            ("handshake_timeout", connections.handshake_timeouts),
+            ("tls_handshake", connections.tls_handshake_failures),
+            ("proxy_header", connections.proxy_header_errors),
+            ("idle_timeout", connections.idle_timeouts),
+            ("bad_input", connections.bad_input),
+            ("slow_client", connections.slow_client_disconnects),
+        ):
+            limited.add_metric([reason], count)
+        yield limited
+        yield CounterMetricFamily(
+            "pmlb_slow_client_dropped_messages",
+            "Messages to slow clients dropped by the drop_oldest policy.",
+            value=connections.slow_client_dropped,
+        )
+
         states = GaugeMetricFamily(
             "pmlb_upstream_state",
             "1 for each upstream's current state.",

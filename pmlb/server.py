@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from functools import partial
 
 import attrs
@@ -83,6 +84,7 @@ async def serve(
     without a token.
     """
     check_admin_exposure(config)
+    _check_admin_tls(config)
     registry = Registry(config)
     # Bind every listener before starting anything, so that a taken port
     # fails at once with a plain ListenError.
@@ -217,6 +219,23 @@ async def _start_admin(
             f"{error.strerror or error}"
         ) from exc
     return url
+
+
+def _check_admin_tls(config: Config) -> None:
+    """Load the admin's certificate once up front, so a bad file is a plain error at start."""
+    tls = config.management.tls
+    if not config.management.enabled or tls is None or not tls.cert_path:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            tls.cert_path, tls.key_path
+        )
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc)
+        raise ListenError(
+            "admin (management_server) cannot load its TLS files"
+            f" (cert_path {tls.cert_path!r}, key_path {tls.key_path!r}): {reason}"
+        ) from exc
 
 
 def _first_os_error(exc: BaseException) -> OSError | None:

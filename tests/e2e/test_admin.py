@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ import attrs
 import httpx
 import pytest
 import trio
+import trustme
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import open_websocket_url
 
@@ -373,6 +375,10 @@ async def test_metrics_change_when_traffic_flows(procs: Processes) -> None:
         assert after[("pmlb_clients", (("listener", "default"),))] == 1
         assert after[("pmlb_clients_connected_total", (("listener", "default"),))] == 2
         assert after[("pmlb_client_disconnects_total", (("reason", "too_big"),))] == 1
+        assert after[("pmlb_connections_accepted_total", ())] == 2
+        assert after[("pmlb_connections_open", ())] == 1
+        assert after[("pmlb_connections_limited_total", (("reason", "bad_input"),))] == 1
+        assert after[("pmlb_connections_limited_total", (("reason", "max_clients"),))] == 0
         assert after[("pmlb_broadcasts_total", ())] == 1
         assert after[("pmlb_broadcast_recipients_total", ())] == 1
         count = ("pmlb_dispatch_latency_seconds_count", ())
@@ -538,3 +544,49 @@ async def test_openapi_document_and_schemathesis_finds_no_server_errors(
         log = "\n".join(admin.pmlb.lines[-15:])
         assert done.returncode == 0, f"{output[-4000:]}\npmlb:\n{log}"
         assert admin.pmlb.count("internal error") == 0
+
+
+async def test_admin_over_tls(procs: Processes, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key = tmp_path / "admin.pem", tmp_path / "admin.key"
+    leaf.cert_chain_pems[0].write_to_path(cert)
+    leaf.private_key_pem.write_to_path(key)
+    config = tmp_path / "pmlb.toml"
+    config.write_text(
+        f'[management_server]\nhost = "127.0.0.1"\nport = 0\n'
+        f'[management_server.tls]\ncert_path = "{cert}"\nkey_path = "{key}"\n'
+    )
+    _, up_port = await procs.upstream("A")
+    pmlb, _ = await procs.pmlb(
+        "--config", str(config), *upstream_arg(up_port), env={"PMLB_ADMIN_TOKEN": TOKEN}
+    )
+    url = await admin_url(pmlb)
+    assert url.startswith("https://127.0.0.1:")
+    await wait_serving(pmlb, up_port)
+
+    verify = ssl.create_default_context()
+    ca.configure_trust(verify)
+    async with httpx.AsyncClient(base_url=url, headers=AUTH, verify=verify) as http:
+        response = await http.get("/api/v1/upstreams")
+        assert response.status_code == 200
+        assert [u["address"] for u in response.json()["upstreams"]] == [f"127.0.0.1:{up_port}"]
+    # A client that does not trust the certificate gets no answer.
+    async with httpx.AsyncClient(base_url=url, headers=AUTH) as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.get("/healthz")
+
+
+async def test_admin_tls_with_a_missing_key_file_is_a_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "pmlb.toml"
+    config.write_text(
+        '[management_server]\nhost = "127.0.0.1"\nport = 0\n'
+        f'[management_server.tls]\ncert_path = "{tmp_path}/none.pem"\n'
+        f'key_path = "{tmp_path}/none.key"\n'
+    )
+    done = await run(
+        [sys.executable, "-m", "pmlb", "serve", "--config", str(config), "--port", "0"]
+    )
+    assert done.returncode == 1
+    assert "none.pem" in done.stderr
+    assert "Traceback" not in done.stderr
