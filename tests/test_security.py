@@ -54,6 +54,7 @@ def make_config(upstream_port: int, **listener: Any) -> pmlb.Config:
     return pmlb.parse_config(
         {
             "server": {**server, **globals_},
+            "management_server": {"enabled": False},
             "upstream": [{"host": "127.0.0.1", "port": upstream_port}],
         }
     )
@@ -217,6 +218,7 @@ async def test_max_clients_total_counts_every_listener(procs: Processes) -> None
     config = pmlb.parse_config(
         {
             "server": {"max_clients_total": 1, "host": "127.0.0.1", "port": 0},
+            "management_server": {"enabled": False},
             "listener": [{"name": "other", "host": "127.0.0.1", "port": 0}],
             "upstream": [{"host": "127.0.0.1", "port": up}],
         }
@@ -278,7 +280,8 @@ async def test_bad_tls_files_are_named_without_their_content(tmp_path: Path) -> 
                 "transport": "tls",
                 "tls_cert": str(key),
                 "tls_key": str(key),
-            }
+            },
+            "management_server": {"enabled": False},
         }
     )
     with pytest.raises(pmlb.ListenError) as info:
@@ -310,7 +313,11 @@ async def test_tls_to_the_upstream(
     if mutual:
         upstream |= {"tls_cert": str(certs.client_cert), "tls_key": str(certs.client_key)}
     config = pmlb.parse_config(
-        {"server": {"host": "127.0.0.1", "port": 0, "framing": "line"}, "upstream": [upstream]}
+        {
+            "server": {"host": "127.0.0.1", "port": 0, "framing": "line"},
+            "upstream": [upstream],
+            "management_server": {"enabled": False},
+        }
     )
     async with trio.open_nursery() as nursery:
         server: pmlb.Server = await nursery.start(pmlb.serve, config)

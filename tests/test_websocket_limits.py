@@ -46,6 +46,7 @@ def make_config(upstream_port: int, **listener: Any) -> pmlb.Config:
     return pmlb.parse_config(
         {
             "server": {"host": "127.0.0.1", "port": 0, "framing": "line", **globals_},
+            "management_server": {"enabled": False},
             "listener": [
                 {
                     "name": "ws",
