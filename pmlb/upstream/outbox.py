@@ -93,20 +93,27 @@ class Outbox(Generic[T]):
             self._data.unpark_all()
 
     def take_nowait(self) -> list[T]:
-        """Everything queued, oldest first (maybe nothing), for the stream writer."""
-        items = self.take_back()
-        self.taken += len(items)
+        """Everything queued, oldest first (maybe nothing), for the stream writer.
+
+        An empty take tells that what the writer took before is written.
+        """
+        items = self._take()
+        if items:
+            self._in_flight = True
+            self.taken += len(items)
+        elif self._in_flight:
+            self._in_flight = False
+            if self._space:
+                self._space.unpark_all()
         return items
 
     def take_back(self) -> list[T]:
         """Everything queued, oldest first, not to be written here (failover)."""
+        return self._take()
+
+    def _take(self) -> list[T]:
         if not self._items:
-            if self._in_flight:
-                self._in_flight = False
-                if self._space:
-                    self._space.unpark_all()
             return []
-        self._in_flight = True
         items = list(self._items)
         self._items.clear()
         if self._space:
