@@ -52,6 +52,7 @@ class FakeUpstream:
     connections: int = 0
     #: (connection, stream id) of the streams whose response headers were sent
     _started: set[tuple[int, int]] = attrs.Factory(set)
+    _ended: set[tuple[int, int]] = attrs.Factory(set)
     _changed: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
@@ -163,6 +164,9 @@ class FakeUpstream:
     def _stream(self, conn: h2.connection.H2Connection, stream_id: int, raw: list[bytes]) -> None:
         requests = [pb.InputStreamRequest.FromString(m) for m in raw]
         self.received += requests
+        if (id(conn), stream_id) in self._ended:
+            # Sent before the client saw this side end the stream: received, not answered.
+            return
         count = len(self.received)
         if self.reset_after is not None and count >= self.reset_after:
             conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
@@ -182,6 +186,7 @@ class FakeUpstream:
             ],
         )
         if self.end_after is not None and count >= self.end_after[0]:
+            self._ended.add((id(conn), stream_id))
             _, code, message = self.end_after
             conn.send_headers(
                 stream_id,
