@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -161,8 +162,26 @@ async def run_until_signalled(config: Config) -> None:
                     server.stop()
 
 
+#: gc thresholds for a serving pmlb; see tune_gc()
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """Collect cyclic garbage less often than Python's default (every 700 allocations).
+
+    With 19,500 clients held, tearing them down (each close makes a few
+    exception-and-traceback cycles) at the default thresholds ran a
+    collection over the whole heap every few closes: 19.5 CPU s for the
+    teardown, and new connections accepted at 210/s meanwhile instead of
+    1,270/s. Memory stays bounded: a collection still runs every 50,000
+    allocations.
+    """
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def _run(config: Config) -> int:
     code = 0
+    tune_gc()
     try:
         trio.run(run_until_signalled, config)
     except* ListenError as group:
