@@ -202,6 +202,21 @@ class Bench:
             proc.stdin.close()
             proc.wait(timeout=60)
 
+    def settle(self, target: Target) -> None:
+        """Wait until a round trip on a new connection succeeds.
+
+        The new connection queues behind every client already connected, so
+        its echo proves that the target accepted them all. A probe that got
+        no echo in its 0.2 s (the target still busy, e.g. closing the
+        previous scenario's clients) proves nothing: it is repeated. Without
+        this, a broadcast could be sent before the last clients were
+        accepted, and they missed it.
+        """
+        deadline = time.monotonic() + 60
+        while self.load(target, 1, 1, 64, 0.2, 0)["messages"] == 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{target.name}: no round trip within 60 s")
+
     @staticmethod
     def event(proc: subprocess.Popen[str]) -> dict[str, Any]:
         assert proc.stdout is not None
@@ -215,9 +230,7 @@ class Bench:
         before = rss_bytes(target.pid)
         with self.hold(target, count, "127.0.0.2") as proc:
             connected = self.event(proc)
-            # every client registered: a round trip on a new connection proves
-            # the accept queue is drained
-            self.load(target, 1, 1, 64, 0.2, 0)
+            self.settle(target)
             after = rss_bytes(target.pid)
         return {
             "clients": connected["ok"],
@@ -239,7 +252,7 @@ class Bench:
         try:
             connected = [self.event(proc) for proc in procs]
             ok = sum(c["ok"] for c in connected)
-            self.load(target, 1, 1, 64, 0.2, 0)
+            self.settle(target)
             rss = rss_bytes(target.pid)
             sender = subprocess.run(
                 [self.loadgen, "send", str(target.port), line],
