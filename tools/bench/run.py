@@ -274,6 +274,8 @@ class Bench:
         }
 
     def accept_rate(self, target: Target, source: str) -> dict[str, Any]:
+        # not while the target still closes the previous scenario's clients
+        self.settle(target)
         cpu0 = cpu_seconds(target.pid)
         out = subprocess.run(
             [self.loadgen, "accept", str(target.port), "2", "64", source],
