@@ -106,6 +106,9 @@ class Registry:
         self._serving_changed = trio.lowlevel.ParkingLot()
         self._state_changed = trio.lowlevel.ParkingLot()
         self._client_removed = trio.lowlevel.ParkingLot()
+        #: directly written clients with something queued: whoever sends to
+        #: clients writes them out with flush_clients() before it next waits
+        self.unflushed: list[Client] = []
         # Accepted messages whose upstream failed while no other one served:
         # they go first to the next upstream that serves.
         self._orphans: deque[pb.InputStreamRequest] = deque()
@@ -262,7 +265,16 @@ class Registry:
         """Queue ``payload`` for one client, as an upstream would; ``KeyError`` if unknown."""
         sent = self.clients[uuid].send(payload)
         self.messages_to_clients += sent
+        self.flush_clients()
         return sent
+
+    def flush_clients(self) -> None:
+        """Write out what was sent to directly written clients (see :class:`Client`)."""
+        unflushed = self.unflushed
+        if unflushed:
+            for client in unflushed:
+                client.flush()
+            unflushed.clear()
 
     async def dispatch(self, requests: list[pb.InputStreamRequest]) -> None:
         """Hand a batch of client messages to serving upstreams, by the policy.
@@ -451,7 +463,16 @@ class Registry:
     # -- routing back ---------------------------------------------------
 
     def deliver(self, replies: list[pb.OutputStreamRequest]) -> None:
-        """Route messages from an upstream to their clients. Never raises."""
+        """Route messages from an upstream to their clients. Never raises.
+
+        Each client is written once for the whole batch.
+        """
+        try:
+            self._deliver(replies)
+        finally:
+            self.flush_clients()
+
+    def _deliver(self, replies: list[pb.OutputStreamRequest]) -> None:
         for reply in replies:
             target = reply.WhichOneof("target")
             if reply.action:
@@ -522,6 +543,7 @@ class Registry:
         sent = sum(1 for client in recipients if client.send(payload))
         self.messages_to_clients += sent
         self.broadcast_recipients += sent
+        self.flush_clients()
         return sent
 
     # -- runtime --------------------------------------------------------

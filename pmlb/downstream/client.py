@@ -2,26 +2,50 @@
 
 from __future__ import annotations
 
+import os
 import time
-from collections import deque
+from collections.abc import Callable, Coroutine
+from functools import partial
+from typing import Any
 
 import trio
+
+from pmlb.codecs import frame
+from pmlb.downstream.reasons import DRAINING
+
+#: how a direct client starts its writer task (its nursery's ``start_soon``)
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
 class Client:
     """A downstream: its identity, counters, and its bounded outbound queue.
 
     Routing code calls :meth:`send` synchronously (it runs inside the upstream
-    stream's task and must never wait on one client); the connection's writer
-    task takes everything queued at once with :meth:`next_batch`.
+    stream's task and must never wait on one client). A client is written in
+    one of two ways:
+
+    - **through a stream** (TLS, WebSocket): the connection's writer task
+      takes everything queued at once with :meth:`next_batch`;
+    - **directly** (plain TCP, see :meth:`write_directly`): :meth:`send` only
+      queues, and puts the client on a flush list that the router empties with
+      :meth:`flush` before it next waits. A flush writes everything queued in
+      one non-blocking ``write`` on the socket. Only what the kernel does not
+      take at once starts a writer task, which ends once all is written. An
+      idle client has no writer task, and a reply costs no task switch.
     """
 
     __slots__ = (
+        "_fd",
+        "_flush_list",
+        "_framing",
         "_full_since",
         "_pending",
+        "_scheduled",
         "_scope",
         "_slow_policy",
         "_slow_timeout",
+        "_spawn",
+        "_unsent",
         "_wakeup",
         "_write_scope",
         "bytes_in",
@@ -81,7 +105,16 @@ class Client:
         self._slow_timeout = slow_timeout
         # time.monotonic() since when the queue has been full, if it is
         self._full_since: float | None = None
-        self._pending: deque[bytes] = deque()
+        self._pending: list[bytes] = []
+        # Direct writing (see write_directly): the socket's descriptor, or None.
+        self._fd: int | None = None
+        self._framing = ""
+        self._flush_list: list[Client] = []
+        self._spawn: Spawn | None = None
+        # On the flush list, or a writer task runs: a send needs do nothing more.
+        self._scheduled = False
+        # Framed bytes a direct writer has yet to write.
+        self._unsent = b""
         #: connection number, set by the registry (orders clients for paging)
         self.seq = -1
         self._wakeup: trio.Event | None = None
@@ -97,6 +130,23 @@ class Client:
     def queued(self) -> int:
         return len(self._pending)
 
+    def write_directly(self, fd: int, framing: str, flush_list: list[Client], spawn: Spawn) -> None:
+        """Write to the socket ``fd`` directly from now on (see the class docstring).
+
+        ``flush_list`` is the router's: whoever calls :meth:`send` must call
+        :meth:`flush` on every client on it before it next waits (the
+        :class:`~pmlb.registry.Registry` does). ``spawn`` starts a writer task
+        in the connection's nursery. Call :meth:`detach` before ``fd`` closes.
+        """
+        self._fd = fd
+        self._framing = framing
+        self._flush_list = flush_list
+        self._spawn = spawn
+
+    def detach(self) -> None:
+        """The socket is about to close: never write to its descriptor again."""
+        self._fd = None
+
     def send(self, payload: bytes) -> bool:
         """Queue ``payload`` for the client, applying the slow-client policy when it is full.
 
@@ -110,7 +160,7 @@ class Client:
         pending = self._pending
         if len(pending) >= self.queue_limit:
             if self._slow_policy == "drop_oldest":
-                pending.popleft()
+                del pending[0]
                 self.dropped += 1
             else:
                 now = time.monotonic()
@@ -125,10 +175,84 @@ class Client:
                     self.close(self._slow_reason())
                     return False
         pending.append(payload)
-        if self._wakeup is not None:
+        if self._fd is not None:
+            if not self._scheduled:
+                self._scheduled = True
+                self._flush_list.append(self)
+        elif self._wakeup is not None:
             self._wakeup.set()
             self._wakeup = None
         return True
+
+    def flush(self) -> None:
+        """Write what is queued for a direct client without waiting; see the class docstring."""
+        fd, pending = self._fd, self._pending
+        if self._unsent or fd is None or self.close_reason is not None:
+            return  # a writer task runs, or the client is gone
+        self._scheduled = False
+        if not pending:
+            self._close_if_drained()
+            return
+        data = frame(self._framing, pending)
+        count = len(pending)
+        pending.clear()
+        self._full_since = None
+        try:
+            written = os.write(fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            self.close(f"connection lost: {exc}")
+            return
+        if written == len(data):
+            self.messages_out += count
+            self.bytes_out += written
+            self._close_if_drained()
+            return
+        self._unsent = data[written:]
+        self._scheduled = True
+        self.bytes_out += written
+        assert self._spawn is not None
+        self._spawn(partial(self._write_rest, count))
+
+    async def _write_rest(self, count: int) -> None:
+        # The writer task of a direct client: what the kernel did not take,
+        # then whatever was queued meanwhile, until nothing is left.
+        fd = self._fd
+        wait_writable = trio.lowlevel.wait_writable
+        try:
+            while fd is not None and self.close_reason is None:
+                data = self._unsent
+                with self.writing() as scope:
+                    while data:
+                        await wait_writable(fd)
+                        try:
+                            written = os.write(fd, data)
+                        except BlockingIOError:
+                            continue
+                        self.bytes_out += written
+                        data = data[written:]
+                if self.written(scope):
+                    return
+                self.messages_out += count
+                pending = self._pending
+                if not pending:
+                    break
+                self._unsent = frame(self._framing, pending)
+                count = len(pending)
+                pending.clear()
+                self._full_since = None
+        except OSError as exc:
+            self.close(f"connection lost: {exc}")
+            return
+        finally:
+            self._unsent = b""
+        self._scheduled = False
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        if self.draining and not self.dispatching and not self._pending:
+            self.close(DRAINING)
 
     def _slow_reason(self) -> str:
         return f"slow client: outbound queue full ({self.queue_limit} messages)" + (
@@ -184,7 +308,10 @@ class Client:
         Also wakes the writer when a dispatch it waited for has ended.
         """
         self.draining = True
-        if self._wakeup is not None:
+        if self._fd is not None:
+            if not self._scheduled:
+                self._close_if_drained()
+        elif self._wakeup is not None:
             self._wakeup.set()
             self._wakeup = None
 

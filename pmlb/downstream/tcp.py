@@ -10,6 +10,7 @@ over one is closed at once. Every refusal and forced close is counted in
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import time
 import uuid
@@ -288,22 +289,40 @@ async def _run_client(
             slow_policy=registry.config.slow_client_policy,
             slow_timeout=registry.config.slow_client_timeout,
         )
-        fields = {"client": client.uuid, "listener": config.name, "peer": remote}
+        # Plain TCP is read and written on the descriptor itself, with no
+        # writer task while nothing waits for the socket (see Client).
+        fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+        if fd is not None:
+            client.write_directly(fd, config.framing, registry.unflushed, nursery.start_soon)
         registry.add_client(client)
-        log.info("client connected", extra=fields)
+        log.info(
+            "client connected",
+            extra={"client": client.uuid, "listener": config.name, "peer": remote},
+        )
         try:
-            nursery.start_soon(_write, stream, client, config)
-            await _read(stream, client, config, registry, initial)
+            if fd is not None:
+                await _read_socket(fd, client, config, registry, initial)
+            else:
+                nursery.start_soon(_write, stream, client, config)
+                await _read(stream, client, config, registry, initial)
         finally:
             if client.closed_slow:
                 registry.connections.slow_client_disconnects += 1
             registry.connections.slow_client_dropped += client.dropped
             registry.remove_client(client)
+            client.detach()
             nursery.cancel_scope.cancel()
             # Logged before the close: in this cancelled scope, the await
             # below raises Cancelled, and nothing after it would run.
-            fields["reason"] = client.close_reason or "closed by pmlb"
-            log.info("client disconnected", extra=fields)
+            log.info(
+                "client disconnected",
+                extra={
+                    "client": client.uuid,
+                    "listener": config.name,
+                    "peer": remote,
+                    "reason": client.close_reason or "closed by pmlb",
+                },
+            )
             await trio.aclose_forcefully(stream)
 
 
@@ -355,6 +374,66 @@ async def _read(
         log.warning("client sent bad input", extra={"client": uuid_, "problem": str(exc)})
     except trio.BrokenResourceError as exc:
         client.close(f"connection lost: {exc.__cause__ or exc}")
+
+
+async def _read_socket(
+    fd: int,
+    client: Client,
+    config: ListenerConfig,
+    registry: Registry,
+    initial: bytes = b"",
+) -> None:
+    """:func:`_read` on a plain TCP socket's descriptor, without trio's stream layers."""
+    decoder = make_decoder(config.framing, config.max_message_size)
+    read_size = decoder.read_size
+    uuid_ = client.uuid
+    make_request = pb.InputStreamRequest
+    idle = config.idle_timeout
+    wait_readable = trio.lowlevel.wait_readable
+    # Whether this task ran since its last read that got data: a client that
+    # always has data must still let the others run.
+    ran = True
+    try:
+        while True:
+            if initial:
+                data, initial = initial, b""
+            else:
+                try:
+                    data = os.read(fd, read_size)
+                except BlockingIOError:
+                    if not idle:
+                        await wait_readable(fd)
+                    else:
+                        with trio.move_on_after(idle) as idle_scope:
+                            await wait_readable(fd)
+                        if idle_scope.cancelled_caught:
+                            registry.connections.idle_timeouts += 1
+                            client.close(f"idle for idle_timeout ({idle:g}s)")
+                            return
+                    ran = True
+                    continue
+                if not ran:
+                    await trio.lowlevel.checkpoint()
+                ran = False
+            if not data:
+                client.close("client closed the connection")
+                return
+            client.bytes_in += len(data)
+            messages = decoder.feed(data)
+            if not messages:
+                continue
+            client.last_active = time.monotonic()
+            client.messages_in += len(messages)
+            now = rfc3339_now()
+            requests = [make_request(time=now, client_uuid=uuid_, payload=m) for m in messages]
+            if not await registry.dispatch_from(client, requests):
+                await trio.sleep_forever()  # draining, as in _read
+    except FramingError as exc:
+        registry.connections.bad_input += 1
+        client.close(f"bad input: {exc}")
+        log.warning("client sent bad input", extra={"client": uuid_, "problem": str(exc)})
+    except OSError as exc:
+        client.close(f"connection lost: {exc}")
 
 
 async def _write(stream: trio.abc.Stream, client: Client, config: ListenerConfig) -> None:
