@@ -24,6 +24,7 @@ from pmlb._time import rfc3339_now
 from pmlb.codecs import FramingError, frame, make_decoder
 from pmlb.codecs.proxy_protocol import ProxyHeaderParser, ProxyProtocolError
 from pmlb.config import ListenerConfig, format_address
+from pmlb.downstream.accept import serve_listeners
 from pmlb.downstream.client import Client
 from pmlb.downstream.limits import TokenBucket
 from pmlb.downstream.reasons import DRAINING
@@ -158,7 +159,7 @@ async def serve_tcp_listener(
         gate=Gate(config, registry),
         ssl_context=context,
     )
-    await trio.serve_listeners(handler, listeners, handler_nursery=connections)
+    await serve_listeners(handler, listeners, handler_nursery=connections)
 
 
 _refusal_log = RateLimited(log)

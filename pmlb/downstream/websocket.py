@@ -51,6 +51,7 @@ from pmlb._log import RateLimited
 from pmlb._proto import upstream_pb2 as pb
 from pmlb._time import rfc3339_now
 from pmlb.config import ListenerConfig, format_address
+from pmlb.downstream.accept import serve_listeners
 from pmlb.downstream.client import Client
 from pmlb.downstream.reasons import DRAINING, STOPPING, WEBSOCKET_CLOSE_CODES, classify
 from pmlb.downstream.tcp import Gate, PrefixedStream, handshake, server_ssl_context
@@ -112,7 +113,7 @@ async def serve_websocket_listener(
         refusing=_Refusing(),
         ssl_context=context,
     )
-    await trio.serve_listeners(handler, listeners, handler_nursery=connections)
+    await serve_listeners(handler, listeners, handler_nursery=connections)
 
 
 async def handle_connection(
