@@ -25,6 +25,35 @@ async def test_put_waits_while_full_and_resumes_when_taken() -> None:
     assert box.take_nowait() == [3]
 
 
+async def test_every_waiting_putter_gets_in_with_the_next_take() -> None:
+    # Fairness: a reader that waited for room is not sent back to wait
+    # behind newer ones because the first woken filled the outbox again.
+    box: Outbox[int] = Outbox(capacity=1)
+    box.open()
+    assert await box.put([0])
+    done: list[bool] = []
+
+    async def putter(value: int) -> None:
+        done.append(await box.put([value]))
+
+    async with trio.open_nursery() as nursery:
+        for value in range(1, 6):
+            nursery.start_soon(putter, value)
+        await trio.testing.wait_all_tasks_blocked()
+        assert done == []
+        assert box.take_nowait() == [0]
+        await trio.testing.wait_all_tasks_blocked()
+        assert done == [True] * 5
+    assert sorted(box.take_nowait()) == [1, 2, 3, 4, 5]
+    # full again: a new put waits once more (backpressure holds)
+    assert await box.put([6, 7])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(putter, 8)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(done) == 5
+        nursery.cancel_scope.cancel()
+
+
 async def test_closing_refuses_blocked_putters() -> None:
     box: Outbox[int] = Outbox(capacity=1)
     box.open()

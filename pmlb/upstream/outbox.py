@@ -23,7 +23,10 @@ class Outbox(Generic[T]):
     and whatever is left is taken out for failover.
 
     The capacity is a soft bound: a put that finds room adds its whole batch,
-    so the outbox can hold up to ``capacity`` plus one batch per putter.
+    so the outbox can hold up to ``capacity`` plus one batch per putter. A
+    put that waited adds its batch as soon as the writer takes, without
+    looking at the fill again: every waiting putter gets in with each take,
+    so no client's reader can lose the race for room again and again.
 
     :attr:`taken` counts what the writer took and did not put back: the
     messages written (or being written when the stream broke) to the
@@ -72,7 +75,7 @@ class Outbox(Generic[T]):
 
     async def put(self, items: list[T]) -> bool:
         """Add ``items`` once there is room; ``False`` if the outbox closed first."""
-        while self._accepting and len(self._items) >= self.capacity:
+        if self._accepting and len(self._items) >= self.capacity:
             await self._space.park()
         if not self._accepting:
             return False
