@@ -297,10 +297,17 @@ static int load(int port, int C, int depth, int size, double seconds, double rat
     qsort(lat, nlat, sizeof *lat, cmp_u32);
     uint32_t p50 = nlat ? lat[nlat / 2] : 0, p99 = nlat ? lat[nlat * 99 / 100] : 0,
              mx = nlat ? lat[nlat - 1] : 0;
+    /* fairness: the echoes of the least and the most served connection */
+    uint32_t least = C ? conns[0].received : 0, most = least;
+    for (int i = 1; i < C; i++) {
+        if (conns[i].received < least) least = conns[i].received;
+        if (conns[i].received > most) most = conns[i].received;
+    }
     printf("{\"event\": \"result\", \"messages\": %llu, \"seconds\": %.3f, \"msgs_per_s\": %.0f, "
-           "\"p50_us\": %u, \"p99_us\": %u, \"max_us\": %u, \"cpu_s\": %.3f, \"errors\": %llu}\n",
+           "\"p50_us\": %u, \"p99_us\": %u, \"max_us\": %u, \"cpu_s\": %.3f, \"errors\": %llu, "
+           "\"least_served\": %u, \"most_served\": %u}\n",
            (unsigned long long)done, elapsed, done / elapsed, p50, p99, mx, cpu,
-           (unsigned long long)errors);
+           (unsigned long long)errors, least, most);
     fflush(stdout);
     for (int i = 0; i < C; i++) hard_close(conns[i].fd);
     return errors ? 1 : 0;

@@ -294,15 +294,16 @@ def table(results: dict[str, Any]) -> str:
         f"command: {results['command']}",
         "",
         "| scenario | target | msgs/s | p50 µs | p99 µs | max µs | target CPU µs/msg "
-        "| upstream CPU s | loadgen CPU s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| upstream CPU s | loadgen CPU s | echoes per conn., least-most |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scenario, by_target in results["throughput"].items():
         for name, r in by_target.items():
             lines.append(
                 f"| {scenario} | {name} | {r['msgs_per_s']:,.0f} | {r['p50_us']} | {r['p99_us']} "
                 f"| {r['max_us']} | {r['target_us_per_msg']} "
-                f"| {'+'.join(str(c) for c in r['upstream_cpu_s']) or '-'} | {r['loadgen_cpu_s']} |"
+                f"| {'+'.join(str(c) for c in r['upstream_cpu_s']) or '-'} | {r['loadgen_cpu_s']} "
+                f"| {r['least_served']}-{r['most_served']} |"
             )
     lines.append("")
     lines += ["| derived | value |", "|---|---:|"]
@@ -330,7 +331,9 @@ def table(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per throughput run")
-    parser.add_argument("--rate", type=float, default=5000, help="offered msgs/s, latency run")
+    parser.add_argument(
+        "--rates", default="1000,5000", help="offered msgs/s of the latency runs, comma-separated"
+    )
     parser.add_argument("--output", default="bench-results.json")
     parser.add_argument("--max-clients", type=int, default=19_500)
     parser.add_argument(
@@ -372,9 +375,10 @@ def main() -> None:
                 print(f"throughput {key} ...", file=sys.stderr)
                 results["throughput"][key] = bench.throughput(conns, depth)
         if "latency" in only:
-            key = f"C=100 D=1 at {args.rate:.0f}/s"
-            print(f"latency {key} ...", file=sys.stderr)
-            results["throughput"][key] = bench.latency_at_rate(args.rate)
+            for rate in (float(r) for r in args.rates.split(",")):
+                key = f"C=100 D=1 at {rate:.0f}/s"
+                print(f"latency {key} ...", file=sys.stderr)
+                results["throughput"][key] = bench.latency_at_rate(rate)
         targets = bench.targets
         results["clients"] = {}
         if "idle" in only:
