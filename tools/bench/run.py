@@ -328,11 +328,24 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not numbers: {text!r}") from None
+    if not all(rate > 0 for rate in rates):
+        raise argparse.ArgumentTypeError(f"rates must be > 0: {text!r}")
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per throughput run")
     parser.add_argument(
-        "--rates", default="1000,5000", help="offered msgs/s of the latency runs, comma-separated"
+        "--rates",
+        type=_rates,
+        default="1000,5000",
+        help="offered msgs/s of the latency runs, comma-separated",
     )
     parser.add_argument("--output", default="bench-results.json")
     parser.add_argument("--max-clients", type=int, default=19_500)
@@ -375,7 +388,7 @@ def main() -> None:
                 print(f"throughput {key} ...", file=sys.stderr)
                 results["throughput"][key] = bench.throughput(conns, depth)
         if "latency" in only:
-            for rate in (float(r) for r in args.rates.split(",")):
+            for rate in args.rates:
                 key = f"C=100 D=1 at {rate:.0f}/s"
                 print(f"latency {key} ...", file=sys.stderr)
                 results["throughput"][key] = bench.latency_at_rate(rate)
