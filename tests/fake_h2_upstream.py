@@ -39,6 +39,9 @@ class FakeUpstream:
     open_window: trio.Event = attrs.Factory(trio.Event)
     reply_padding: int = 0
     malformed: bool = False
+    #: raw bytes sent after the echoes of each read, in the same DATA frame
+    #: (a malformed message, the header of an oversized one...)
+    trailing: bytes = b""
     live: bool | None = True  # None: never answer
     #: end the bidi stream with this grpc-status once this many messages arrived
     end_after: tuple[int, int, str] | None = None
@@ -150,7 +153,11 @@ class FakeUpstream:
                 conn.send_headers(stream_id, [(b"grpc-status", b"0")], end_stream=True)
 
     def _send(
-        self, conn: h2.connection.H2Connection, stream_id: int, messages: list[Message]
+        self,
+        conn: h2.connection.H2Connection,
+        stream_id: int,
+        messages: list[Message],
+        trailing: bytes = b"",
     ) -> None:
         if (id(conn), stream_id) not in self._started:
             self._started.add((id(conn), stream_id))
@@ -159,7 +166,7 @@ class FakeUpstream:
         # No empty DATA frame when a frame carried only part of a message:
         # legal HTTP/2, but grpclib takes one for the end of the stream.
         if raw:
-            conn.send_data(stream_id, encode_messages(raw))
+            conn.send_data(stream_id, encode_messages(raw) + trailing)
 
     def _stream(self, conn: h2.connection.H2Connection, stream_id: int, raw: list[bytes]) -> None:
         requests = [pb.InputStreamRequest.FromString(m) for m in raw]
@@ -184,6 +191,7 @@ class FakeUpstream:
                 )
                 for r in requests
             ],
+            self.trailing,
         )
         if self.end_after is not None and count >= self.end_after[0]:
             self._ended.add((id(conn), stream_id))

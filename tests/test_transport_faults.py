@@ -21,6 +21,7 @@ import trio
 import trio_asyncio
 
 from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.grpc import encode_messages
 from pmlb.upstream.grpclib_transport import GrpclibTransport
 from pmlb.upstream.h2_transport import H2Transport
 from pmlb.upstream.outbox import Outbox
@@ -183,3 +184,21 @@ async def test_cancelled_while_stalled_requeues_what_was_not_written(name: str) 
     # whole messages and the start of one were written; the rest is back, in order
     started = -(-65535 // size)
     assert outbox.take_nowait() == batch[started:]
+
+
+# A valid reply and a bad one in the same DATA frame (one read): the valid one
+# reaches its client, then the stream fails (issue 17, finding 4). (Not an
+# oversized one: grpclib reads a message whole before any size check, see
+# README "Security"; test_h2_transport covers it for the native transport.)
+BAD_AFTER_VALID = {
+    "malformed": encode_messages([b"\x0a\x05ab"]),  # a field longer than the message
+    "compressed": b"\x01\x00\x00\x00\x01x",  # compression was never negotiated
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_AFTER_VALID))
+async def test_a_valid_reply_before_a_bad_one_in_the_same_read_is_delivered(bad: str) -> None:
+    # One request: grpclib writes each message as its own DATA frame, so the
+    # fake answers each on its own (test_h2_transport has a batch of three).
+    outcome = await both(lambda: FakeUpstream(trailing=BAD_AFTER_VALID[bad]), requests(1))
+    assert outcome == Outcome([b"echo:0000"], True, [], True, 1)

@@ -245,6 +245,8 @@ class _Connection:
                 try:
                     stream.messages += stream.decoder.feed(event.data)
                 except GrpcMessageError as exc:
+                    # What came before the bad message is delivered first.
+                    stream.messages += exc.messages
                     stream.fail(f"bad gRPC message from the upstream: {exc}")
                     self._reset(event.stream_id, h2.errors.ErrorCodes.CANCEL)
             elif isinstance(event, h2.events.ResponseReceived):
@@ -540,9 +542,14 @@ class H2Transport:
             await connection.wait_until(lambda: bool(stream.messages) or stream.closed)
             if stream.messages:
                 raw, stream.messages = stream.messages, []
+                replies: list[pb.OutputStreamRequest] = []
                 try:
-                    replies = [parse(message) for message in raw]
+                    for message in raw:
+                        replies.append(parse(message))
                 except DecodeError as exc:
+                    # The replies before the bad one are valid: deliver them.
+                    if replies:
+                        deliver(replies)
                     raise UpstreamError(f"malformed message from the upstream: {exc}") from None
                 deliver(replies)
             if stream.closed and not stream.messages:
