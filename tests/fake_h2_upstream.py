@@ -8,7 +8,9 @@ or malformed replies, or stop answering liveness. It records what it got.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import struct
+from collections.abc import Callable, Iterable
 
 import attrs
 import h2.config
@@ -22,6 +24,12 @@ from pmlb._proto import upstream_pb2 as pb
 from pmlb.codecs.grpc import GrpcMessageDecoder, encode_messages
 
 _HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+
+
+def raw_frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    """One HTTP/2 frame as bytes, whatever h2 would allow (for attacks)."""
+    header = struct.pack(">I", len(payload))[1:] + struct.pack(">BBI", kind, flags, stream_id)
+    return header + payload
 
 
 @attrs.define
@@ -39,9 +47,17 @@ class FakeUpstream:
     open_window: trio.Event = attrs.Factory(trio.Event)
     reply_padding: int = 0
     malformed: bool = False
+    #: raw bytes sent after the echoes of each read, in the same DATA frame
+    #: (a malformed message, the header of an oversized one...)
+    trailing: bytes = b""
     live: bool | None = True  # None: never answer
     #: end the bidi stream with this grpc-status once this many messages arrived
     end_after: tuple[int, int, str] | None = None
+    #: raw bytes written, chunk by chunk, once the first message arrives on a
+    #: bidi stream (called with that stream's id), past h2's own state
+    attack: Callable[[int], Iterable[bytes]] | None = None
+    #: chunks of ``attack`` written so far
+    attack_sent: int = 0
 
     received: list[pb.InputStreamRequest] = attrs.Factory(list)
     #: flow-controlled bytes received on bidi streams
@@ -87,12 +103,29 @@ class FakeUpstream:
 
             if self.hold_window:
                 nursery.start_soon(window_opener)
+
+            async def attacker(stream_id: int) -> None:
+                assert self.attack is not None
+                # the client drops the connection when it has seen enough
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    for chunk in self.attack(stream_id):
+                        async with sending:
+                            await stream.send_all(chunk)
+                        self.attack_sent += 1
+
             await send_pending()
+            attacked = False
             while data := await stream.receive_some(65536):
                 if conn.state_machine.state is h2.connection.ConnectionState.CLOSED:
                     continue  # after our GOAWAY: what the client still sends is ignored
                 for event in conn.receive_data(data):
                     self._handle(conn, event, paths, decoders, unacked)
+                if self.attack is not None and not attacked and self.received:
+                    attacked = True
+                    bidi = max(
+                        i for i, p in paths.items() if p.endswith(b"/bidirectionalStreaming")
+                    )
+                    nursery.start_soon(attacker, bidi)
                 await send_pending()
                 self._changed.unpark_all()
             nursery.cancel_scope.cancel()
@@ -150,7 +183,11 @@ class FakeUpstream:
                 conn.send_headers(stream_id, [(b"grpc-status", b"0")], end_stream=True)
 
     def _send(
-        self, conn: h2.connection.H2Connection, stream_id: int, messages: list[Message]
+        self,
+        conn: h2.connection.H2Connection,
+        stream_id: int,
+        messages: list[Message],
+        trailing: bytes = b"",
     ) -> None:
         if (id(conn), stream_id) not in self._started:
             self._started.add((id(conn), stream_id))
@@ -159,7 +196,7 @@ class FakeUpstream:
         # No empty DATA frame when a frame carried only part of a message:
         # legal HTTP/2, but grpclib takes one for the end of the stream.
         if raw:
-            conn.send_data(stream_id, encode_messages(raw))
+            conn.send_data(stream_id, encode_messages(raw) + trailing)
 
     def _stream(self, conn: h2.connection.H2Connection, stream_id: int, raw: list[bytes]) -> None:
         requests = [pb.InputStreamRequest.FromString(m) for m in raw]
@@ -167,6 +204,8 @@ class FakeUpstream:
         if (id(conn), stream_id) in self._ended:
             # Sent before the client saw this side end the stream: received, not answered.
             return
+        if self.attack is not None:
+            return  # the attack is all this stream gets
         count = len(self.received)
         if self.reset_after is not None and count >= self.reset_after:
             conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
@@ -184,6 +223,7 @@ class FakeUpstream:
                 )
                 for r in requests
             ],
+            self.trailing,
         )
         if self.end_after is not None and count >= self.end_after[0]:
             self._ended.add((id(conn), stream_id))
