@@ -58,6 +58,8 @@ An example using every table::
     port = 8000
     enabled = true              # false: no admin API at all
     token = ""                  # bearer token (PMLB_ADMIN_TOKEN in the environment overrides it)
+    allowed_hosts = ["pmlb.internal"]   # more names the admin may be reached by (Host)
+    allowed_origins = ["https://ops.example.com"]   # web origins that may change state
 
     [management_server.tls]
     cert_path = ""
@@ -147,8 +149,14 @@ An example using every table::
     8000), ``enabled`` (default true) and ``token``, the bearer token every
     admin route but ``/healthz`` requires (default empty: no token). pmlb
     refuses to serve the admin on an address that is not loopback without a
-    token. ``cert_path`` and ``key_path`` in the ``tls`` table name a PEM
-    certificate and its key; both empty means no TLS.
+    token. ``allowed_hosts`` (default empty) lists more names a request's
+    ``Host`` may give besides the admin's addresses (its ``host``, and
+    ``localhost`` on a loopback address): other names are refused (DNS
+    rebinding). ``allowed_origins`` (default empty) lists web origins
+    (``scheme://host[:port]``) whose pages may change state or open the event
+    WebSocket besides the admin's own dashboard. ``cert_path`` and
+    ``key_path`` in the ``tls`` table name a PEM certificate and its key; both
+    empty means no TLS.
 
 ``[log]``
     ``level`` and ``format``, as in the example.
@@ -324,6 +332,10 @@ class ManagementConfig:
     enabled: bool = True
     #: the admin's bearer token; empty: none (allowed on loopback only)
     token: str = attrs.field(default="", repr=False)
+    #: more names ``Host`` may give (see pmlb.admin.guard)
+    allowed_hosts: tuple[str, ...] = ()
+    #: web origins that may change state and open the event WebSocket
+    allowed_origins: tuple[str, ...] = ()
     tls: ManagementTLSConfig | None = None
 
     @property
@@ -547,6 +559,37 @@ def _boolean(value: object) -> bool:
     return value
 
 
+def _list_of(check: Callable[[object], str]) -> Callable[[object], tuple[str, ...]]:
+    def checked(value: object) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise _Bad(f"must be an array of strings, got {_describe(value)}")
+        found = []
+        for index, item in enumerate(value):
+            try:
+                found.append(check(item))
+            except _Bad as bad:
+                raise _Bad(f"item {index}: {bad}") from None
+        return tuple(found)
+
+    return checked
+
+
+_ORIGIN: Final = re.compile(r"(https?)://(\[[0-9A-Fa-f:.]+\]|[^/:\[\]]+)(:[0-9]{1,5})?")
+
+
+def _origin(value: object) -> str:
+    text = _string(value)
+    match = _ORIGIN.fullmatch(text)
+    host = match.group(2).strip("[]") if match else ""
+    if match is None or host_problem(host) is not None:
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise _Bad(
+            f"must be a web origin, scheme://host[:port] with scheme http or https"
+            f" and no path, got {shown!r}"
+        )
+    return text.lower()
+
+
 def _one_of(*choices: str) -> Callable[[object], str]:
     want = "must be one of " + ", ".join(repr(choice) for choice in choices)
 
@@ -626,6 +669,8 @@ _MANAGEMENT_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "port": _port,
     "enabled": _boolean,
     "token": _token,
+    "allowed_hosts": _list_of(_host),
+    "allowed_origins": _list_of(_origin),
 }
 _TLS_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "cert_path": _string,
@@ -1101,6 +1146,8 @@ def _toml_value(value: object) -> str:
         return repr(value)
     if isinstance(value, str):
         return _toml_string(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     raise TypeError(f"cannot write {_describe(value)} as a TOML value")
 
 
@@ -1171,6 +1218,9 @@ def render_config(config: Config) -> str:
         management["enabled"] = False
     if config.management.token:
         management["token"] = config.management.token
+    for name in ("allowed_hosts", "allowed_origins"):
+        if getattr(config.management, name):
+            management[name] = list(getattr(config.management, name))
     if config.management.tls is not None:
         management["tls"] = attrs.asdict(config.management.tls)
     document["management_server"] = management

@@ -632,6 +632,24 @@ INVALID_FILES = [
         id="management-token-with-space",
     ),
     pytest.param(
+        '[management_server]\nallowed_hosts = "pmlb.internal"',
+        "pmlb.toml: management_server.allowed_hosts: must be an array of strings,"
+        " got string 'pmlb.internal'",
+        id="management-allowed-hosts-not-an-array",
+    ),
+    pytest.param(
+        '[management_server]\nallowed_hosts = ["ok.internal", "not a host"]',
+        "pmlb.toml: management_server.allowed_hosts: item 1: must be an IP address or a host name",
+        id="management-allowed-hosts-bad-name",
+    ),
+    pytest.param(
+        '[management_server]\nallowed_origins = ["https://ops.example.com/dash"]',
+        "pmlb.toml: management_server.allowed_origins: item 0: must be a web origin,"
+        " scheme://host[:port] with scheme http or https and no path,"
+        " got 'https://ops.example.com/dash'",
+        id="management-allowed-origin-with-path",
+    ),
+    pytest.param(
         '[management_server.tls]\nkey_path = "key.pem"',
         "pmlb.toml: management_server.tls.cert_path: must be set when key_path is set",
         id="tls-key-without-cert",
@@ -1012,7 +1030,9 @@ def test_render_round_trips_awkward_values() -> None:
         upstreams=(UpstreamConfig(host="h", port=3, ready_timeout=1e-05, alive_timeout=1e16),),
         activity_window=0.1,
         management=ManagementConfig(
-            tls=ManagementTLSConfig(cert_path="C:\\certs\\a.pem", key_path="k.pem")
+            tls=ManagementTLSConfig(cert_path="C:\\certs\\a.pem", key_path="k.pem"),
+            allowed_hosts=("pmlb.internal", "10.0.0.1"),
+            allowed_origins=("https://ops.example.com", "http://[::1]:8000"),
         ),
     )
     assert round_trip(config) == config
