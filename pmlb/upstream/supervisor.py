@@ -243,7 +243,7 @@ async def _watch_acks(upstream: Upstream) -> None:
             # Nothing is waiting: look again soon, so that a request written
             # meanwhile is found at most a quarter of the timeout late.
             await trio.sleep(timeout / 4)
-        elif now - oldest >= timeout:
+        elif now >= oldest + timeout:  # the very sum slept until: no rounding gap
             raise UpstreamError(
                 f"no acknowledgement within ack_timeout ({timeout:g}s) for a request"
                 f" ({len(unacked)} unacknowledged)"
