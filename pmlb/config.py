@@ -48,6 +48,10 @@ An example using every table::
     tls_cert = "pmlb.pem"       # optional client certificate (mutual TLS)
     tls_key = "pmlb.key"
     tls_server_name = "svc.internal"    # default: host
+    acks = true                 # default false: see docs/contract.md
+    max_unacked = 10000         # with acks: requests written and not acknowledged, at most
+    ack_timeout = 30            # with acks: seconds a request may wait for its ack
+    max_deliveries = 5          # with acks: deliveries of a request before it is dropped
 
     [management_server]
     host = "127.0.0.1"
@@ -127,8 +131,18 @@ An example using every table::
     ``resolve_interval`` seconds, default 10, each address becoming an
     upstream with this entry's port and settings; see
     :mod:`pmlb.upstream.discovery`) and ``nameserver`` (``"IP"`` or
-    ``"IP:PORT"``: ask that DNS server instead of the system resolver). Two
-    upstreams may not have the same host and port.
+    ``"IP:PORT"``: ask that DNS server instead of the system resolver),
+    ``acks`` (``true``: the upstream acknowledges what it is done with, and
+    pmlb redelivers what a failed upstream did not acknowledge, see
+    docs/contract.md; default ``false``, the original contract, on which
+    pmlb sets none of the acknowledgement fields) and, with ``acks``,
+    ``max_unacked`` (requests written to its stream and not acknowledged
+    yet, at most; reaching it stops writing to it, so its queue fills and
+    pmlb pushes back; default 10000), ``ack_timeout`` (seconds a request may
+    wait for its acknowledgement before the upstream counts as failed and is
+    reconnected, default 30) and ``max_deliveries`` (a request delivered
+    that many times without an acknowledgement is dropped, logged and
+    counted, default 5). Two upstreams may not have the same host and port.
 
 ``[management_server]`` and ``[management_server.tls]``
     The admin API's ``host`` (default ``"127.0.0.1"``) and ``port`` (default
@@ -277,6 +291,13 @@ class UpstreamConfig:
     tls_server_name: str = ""
     #: send this upstream client lifecycle events (connected, disconnected)
     events: bool = False
+    #: the upstream acknowledges requests (seq, message_id, delivery_attempt
+    #: set; OutputStreamRequest.acks read): what it did not acknowledge when
+    #: its stream fails is redelivered
+    acks: bool = False
+    max_unacked: int = 10_000
+    ack_timeout: float = 30.0
+    max_deliveries: int = 5
     #: readiness and liveness through the contract's ready/live RPCs
     #: ("contract") or the standard grpc.health.v1.Health service ("grpc")
     health: str = "contract"
@@ -633,6 +654,10 @@ _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "tls_key": _string,
     "tls_server_name": _string,
     "events": _boolean,
+    "acks": _boolean,
+    "max_unacked": _integer(1),
+    "ack_timeout": _seconds,
+    "max_deliveries": _integer(1),
     "health": _one_of("contract", "grpc"),
     "health_service": _string,
     "discovery": _one_of("static", "dns"),

@@ -234,6 +234,26 @@ INVALID_FILES = [
         id="upstream-events-not-boolean",
     ),
     pytest.param(
+        '[[upstream]]\nhost = "h"\nport = 1\nacks = 1',
+        "pmlb.toml: upstream[0].acks: must be true or false, got integer 1",
+        id="upstream-acks-not-boolean",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "h"\nport = 1\nmax_unacked = 0',
+        "pmlb.toml: upstream[0].max_unacked: must be an integer >= 1, got 0",
+        id="upstream-max-unacked-zero",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "h"\nport = 1\nack_timeout = -1',
+        "pmlb.toml: upstream[0].ack_timeout: must be a number > 0, got -1",
+        id="upstream-ack-timeout-negative",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "h"\nport = 1\nmax_deliveries = 2.5',
+        "pmlb.toml: upstream[0].max_deliveries: must be an integer >= 1, got float 2.5",
+        id="upstream-max-deliveries-float",
+    ),
+    pytest.param(
         '[[upstream]]\nhost = "h"\nport = 1\nhealth = "http"',
         "pmlb.toml: upstream[0].health: must be one of 'contract', 'grpc', got 'http'",
         id="upstream-health-unknown",
@@ -971,6 +991,33 @@ def round_trip(config: Config) -> Config:
 )
 def test_render_round_trips_a_loaded_file(tmp_path: Path, text: str) -> None:
     config = load_config(write(tmp_path, text))
+    assert round_trip(config) == config
+
+
+def test_ack_settings_load_and_render() -> None:
+    config = parse_config(
+        tomllib.loads(
+            '[[upstream]]\nhost = "h"\nport = 1\nacks = true\nmax_unacked = 7\n'
+            "ack_timeout = 2.5\nmax_deliveries = 3\n"
+            '[[upstream]]\nhost = "h"\nport = 2\n'
+        )
+    )
+    acked, plain = config.upstreams
+    assert (acked.acks, acked.max_unacked, acked.ack_timeout, acked.max_deliveries) == (
+        True,
+        7,
+        2.5,
+        3,
+    )
+    assert (plain.acks, plain.max_unacked, plain.ack_timeout, plain.max_deliveries) == (
+        False,
+        10_000,
+        30.0,
+        5,
+    )
+    text = render_config(config)
+    assert "acks = true" in text
+    assert "max_deliveries = 3" in text
     assert round_trip(config) == config
 
 
