@@ -194,15 +194,19 @@ async def _serve(upstream: Upstream, transport: Transport, registry: Registry) -
 
     def deliver_acked(replies: list[pb.OutputStreamRequest]) -> None:
         upstream.messages_received += len(replies)
-        acking = [reply for reply in replies if reply.acks]
-        if acking:
-            for reply in acking:
-                upstream.outbox.ack(reply.acks)
-            # An ack with no target is an ack and nothing else.
-            replies = [r for r in replies if not r.acks or r.WhichOneof("target") is not None]
-            if not replies:
-                return
-        registry.deliver(replies)
+        seqs: list[int] = []
+        rest = []
+        for reply in replies:
+            acks = reply.acks
+            if acks:
+                seqs += acks
+                if reply.WhichOneof("target") is None:
+                    continue  # an ack with no target is an ack and nothing else
+            rest.append(reply)
+        if seqs:
+            upstream.outbox.ack(seqs)
+        if rest:
+            registry.deliver(rest)
 
     async def run(what: str, fn: Callable[[], Awaitable[None]]) -> None:
         nonlocal reason
