@@ -14,7 +14,7 @@ Pure bookkeeping: no I/O, no clock of its own (the caller passes the time).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.metrics import LatencyHistogram
@@ -121,17 +121,15 @@ class Unacked:
             if not request.delivery_attempt:
                 request.ClearField("message_id")
 
-    def ack(self, seqs: Iterable[int], now: float) -> None:
+    def ack(self, seqs: Sequence[int], now: float) -> None:
         """The upstream is done with these; unknown or repeated seqs are counted, no more."""
         pending = self._pending
         pop = pending.pop
         before = len(pending)
-        count = 0
         # Requests written in one batch share their time: one histogram
         # update per run of them, not one per ack.
         run_written, run = 0.0, 0
         for seq in seqs:
-            count += 1
             entry = pop(seq, None)
             if entry is not None:
                 written = entry[1]
@@ -144,7 +142,7 @@ class Unacked:
             self.latency.observe(now - run_written, run)
         matched = before - len(pending)
         self.acks_received += matched
-        self.acks_unknown += count - matched
+        self.acks_unknown += len(seqs) - matched
 
     def oldest(self) -> float | None:
         """When the oldest request still unacknowledged was written (``None``: none is)."""

@@ -194,19 +194,11 @@ async def _serve(upstream: Upstream, transport: Transport, registry: Registry) -
 
     def deliver_acked(replies: list[pb.OutputStreamRequest]) -> None:
         upstream.messages_received += len(replies)
-        seqs: list[int] = []
-        rest = []
-        for reply in replies:
-            acks = reply.acks
-            if acks:
-                seqs += acks
-                if reply.WhichOneof("target") is None:
-                    continue  # an ack with no target is an ack and nothing else
-            rest.append(reply)
+        seqs = [seq for reply in replies for seq in reply.acks]
         if seqs:
             upstream.outbox.ack(seqs)
-        if rest:
-            registry.deliver(rest)
+        # Acks alone (no target) are skipped there, not counted as targetless.
+        registry.deliver(replies)
 
     async def run(what: str, fn: Callable[[], Awaitable[None]]) -> None:
         nonlocal reason
