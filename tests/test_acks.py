@@ -20,6 +20,7 @@ from prometheus_client import generate_latest
 
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.config import Config, UpstreamConfig
+from pmlb.downstream.client import Client
 from pmlb.metrics import metrics_registry
 from pmlb.registry import Registry
 from pmlb.upstream.acks import MessageIds, Unacked
@@ -412,3 +413,23 @@ async def test_both_transports_redeliver_after_a_reset(name: str) -> None:
     assert [(r.payload, r.delivery_attempt) for r in again] == [(b"m3", 2), (b"m4", 2)]
     assert [r.message_id for r in again] == [r.message_id for r in fake.received[3:5]]
     assert (stats.unacked, stats.acks_received, stats.redelivered) == (0, 5, 2)
+
+
+async def test_lifecycle_events_are_acknowledged_and_redelivered_too() -> None:
+    registry = Registry(Config())
+    dying = registry.add_upstream(UpstreamConfig(host="a", port=1, acks=True, events=True))
+    plain = registry.add_upstream(UpstreamConfig(host="b", port=1, events=True))
+    registry.set_upstream_state(dying, SERVING)
+    client = Client(
+        "c", listener="l", remote="x", transport="tcp", queue_limit=1, scope=trio.CancelScope()
+    )
+    registry.add_client(client)
+    [event] = dying.outbox.take_nowait()
+    assert event.event == pb.InputStreamRequest.EVENT_CONNECTED
+    assert (event.seq, event.delivery_attempt) == (1, 1)
+    assert event.message_id
+    registry.set_upstream_state(dying, UNHEALTHY)
+    registry.set_upstream_state(plain, SERVING)
+    [again] = plain.outbox.take_nowait()
+    assert again.event == pb.InputStreamRequest.EVENT_CONNECTED
+    assert ack_fields(again) == (0, "", 0)  # to an upstream without acks: as ever
