@@ -100,8 +100,9 @@ class Unacked:
         prefix, last = ids.prefix, ids.last
         for request in requests:
             request.seq = seq
-            if request.message_id:
-                request.delivery_attempt += 1
+            attempt = request.delivery_attempt  # an int: cheaper to read than the id
+            if attempt:
+                request.delivery_attempt = attempt + 1
             else:
                 last += 1
                 request.message_id = f"{prefix}{last:x}"
