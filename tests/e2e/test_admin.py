@@ -178,15 +178,23 @@ async def test_upstream_routes(procs: Processes) -> None:
         assert one["last_error"] is None
         assert_error(await http.get("/api/v1/upstreams/127.0.0.1:1"), 404)
 
-        # add: a grpcio upstream, which starts serving
-        _, b_port = await procs.upstream("B", kind="grpcio")
+        # add: a grpcio upstream that acknowledges, which starts serving
+        _, b_port = await procs.upstream("B", kind="grpcio", extra=["--acks"])
         b = f"127.0.0.1:{b_port}"
         mark = admin.pmlb.mark()
-        body = {"host": "127.0.0.1", "port": b_port, "ready_timeout": 2, "live_interval": 1}
+        body = {
+            "host": "127.0.0.1",
+            "port": b_port,
+            "ready_timeout": 2,
+            "live_interval": 1,
+            "acks": True,
+            "max_unacked": 100,
+        }
         added = await http.post("/api/v1/upstreams", json=body)
         assert added.status_code == 201, added.text
         assert added.json()["address"] == b
         assert added.json()["live_interval"] == 1
+        assert added.json()["acks"] is True
         await wait_serving(admin.pmlb, b_port, after=mark)
         assert_error(await http.post("/api/v1/upstreams", json=body), 409)
 
@@ -199,6 +207,11 @@ async def test_upstream_routes(procs: Processes) -> None:
             await http.post("/api/v1/upstreams", json={"host": "h", "port": 1, "colour": 1}),
             400,
             "colour",
+        )
+        assert_error(
+            await http.post("/api/v1/upstreams", json={"host": "h", "port": 1, "max_unacked": 0}),
+            400,
+            "max_unacked",
         )
         assert_error(
             await http.post(
@@ -224,6 +237,9 @@ async def test_upstream_routes(procs: Processes) -> None:
         await client.send(*[f"m{i}" for i in range(20)])
         replies = await client.recv_many(20)
         assert {r.split(":")[0] for r in replies} == {"A", "B"}
+        view_b = (await http.get(f"/api/v1/upstreams/{b}")).json()
+        assert view_b["acks_received"] == sum(r.startswith("B:") for r in replies)
+        assert view_b["unacked"] == 0
         drained = await http.post(f"/api/v1/upstreams/{b}/drain", json={"timeout": 10})
         assert drained.json() == {"upstream": b, "failed_over": 0, "pending": False}
         assert_error(await http.get(f"/api/v1/upstreams/{b}"), 404)
