@@ -63,6 +63,12 @@ An example using every table::
     level = "info"              # "debug", "info", "warning" or "error"
     format = "text"             # "text" or "json"
 
+    [cluster]                   # several pmlb as one, through Redis
+    redis_url = "redis://127.0.0.1:6379/0"  # or "unix:///run/redis.sock"; set: cluster on
+    node = ""                   # this instance's name; default host-pid-random
+    heartbeat_interval = 2      # seconds
+    node_timeout = 10           # seconds without a heartbeat before a node counts as dead
+
 ``[server]``
     ``host`` (default ``"127.0.0.1"``), ``port`` (default 7999), ``name`` (the
     listener's name, default ``"default"``), ``transport`` (``"tcp"``, the
@@ -125,8 +131,12 @@ An example using every table::
     ``resolve_interval`` seconds, default 10, each address becoming an
     upstream with this entry's port and settings; see
     :mod:`pmlb.upstream.discovery`) and ``nameserver`` (``"IP"`` or
-    ``"IP:PORT"``: ask that DNS server instead of the system resolver). Two
-    upstreams may not have the same host and port.
+    ``"IP:PORT"``: ask that DNS server instead of the system resolver),
+    ``reply_scope`` (``"local"``, the default: a reply reaches the clients of
+    this pmlb only, as in the original contract; ``"cluster"``: with a
+    ``[cluster]``, a reply to a client of another node is sent there, and a
+    broadcast reaches every client of the cluster once). Two upstreams may
+    not have the same host and port.
 
 ``[management_server]`` and ``[management_server.tls]``
     The admin API's ``host`` (default ``"127.0.0.1"``) and ``port`` (default
@@ -138,6 +148,17 @@ An example using every table::
 
 ``[log]``
     ``level`` and ``format``, as in the example.
+
+``[cluster]``
+    Joins this pmlb to others through Redis (see :mod:`pmlb.cluster`):
+    ``redis_url`` (``redis://[:PASSWORD@]HOST[:PORT][/DB]``, ``rediss://`` for
+    TLS, or ``unix:///PATH[?db=N]``; empty, the default: no cluster),
+    ``node`` (this instance's name, unique in the cluster: letters, digits,
+    ``.``, ``_``, ``-``; default ``HOST-PID-RANDOM``), ``heartbeat_interval``
+    (seconds, default 2) and ``node_timeout`` (seconds without a heartbeat
+    before a node counts as dead, default 10; more than
+    ``heartbeat_interval``). An upstream's ``reply_scope = "cluster"`` lets
+    it answer any client of the cluster on any of its streams.
 
 Values are checked strictly: ports are integers from 0 to 65535 (1 to 65535
 for upstreams), hosts are non-empty strings (an IPv6 address is written
@@ -152,6 +173,7 @@ import math
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, time
 from typing import Any, Final, TypeGuard
@@ -159,6 +181,7 @@ from typing import Any, Final, TypeGuard
 import attrs
 
 __all__ = [
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "ListenerConfig",
@@ -279,6 +302,8 @@ class UpstreamConfig:
     discovery: str = "static"
     resolve_interval: float = 10.0
     nameserver: str = ""
+    #: "local": replies reach this pmlb's clients only; "cluster": any node's
+    reply_scope: str = "local"
 
     @property
     def address(self) -> str:
@@ -329,6 +354,21 @@ class LogConfig:
 
 
 @attrs.frozen(kw_only=True)
+class ClusterConfig:
+    """How this pmlb joins a cluster through Redis; an empty ``redis_url``: no cluster."""
+
+    redis_url: str = attrs.field(default="", repr=False)
+    #: this node's name; empty: chosen at start (host-pid-random)
+    node: str = ""
+    heartbeat_interval: float = 2.0
+    node_timeout: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url)
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     """Everything pmlb runs on.
 
@@ -360,6 +400,7 @@ class Config:
     drain_timeout: float = 30.0
     management: ManagementConfig = ManagementConfig()
     log: LogConfig = LogConfig()
+    cluster: ClusterConfig = ClusterConfig()
     source: str | None = attrs.field(default=None, eq=False)
 
 
@@ -520,6 +561,58 @@ def _nameserver(value: object) -> str:
     return value
 
 
+_REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+_NODE_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a Redis URL pmlb can use, or ``None`` if it is one."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in _REDIS_SCHEMES:
+        return (
+            "must start with redis://, rediss:// or unix://, got"
+            f" {parsed.scheme + '://' if parsed.scheme else 'no scheme'}"
+        )
+    try:
+        port = parsed.port
+    except ValueError as error:
+        return f"bad port: {error}"
+    if parsed.scheme == "unix":
+        if not parsed.path:
+            return "unix:// needs the socket's path, as in unix:///run/redis.sock"
+        db = urllib.parse.parse_qs(parsed.query).get("db", ["0"])[-1]
+    else:
+        host = parsed.hostname or ""
+        if not host:
+            return f"{parsed.scheme}:// needs a host, as in redis://127.0.0.1:6379/0"
+        problem = host_problem(host)
+        if problem:
+            return f"host {problem}"
+        if port == 0:
+            return "port must be from 1 to 65535, got 0"
+        db = parsed.path.strip("/") or "0"
+    if not (db.isascii() and db.isdigit()):
+        return f"the database must be a number, got {db!r}"
+    return None
+
+
+def _redis_url(value: object) -> str:
+    # Never echo the whole URL: it may hold a password.
+    url = _string(value)
+    if url:
+        problem = redis_url_problem(url)
+        if problem:
+            raise _Bad(problem)
+    return url
+
+
+def _node_name(value: object) -> str:
+    name = _string(value)
+    if name and not _NODE_NAME.fullmatch(name):
+        raise _Bad(f"must be 1 to 100 letters, digits, '.', '_' or '-', got {name!r}")
+    return name
+
+
 def _boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise _Bad(f"must be true or false, got {_describe(value)}")
@@ -595,6 +688,7 @@ _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "discovery": _one_of("static", "dns"),
     "resolve_interval": _seconds,
     "nameserver": _nameserver,
+    "reply_scope": _one_of("local", "cluster"),
 }
 _MANAGEMENT_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "host": _host,
@@ -610,7 +704,13 @@ _LOG_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "level": _one_of(*_LOG_LEVELS),
     "format": _one_of(*_LOG_FORMATS),
 }
-_TOP_LEVEL: Final = ("server", "listener", "upstream", "management_server", "log")
+_CLUSTER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
+    "redis_url": _redis_url,
+    "node": _node_name,
+    "heartbeat_interval": _seconds,
+    "node_timeout": _seconds,
+}
+_TOP_LEVEL: Final = ("server", "listener", "upstream", "management_server", "log", "cluster")
 
 
 class _Problems:
@@ -761,6 +861,16 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
         management_values["tls"] = ManagementTLSConfig(**tls_values)
 
     log = _read(problems, _table(problems, data, "", "log"), "log", _LOG_CHECKS)
+    cluster = _read(problems, _table(problems, data, "", "cluster"), "cluster", _CLUSTER_CHECKS)
+    cluster_config = ClusterConfig(**cluster)
+    if (
+        "heartbeat_interval" in cluster or "node_timeout" in cluster
+    ) and cluster_config.node_timeout <= cluster_config.heartbeat_interval:
+        problems.add(
+            "cluster.node_timeout",
+            f"must be more than heartbeat_interval ({cluster_config.heartbeat_interval:g}),"
+            f" got {cluster_config.node_timeout:g}",
+        )
 
     problems.raise_if_any()
     return Config(
@@ -768,6 +878,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
         upstreams=tuple(upstream for _, upstream in upstreams),
         management=ManagementConfig(**management_values),
         log=LogConfig(**log),
+        cluster=cluster_config,
         source=source,
         **{name: value for name, value in server_values.items() if name not in _LISTENER_CHECKS},
     )
@@ -935,13 +1046,15 @@ def apply_overrides(
     admin_port: int | None = None,
     admin: bool | None = None,
     admin_token: str | None = None,
+    cluster_redis: str | None = None,
 ) -> Config:
     """``config`` with command-line flags applied; ``None`` leaves a setting as it is.
 
     ``host``, ``port``, ``framing`` and ``max_message_size`` apply to the first
     listener. ``upstreams`` (each ``HOST:PORT`` or ``[IPv6]:PORT``) replaces
     the upstream list; the new upstreams get the default timings.
-    ``upstream_transport`` sets every upstream's ``transport``. Raises
+    ``upstream_transport`` sets every upstream's ``transport``.
+    ``cluster_redis`` sets ``[cluster] redis_url``. Raises
     :class:`ConfigError` naming each bad flag.
     """
     problems = _Problems("command line")
@@ -1026,6 +1139,11 @@ def apply_overrides(
     )
     if admin_changes:
         config_changes["management"] = attrs.evolve(config.management, **admin_changes)
+    cluster_changes = _checked(
+        problems, [("--cluster-redis", "redis_url", cluster_redis, _redis_url)]
+    )
+    if cluster_changes:
+        config_changes["cluster"] = attrs.evolve(config.cluster, **cluster_changes)
 
     problems.raise_if_any()
     return attrs.evolve(config, **config_changes)
@@ -1150,6 +1268,8 @@ def render_config(config: Config) -> str:
         management["tls"] = attrs.asdict(config.management.tls)
     document["management_server"] = management
     document["log"] = attrs.asdict(config.log)
+    if config.cluster != ClusterConfig():
+        document["cluster"] = attrs.asdict(config.cluster)
 
     header = "# pmlb configuration"
     if config.source is not None:

@@ -229,6 +229,10 @@ class RegistryCollector(Collector):
             "Admin event stream consumers dropped for falling behind.",
             value=registry.events.dropped_subscribers,
         )
+        if registry.cluster is not None:
+            from pmlb.cluster.metrics import collect
+
+            yield from collect(registry.cluster)
 
 
 def metrics_registry(registry: Registry) -> CollectorRegistry:

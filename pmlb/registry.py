@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import attrs
 import trio
@@ -30,6 +30,9 @@ from pmlb.events import EventBus
 from pmlb.metrics import LatencyHistogram
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.supervisor import Upstream, UpstreamState
+
+if TYPE_CHECKING:
+    from pmlb.cluster import Bus
 
 log = logging.getLogger("pmlb.registry")
 
@@ -134,6 +137,8 @@ class Registry:
         self._by_listener: Counter[str] = Counter()
         self._total_by_listener: Counter[str] = Counter()
         self._disconnects: Counter[str] = Counter()
+        #: the cluster bus, when this pmlb is a node of a cluster (see pmlb.cluster)
+        self.cluster: Bus | None = None
 
     # -- clients --------------------------------------------------------
 
@@ -161,6 +166,8 @@ class Registry:
         )
         self._by_listener[client.listener] += 1
         self._total_by_listener[client.listener] += 1
+        if self.cluster is not None:
+            self.cluster.client_added(client.uuid)
         self.events.publish(
             "client.connected",
             client=client.uuid,
@@ -172,6 +179,8 @@ class Registry:
     def remove_client(self, client: Client) -> None:
         if self.clients.pop(client.uuid, None) is None:
             return
+        if self.cluster is not None:
+            self.cluster.client_removed(client.uuid)
         self._send_event(
             pb.InputStreamRequest(
                 time=rfc3339_now(),
@@ -302,6 +311,10 @@ class Registry:
             self._redispatch(requests)
             return False
         client.dispatching = True
+        cluster = self.cluster
+        if cluster is not None and cluster.unregistered:
+            # A reply through another node must find the client's first message's sender.
+            await cluster.wait_registered(client.uuid)
         await self.dispatch(requests)
         client.dispatching = False
         if client.draining:
@@ -462,24 +475,68 @@ class Registry:
 
     # -- routing back ---------------------------------------------------
 
-    def deliver(self, replies: list[pb.OutputStreamRequest]) -> None:
+    def deliver(self, replies: list[pb.OutputStreamRequest], *, cluster: bool = False) -> None:
         """Route messages from an upstream to their clients. Never raises.
 
-        Each client is written once for the whole batch.
+        Each client is written once for the whole batch. With ``cluster``
+        (the upstream's ``reply_scope = "cluster"``) and a cluster bus, what
+        is for clients of other nodes goes to them, and a broadcast to every
+        node; it never waits for that.
         """
         try:
-            self._deliver(replies)
+            self._deliver(replies, self.cluster if cluster else None)
         finally:
             self.flush_clients()
 
-    def _deliver(self, replies: list[pb.OutputStreamRequest]) -> None:
+    def deliver_from_node(self, replies: list[pb.OutputStreamRequest]) -> None:
+        """Deliver replies another node sent here, to this node's clients only.
+
+        A multicast comes whole to each node holding one of its clients:
+        the UUIDs held elsewhere are not unknown, and are skipped.
+        """
+        try:
+            self._deliver(replies, None, from_node=True)
+        finally:
+            self.flush_clients()
+
+    def count_unknown(self, count: int, why: str) -> None:
+        """Count ``count`` replies for UUIDs nobody holds (the cluster bus found them so)."""
+        self.unknown_client += count
+        self._unknown_log.warning(
+            "message for an unknown client dropped", reason=why, unknown_total=self.unknown_client
+        )
+
+    def clients_lost_elsewhere(self, uuids: list[str], node: str) -> None:
+        """Tell upstreams with events that another node's clients are gone with it."""
+        detail = f"their pmlb node {node} stopped"
+        for uuid in uuids:
+            self._send_event(
+                pb.InputStreamRequest(
+                    time=rfc3339_now(),
+                    client_uuid=uuid,
+                    event=pb.InputStreamRequest.EVENT_DISCONNECTED,
+                    disconnect_reason=pb.InputStreamRequest.DISCONNECT_ERROR,
+                    disconnect_detail=detail,
+                )
+            )
+
+    def _deliver(
+        self,
+        replies: list[pb.OutputStreamRequest],
+        forward: Bus | None,
+        *,
+        from_node: bool = False,
+    ) -> None:
         for reply in replies:
             target = reply.WhichOneof("target")
             if reply.action:
-                self._act(reply, target)
+                self._act(reply, target, forward, from_node)
             elif target == "client_uuid":
                 client = self.clients.get(reply.client_uuid)
                 if client is None:
+                    if forward is not None:
+                        forward.forward(reply, [reply.client_uuid])
+                        continue
                     self.unknown_client += 1
                     self._unknown_log.warning(
                         "message for an unknown client dropped",
@@ -494,9 +551,13 @@ class Registry:
                     self._invalid(f"unknown broadcast value {reply.broadcast}")
                 else:
                     self.broadcast(kind, reply.payload)
+                    if forward is not None:
+                        forward.broadcast(reply)
             elif target == "multicast":
                 payload = reply.payload
-                for client in self._targets(reply.multicast.client_uuids):
+                for client in self._targets(
+                    reply.multicast.client_uuids, reply, forward, from_node
+                ):
                     if client.send(payload):
                         self.messages_to_clients += 1
             else:
@@ -504,12 +565,28 @@ class Registry:
                     "message without a target (neither client_uuid, broadcast nor multicast)"
                 )
 
-    def _targets(self, uuids: Iterable[str]) -> list[Client]:
-        """The clients with these UUIDs, each once; unknown ones are counted and logged."""
+    def _targets(
+        self,
+        uuids: Iterable[str],
+        reply: pb.OutputStreamRequest | None = None,
+        forward: Bus | None = None,
+        from_node: bool = False,
+    ) -> list[Client]:
+        """The clients with these UUIDs, each once; unknown ones are counted and logged.
+
+        With ``forward``, ``reply`` is sent on to the nodes holding the
+        UUIDs not held here; ``from_node``: those are skipped.
+        """
         found = []
+        missing: list[str] = []
         for uuid in dict.fromkeys(uuids):
             client = self.clients.get(uuid)
             if client is None:
+                if forward is not None:
+                    missing.append(uuid)
+                    continue
+                if from_node:
+                    continue
                 self.unknown_client += 1
                 self._unknown_log.warning(
                     "message for an unknown client dropped",
@@ -518,16 +595,24 @@ class Registry:
                 )
             else:
                 found.append(client)
+        if missing and forward is not None and reply is not None:
+            forward.forward(reply, missing)
         return found
 
-    def _act(self, reply: pb.OutputStreamRequest, target: str | None) -> None:
+    def _act(
+        self,
+        reply: pb.OutputStreamRequest,
+        target: str | None,
+        forward: Bus | None = None,
+        from_node: bool = False,
+    ) -> None:
         if reply.action != pb.OutputStreamRequest.ACTION_DISCONNECT:
             self._invalid(f"unknown action value {reply.action}")
         elif target == "client_uuid":
-            for client in self._targets([reply.client_uuid]):
+            for client in self._targets([reply.client_uuid], reply, forward, from_node):
                 client.close(UPSTREAM_ACTION)
         elif target == "multicast":
-            for client in self._targets(reply.multicast.client_uuids):
+            for client in self._targets(reply.multicast.client_uuids, reply, forward, from_node):
                 client.close(UPSTREAM_ACTION)
         else:
             self._invalid("disconnect needs a client_uuid or multicast target")

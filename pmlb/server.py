@@ -130,6 +130,14 @@ async def serve(
                     server_name=upstream.tls_server_name or None,
                 )
 
+            if config.cluster.enabled:
+                # Imported here: coredis is loaded only by a pmlb in a cluster.
+                from pmlb.cluster import Bus
+
+                # In the admin nursery: it outlives the clients' drain (their
+                # removals reach Redis) and is cancelled with the admin.
+                registry.cluster = await admin.start(Bus(config.cluster, registry).run)
+
             registry.attach_supervisor(
                 lambda upstream: upstreams.start_soon(
                     supervise, upstream, registry, transport_factory
@@ -173,6 +181,8 @@ async def serve(
                     admin_url = None
                     if config.management.enabled:
                         admin_url = await _start_admin(admin, config, registry, addresses)
+                        if registry.cluster is not None:
+                            registry.cluster.admin_url = admin_url
                     task_status.started(Server(registry, addresses, admin_url))
                     await registry.stop_requested.wait()
                     log.info("stopping: closing listeners and clients")
