@@ -18,8 +18,10 @@ An example using every table::
     max_clients_total = 10000   # over all listeners; 0 (default): no limit
     slow_client_policy = "disconnect"   # or "drop_oldest"
     slow_client_timeout = 5     # seconds a full client queue is tolerated
+    client_fin_timeout = 5      # seconds replies still go to a client after its EOF
     drain_period = 10           # seconds to spread client closes over when draining
-    drain_timeout = 30          # seconds a drain may take before pmlb stops at once
+    drain_timeout = 20          # seconds a drain may take before pmlb stops at once
+    drain_upstream_wait = 5     # seconds a drain waits for an upstream when none serves
 
     [[listener]]                # more listeners, as many as needed
     name = "binary"
@@ -84,8 +86,13 @@ An example using every table::
     (see :mod:`pmlb.balancer`; the admin API can change it at runtime),
     ``max_clients_total``, the slow-client policy (with ``"disconnect"`` and a
     ``slow_client_timeout`` above 0, a full queue may grow to twice its size
-    for that long before the client is closed; 0 closes it at once) and the
-    drain timings.
+    for that long before the client is closed; 0 closes it at once),
+    ``client_fin_timeout`` (seconds a client that sent its end of input, a
+    TCP half-close, is still written to before pmlb closes it, default 5; 0
+    closes it at once) and the drain timings: ``drain_period`` (default 0),
+    ``drain_timeout`` (default 20, under Kubernetes' default grace period of
+    30 s) and ``drain_upstream_wait`` (seconds a drain waits for an upstream
+    to serve when messages wait for one and none serves, default 5).
 
     A WebSocket listener ignores ``framing`` (each WebSocket message is one
     message) and reads five more keys: ``path`` (the URL path clients connect
@@ -354,10 +361,17 @@ class Config:
     #: "drop_oldest" of its queued messages
     slow_client_policy: str = "disconnect"
     slow_client_timeout: float = 0.0
+    #: seconds a client that sent its end of input (a half-close) is still
+    #: written to before it is closed; 0 closes it at once
+    client_fin_timeout: float = 5.0
     #: graceful drain: clients are closed spread over ``drain_period``
     #: seconds; whatever is left after ``drain_timeout`` is stopped at once
     drain_period: float = 0.0
-    drain_timeout: float = 30.0
+    #: Under Kubernetes' default grace period of 30 s, with room to spare.
+    drain_timeout: float = 20.0
+    #: messages kept while no upstream serves wait this long for one to
+    #: serve during a drain; then pmlb stops without them (logged)
+    drain_upstream_wait: float = 5.0
     management: ManagementConfig = ManagementConfig()
     log: LogConfig = LogConfig()
     source: str | None = attrs.field(default=None, eq=False)
@@ -574,8 +588,10 @@ _SERVER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "max_clients_total": _integer(0),
     "slow_client_policy": _one_of("disconnect", "drop_oldest"),
     "slow_client_timeout": _non_negative,
+    "client_fin_timeout": _non_negative,
     "drain_period": _non_negative,
     "drain_timeout": _seconds,
+    "drain_upstream_wait": _non_negative,
 }
 _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "host": _host,
@@ -1128,8 +1144,10 @@ def render_config(config: Config) -> str:
         "max_clients_total",
         "slow_client_policy",
         "slow_client_timeout",
+        "client_fin_timeout",
         "drain_period",
         "drain_timeout",
+        "drain_upstream_wait",
     ):
         if getattr(config, name) != getattr(attrs.fields(Config), name).default:
             server[name] = getattr(config, name)
