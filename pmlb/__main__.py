@@ -207,15 +207,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate as ``pmlb serve`` does (same errors, same exit code), then print the config."""
     config = _config(args, args.config)
+    check_admin_exposure(config)
     shown = config
     if config.management.token:  # a secret: never printed
         shown = attrs.evolve(config, management=attrs.evolve(config.management, token="***"))
     print(render_config(shown), end="")
-    try:
-        check_admin_exposure(config)
-    except ConfigError as exc:
-        print(f"pmlb: warning: `pmlb serve` will refuse this: {exc}", file=sys.stderr)
     return 0
 
 

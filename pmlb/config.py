@@ -56,6 +56,8 @@ An example using every table::
     port = 8000
     enabled = true              # false: no admin API at all
     token = ""                  # bearer token (PMLB_ADMIN_TOKEN in the environment overrides it)
+    public_metrics = false      # true: /metrics needs no token
+    ready_requires_upstream = false     # true: /readyz is 503 while no upstream serves
 
     [management_server.tls]
     cert_path = ""
@@ -138,7 +140,12 @@ An example using every table::
 ``[management_server]`` and ``[management_server.tls]``
     The admin API's ``host`` (default ``"127.0.0.1"``) and ``port`` (default
     8000), ``enabled`` (default true) and ``token``, the bearer token every
-    admin route but ``/healthz`` requires (default empty: no token). pmlb
+    admin route but ``/healthz``, ``/readyz`` and the dashboard's page
+    requires (default empty: no token); ``public_metrics`` (default false:
+    true serves ``/metrics`` without the token too) and
+    ``ready_requires_upstream`` (default false: ``/readyz`` is ready while
+    pmlb accepts clients, even when no upstream serves; true: not ready
+    while no upstream serves). pmlb
     refuses to serve the admin on an address that is not loopback without a
     token. ``cert_path`` and ``key_path`` in the ``tls`` table name a PEM
     certificate and its key; both empty means no TLS.
@@ -154,6 +161,7 @@ integers of at least 1. An unknown key anywhere is an error. Every problem in
 a file is reported at once, one per line, as ``FILE: KEY: PROBLEM``.
 """
 
+import difflib
 import ipaddress
 import math
 import os
@@ -311,6 +319,11 @@ class ManagementConfig:
     #: the admin's bearer token; empty: none (allowed on loopback only)
     token: str = attrs.field(default="", repr=False)
     tls: ManagementTLSConfig | None = None
+    #: serve /metrics without the token (for a Prometheus that has none)
+    public_metrics: bool = False
+    #: /readyz answers 503 while no upstream serves (default: ready means
+    #: accepting clients, which pmlb does through an upstream outage)
+    ready_requires_upstream: bool = False
 
     @property
     def address(self) -> str:
@@ -617,6 +630,8 @@ _MANAGEMENT_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "port": _port,
     "enabled": _boolean,
     "token": _token,
+    "public_metrics": _boolean,
+    "ready_requires_upstream": _boolean,
 }
 _TLS_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "cert_path": _string,
@@ -659,13 +674,21 @@ def _read(
         check = checks.get(name)
         if check is None:
             if name not in subtables:
-                problems.add(_key(prefix, name), "unknown key")
+                problems.add(
+                    _key(prefix, name), "unknown key" + _suggestion(name, checks, subtables)
+                )
             continue
         try:
             values[name] = check(value)
         except _Bad as bad:
             problems.add(_key(prefix, name), str(bad))
     return values
+
+
+def _suggestion(name: str, checks: Iterable[str], subtables: Iterable[str]) -> str:
+    """`` (did you mean 'KEY'?)`` for the known key closest to a misspelt one, else ``""``."""
+    close = difflib.get_close_matches(name, [*checks, *subtables], n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _is_array_of_tables(value: object) -> TypeGuard[Sequence[Mapping[str, object]]]:
@@ -1117,6 +1140,8 @@ def _emit(lines: list[str], path: str, table: Mapping[str, object]) -> None:
 _ORIGINAL_KEYS: Final = frozenset(
     {"name", "host", "port", "transport", "framing", "max_message_size"}
     | {"ready_timeout", "alive_timeout", "live_interval"}
+    # an upstream's contract and health check: shown even when default
+    | {"events", "health"}
 )
 
 
@@ -1140,6 +1165,7 @@ def render_config(config: Config) -> str:
     server["client_queue_size"] = config.client_queue_size
     server["upstream_queue_size"] = config.upstream_queue_size
     server["balancing"] = config.balancing
+    # Every server-wide setting, default or not: this is what pmlb runs on.
     for name in (
         "max_clients_total",
         "slow_client_policy",
@@ -1149,8 +1175,7 @@ def render_config(config: Config) -> str:
         "drain_timeout",
         "drain_upstream_wait",
     ):
-        if getattr(config, name) != getattr(attrs.fields(Config), name).default:
-            server[name] = getattr(config, name)
+        server[name] = getattr(config, name)
     document: dict[str, object] = {"server": server}
     if len(config.listeners) > 1:
         document["listener"] = [_as_table(listener) for listener in config.listeners[1:]]
@@ -1164,6 +1189,8 @@ def render_config(config: Config) -> str:
         management["enabled"] = False
     if config.management.token:
         management["token"] = config.management.token
+    management["public_metrics"] = config.management.public_metrics
+    management["ready_requires_upstream"] = config.management.ready_requires_upstream
     if config.management.tls is not None:
         management["tls"] = attrs.asdict(config.management.tls)
     document["management_server"] = management

@@ -998,3 +998,27 @@ def test_the_default_drain_ends_well_within_kubernetes_default_grace_period() ->
     config = Config()
     assert config.drain_timeout + 10 <= 30
     assert config.drain_upstream_wait < config.drain_timeout
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "[server]\nmax_mesage_size = 1",
+            "server.max_mesage_size: unknown key (did you mean 'max_message_size'?)",
+        ),
+        (
+            "[[upstream]]\nhost = 'h'\nport = 1\nevent = true",
+            "upstream[0].event: unknown key (did you mean 'events'?)",
+        ),
+        (
+            "[managment_server]\nport = 1",
+            "managment_server: unknown key (did you mean 'management_server'?)",
+        ),
+        ("[server]\ncolour = 1", "server.colour: unknown key"),
+    ],
+)
+def test_an_unknown_key_names_the_closest_known_one(text: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(tomllib.loads(text), "pmlb.toml")
+    assert info.value.problems == (f"pmlb.toml: {problem}",)

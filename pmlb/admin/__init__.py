@@ -27,7 +27,13 @@ async def serve_admin(
 
     Raises ``OSError`` if its address cannot be bound.
     """
-    app = create_app(registry, listeners=listeners, token=management.token)
+    app = create_app(
+        registry,
+        listeners=listeners,
+        token=management.token,
+        public_metrics=management.public_metrics,
+        ready_requires_upstream=management.ready_requires_upstream,
+    )
     config = HypercornConfig()
     config.bind = [management.address]
     config.accesslog = None

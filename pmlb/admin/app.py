@@ -48,13 +48,17 @@ log = logging.getLogger("pmlb.admin")
 #: Seconds a DELETE of an upstream waits for its connection to close.
 REMOVE_WAIT = 10.0
 
-#: Paths anyone may read: liveness for orchestrators, and the dashboard's shell.
-PUBLIC_PATHS = frozenset({"/healthz", "/", "/favicon.ico"})
+#: Paths anyone may read: what a load balancer, a kubelet or a browser asks for
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
+
+
+#: pmlb's distribution name on PyPI (the import name is ``pmlb``)
+DISTRIBUTION = "pmlb-proxy"
 
 
 def _version() -> str:
     try:
-        return version("pmlb")
+        return version(DISTRIBUTION)
     except PackageNotFoundError:  # running from a source tree
         return "unknown"
 
@@ -140,11 +144,16 @@ def create_app(
     token: str = "",
     set_log_level: Callable[[str], None] | None = None,
     log_level: Callable[[], str] | None = None,
+    public_metrics: bool = False,
+    ready_requires_upstream: bool = False,
 ) -> QuartTrio:
     """The admin app for ``registry``.
 
     ``listeners`` are the bound client addresses by listener name. ``token``
-    (empty: none) protects every route but ``/healthz`` and ``/``.
+    (empty: none) protects every route but :data:`PUBLIC_PATHS`, and
+    ``/metrics`` too unless ``public_metrics``. ``/readyz`` is ready while
+    pmlb accepts clients, and with ``ready_requires_upstream`` only while an
+    upstream serves too.
     """
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = 32 * 1024 * 1024
@@ -160,6 +169,7 @@ def create_app(
     metrics = metrics_registry(registry)
     started_at, started = time.time(), time.monotonic()
     expected = token.encode()
+    public = PUBLIC_PATHS | {"/metrics"} if public_metrics else PUBLIC_PATHS
 
     def set_level(level: str) -> None:
         logging.getLogger("pmlb").setLevel(level.upper())
@@ -186,7 +196,7 @@ def create_app(
         # Read the body before any answer: hypercorn stalls a keep-alive
         # connection answered (401, 404, 405) before its request body came in.
         await request.get_data()
-        if request.path in PUBLIC_PATHS or authorized(request.headers.get("Authorization")):
+        if request.path in public or authorized(request.headers.get("Authorization")):
             return None
         response, status = _error(401, "missing or wrong bearer token")
         response.headers["WWW-Authenticate"] = 'Bearer realm="pmlb"'
@@ -236,12 +246,27 @@ def create_app(
     @validate_response(s.Ready, 200)
     @validate_response(s.Ready, 503)
     async def readyz() -> tuple[s.Ready, int]:
-        """Listeners are bound and at least one upstream serves."""
+        """Whether pmlb accepts clients (no token needed); the upstream counts in the body.
+
+        An upstream outage leaves pmlb ready by default: it holds clients
+        and their messages meanwhile, so taking it out of rotation would
+        only move them. ``ready_requires_upstream`` changes that.
+        """
+        stats = registry.statistics()
+        reason = None
         if registry.stop_requested.is_set():
-            return s.Ready(ready=False, reason="stopping"), 503
-        if registry.statistics().upstreams_serving == 0:
-            return s.Ready(ready=False, reason="no upstream is serving"), 503
-        return s.Ready(ready=True), 200
+            reason = "stopping"
+        elif not stats.accepting:
+            reason = "not accepting clients"
+        elif ready_requires_upstream and stats.upstreams_serving == 0:
+            reason = "no upstream is serving"
+        answer = s.Ready(
+            ready=reason is None,
+            reason=reason,
+            upstreams=stats.upstreams,
+            upstreams_serving=stats.upstreams_serving,
+        )
+        return answer, 200 if reason is None else 503
 
     @app.get("/metrics")
     async def metrics_text() -> Response:

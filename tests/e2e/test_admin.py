@@ -97,7 +97,6 @@ def assert_error(response: httpx.Response, status: int, *fields: str) -> str:
 # -- health, auth ---------------------------------------------------------
 
 PROTECTED = [
-    ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
     ("GET", "/api/v1/upstreams"),
@@ -117,9 +116,17 @@ PROTECTED = [
 ]
 
 
-async def test_every_route_but_healthz_needs_the_token(procs: Processes) -> None:
+async def test_every_route_but_the_probes_needs_the_token(procs: Processes) -> None:
     async with running(procs) as admin, httpx.AsyncClient(base_url=admin.url) as anonymous:
         assert (await anonymous.get("/healthz")).json() == {"status": "ok"}
+        ready = await anonymous.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {
+            "ready": True,
+            "reason": None,
+            "upstreams": 1,
+            "upstreams_serving": 1,
+        }
         for method, path in PROTECTED:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
                 response = await anonymous.request(method, path, headers=headers, json={})
@@ -130,21 +137,46 @@ async def test_every_route_but_healthz_needs_the_token(procs: Processes) -> None
         assert page.status_code == 200
         assert "<title>pmlb</title>" in page.text
         assert str(admin.upstream_port) not in page.text
-
-        ready = await admin.http.get("/readyz")
-        assert ready.status_code == 200
-        assert ready.json() == {"ready": True, "reason": None}
     assert not any(TOKEN in line for line in admin.pmlb.lines)
 
 
-async def test_readyz_fails_without_a_serving_upstream(procs: Processes) -> None:
-    pmlb, _ = await procs.pmlb("--upstream", "127.0.0.1:1")
+async def test_readyz_stays_ready_through_an_upstream_outage_unless_asked(
+    procs: Processes, tmp_path: Path
+) -> None:
+    pmlb, _ = await procs.pmlb("--upstream", "127.0.0.1:1", env={"PMLB_ADMIN_TOKEN": TOKEN})
     async with httpx.AsyncClient(base_url=await admin_url(pmlb)) as http:
+        answer = await http.get("/readyz")  # no token: a kubelet has none
+        assert answer.status_code == 200
+        assert answer.json() == {
+            "ready": True,
+            "reason": None,
+            "upstreams": 1,
+            "upstreams_serving": 0,
+        }
+        assert (await http.get("/metrics")).status_code == 401
+    config = tmp_path / "pmlb.toml"
+    config.write_text(
+        "[management_server]\nready_requires_upstream = true\npublic_metrics = true\n"
+    )
+    strict, _ = await procs.pmlb("--config", str(config), "--upstream", "127.0.0.1:1")
+    async with httpx.AsyncClient(base_url=await admin_url(strict)) as http:
         answer = await http.get("/readyz")
         assert answer.status_code == 503
-        assert answer.json() == {"ready": False, "reason": "no upstream is serving"}
-        # no token configured on loopback: the API is open
-        assert (await http.get("/api/v1/upstreams")).status_code == 200
+        assert answer.json() == {
+            "ready": False,
+            "reason": "no upstream is serving",
+            "upstreams": 1,
+            "upstreams_serving": 0,
+        }
+        assert "pmlb_clients" in (await http.get("/metrics")).text
+
+
+async def test_readyz_is_not_ready_while_an_operator_pauses_accepting(procs: Processes) -> None:
+    async with running(procs) as admin:
+        await admin.http.patch("/api/v1/runtime", json={"accepting": False})
+        answer = await admin.http.get("/readyz")
+        assert answer.status_code == 503
+        assert answer.json()["reason"] == "not accepting clients"
 
 
 async def test_a_non_loopback_admin_without_token_refuses_to_start() -> None:
