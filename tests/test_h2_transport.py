@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.grpc import encode_messages
 from pmlb.upstream.h2_transport import H2Transport
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.transport import UpstreamError
@@ -252,6 +253,24 @@ async def test_a_malformed_reply_fails_the_stream(nursery: trio.Nursery) -> None
     outbox.put_nowait(requests(1))
     error = await run_stream_until_error(transport, outbox, Collector())
     assert error.startswith("malformed message from the upstream")
+
+
+@pytest.mark.parametrize(
+    "trailing",
+    [encode_messages([b"\x0a\x05ab"]), b"\x00\x7f\xff\xff\xff", b"\x01\x00\x00\x00\x00"],
+    ids=["malformed", "oversized", "compressed"],
+)
+async def test_replies_before_a_bad_one_in_the_same_read_are_delivered(
+    nursery: trio.Nursery, trailing: bytes
+) -> None:
+    transport = connect(nursery, FakeUpstream(trailing=trailing))
+    outbox: Outbox[pb.InputStreamRequest] = Outbox(10)
+    outbox.open()
+    outbox.put_nowait(requests(3))
+    deliver = Collector()
+    error = await run_stream_until_error(transport, outbox, deliver)
+    assert [r.payload for r in deliver.replies] == [b"echo:m0", b"echo:m1", b"echo:m2"]
+    assert error.startswith(("malformed message", "bad gRPC message"))
 
 
 async def test_liveness_answers_and_keepalive_pings(

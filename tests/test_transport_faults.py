@@ -12,7 +12,10 @@ differ: each transport words its library's errors.)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import gc
+import tracemalloc
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 
 import attrs
@@ -21,11 +24,12 @@ import trio
 import trio_asyncio
 
 from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.grpc import encode_messages
 from pmlb.upstream.grpclib_transport import GrpclibTransport
 from pmlb.upstream.h2_transport import H2Transport
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.transport import Transport, UpstreamError
-from tests.fake_h2_upstream import FakeUpstream
+from tests.fake_h2_upstream import FakeUpstream, raw_frame
 from tests.helpers import TIMEOUT
 
 TRANSPORTS = ["grpclib", "native"]
@@ -183,3 +187,119 @@ async def test_cancelled_while_stalled_requeues_what_was_not_written(name: str) 
     # whole messages and the start of one were written; the rest is back, in order
     started = -(-65535 // size)
     assert outbox.take_nowait() == batch[started:]
+
+
+# A valid reply and a bad one in the same DATA frame (one read): the valid one
+# reaches its client, then the stream fails (issue 17, finding 4). (Not an
+# oversized one: grpclib reads a message whole before any size check, see
+# README "Security"; test_h2_transport covers it for the native transport.)
+BAD_AFTER_VALID = {
+    "malformed": encode_messages([b"\x0a\x05ab"]),  # a field longer than the message
+    "compressed": b"\x01\x00\x00\x00\x01x",  # compression was never negotiated
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_AFTER_VALID))
+async def test_a_valid_reply_before_a_bad_one_in_the_same_read_is_delivered(bad: str) -> None:
+    # One request: grpclib writes each message as its own DATA frame, so the
+    # fake answers each on its own (test_h2_transport has a batch of three).
+    outcome = await both(lambda: FakeUpstream(trailing=BAD_AFTER_VALID[bad]), requests(1))
+    assert outcome == Outcome([b"echo:0000"], True, [], True, 1)
+
+
+# -- hostile upstreams (issue 17, findings 1 and 2) ---------------------------
+
+HEADERS, PRIORITY, RST_STREAM, SETTINGS, PING, WINDOW_UPDATE, CONTINUATION = 1, 2, 3, 4, 6, 8, 9
+MIB = 1024 * 1024
+
+
+def endless_continuation(stream_id: int) -> Iterator[bytes]:
+    """A header block that never ends, in frames of the 1 MiB pmlb accepts."""
+    yield raw_frame(HEADERS, 0, stream_id, b"\x88")  # ":status: 200", no END_HEADERS
+    chunk = raw_frame(CONTINUATION, 0, stream_id, b"\x00" * (MIB - 1024))
+    for _ in range(200):
+        yield chunk
+
+
+def flood(kind: int, payload: bytes, count: int = 100_000) -> Callable[[int], Iterator[bytes]]:
+    """``count`` copies of one frame (on stream 0, or on the bidi stream for per-stream kinds)."""
+
+    def attack(stream_id: int) -> Iterator[bytes]:
+        target = stream_id if kind in (PRIORITY, RST_STREAM) else 0
+        batch = raw_frame(kind, 0, target, payload) * 1000
+        for _ in range(count // 1000):
+            yield batch
+
+    return attack
+
+
+async def attacked(name: str, upstream: FakeUpstream) -> str:
+    """Open a stream to ``upstream``, send it a message; the error the stream ends with."""
+    async with serving(upstream) as port, open_transport(name, port) as transport:
+        outbox: Outbox[pb.InputStreamRequest] = Outbox(10)
+        outbox.open()
+        outbox.put_nowait(requests(1))
+        with trio.fail_after(TIMEOUT), pytest.raises(UpstreamError) as info:
+            await transport.run_stream(outbox, lambda _: None)
+        return str(info.value)
+
+
+async def test_an_endless_header_block_is_cut_at_64_kib() -> None:
+    upstream = FakeUpstream(attack=endless_continuation)
+    tracemalloc.start()
+    try:
+        error = await attacked("native", upstream)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert error == (
+        "the upstream went past a limit:"
+        " a header block over 65536 bytes (HEADERS and CONTINUATION frames)"
+    )
+    # h2 alone would have buffered 64 frames of 1 MiB before refusing the block
+    assert peak < 16 * MIB
+    assert upstream.attack_sent < 64
+
+
+async def test_a_dead_connection_is_freed_without_the_cyclic_collector() -> None:
+    # pmlb serves with raised gc thresholds: what only a collection frees
+    # stays for a long time. With collection off, it must still go.
+    upstream = FakeUpstream(attack=endless_continuation)
+    gc.collect()
+    gc.disable()
+    try:
+        async with serving(upstream) as port:
+            transport = H2Transport("127.0.0.1", port)
+            with trio.fail_after(TIMEOUT):
+                assert await transport.check_ready()
+            assert transport._connection is not None
+            h2_connection = weakref.ref(transport._connection.h2)
+            await transport.aclose()
+        assert h2_connection() is None
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload", "why"),
+    [
+        (PING, b"12345678", "control frame flood (PING frames among them)"),
+        (SETTINGS, b"", "control frame flood (SETTINGS frames among them)"),
+        (PRIORITY, b"\x00\x00\x00\x00\x10", "control frame flood (PRIORITY frames among them)"),
+        (0x42, b"", "control frame flood (unknown (type 66) frames among them)"),
+        (
+            WINDOW_UPDATE,
+            b"\x00\x00\x00\x01",
+            "WINDOW_UPDATE flood: 111 frames for 1 DATA frames sent",
+        ),
+    ],
+    ids=["ping", "settings", "priority", "unknown", "window_update"],
+)
+async def test_a_control_frame_flood_drops_the_upstream(
+    kind: int, payload: bytes, why: str
+) -> None:
+    upstream = FakeUpstream(attack=flood(kind, payload))
+    error = await attacked("native", upstream)
+    assert error.startswith(f"the upstream went past a limit: {why}")
+    # the flood was refused long before its end
+    assert upstream.attack_sent < 100

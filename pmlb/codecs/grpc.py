@@ -27,7 +27,16 @@ _pack_header = _HEADER.pack
 
 
 class GrpcMessageError(Exception):
-    """The peer sent bytes that are not acceptable gRPC messages."""
+    """The peer sent bytes that are not acceptable gRPC messages.
+
+    :attr:`messages` holds the messages that the failing :meth:`feed
+    <GrpcMessageDecoder.feed>` completed before the bad one: they were
+    valid and are the caller's to deliver.
+    """
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.messages: list[bytes] = []
 
 
 def encode_messages(messages: Iterable[bytes]) -> bytes:
@@ -44,8 +53,9 @@ class GrpcMessageDecoder:
     """Cuts a stream's DATA into messages, whatever the DATA boundaries.
 
     A message over ``max_size`` is rejected as soon as its 5-byte header
-    arrives, before its body is buffered. After an error every later
-    :meth:`feed` raises it again.
+    arrives, before its body is buffered. The messages completed before a
+    bad one come with the error (:attr:`GrpcMessageError.messages`). After
+    an error every later :meth:`feed` raises it again (with no messages).
     """
 
     def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
@@ -63,6 +73,7 @@ class GrpcMessageDecoder:
     def feed(self, data: bytes) -> list[bytes]:
         """Return the messages that ``data`` completes, without their headers."""
         if self._error is not None:
+            self._error.messages = []
             raise self._error
         buf: bytes | bytearray
         if self._partial:
@@ -81,11 +92,13 @@ class GrpcMessageDecoder:
                     self._error = GrpcMessageError(
                         f"compressed message (flag {flag}) but no compression was negotiated"
                     )
+                    self._error.messages = messages
                     raise self._error
                 if size > self._max_size:
                     self._error = GrpcMessageError(
                         f"message of {size} bytes exceeds the maximum of {self._max_size}"
                     )
+                    self._error.messages = messages
                     raise self._error
                 start = pos + 5
                 stop = start + size

@@ -260,7 +260,14 @@ async def _receive_loop(
     deliver: Deliver,
 ) -> None:
     while True:
-        message = await stream.recv_message()
+        try:
+            message = await stream.recv_message()
+        except NotImplementedError:
+            # grpclib's word for a message with the compressed flag set
+            raise UpstreamError(
+                "bad gRPC message from the upstream: compressed message"
+                " but no compression was negotiated"
+            ) from None
         if message is None:
             # The upstream ended the stream; its trailers say why (as the
             # native transport reports). grpclib reads them only once our

@@ -37,6 +37,7 @@ from pmlb.codecs.grpc import (
     GrpcMessageError,
     encode_messages,
 )
+from pmlb.upstream.h2_guard import FloodError, FrameGuard
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.transport import Deliver, UpstreamError
 
@@ -142,6 +143,7 @@ class _Connection:
         self._changed = trio.lowlevel.ParkingLot()
         self._pings: dict[bytes, trio.Event] = {}
         self._ping_count = 0
+        self._guard = FrameGuard()
 
     async def start(self) -> None:
         self.h2.initiate_connection()
@@ -186,6 +188,7 @@ class _Connection:
         try:
             while data := self.h2.data_to_send():
                 await self._socket.send_all(data)
+            self._guard.written()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self.fail(f"connection lost: {exc.__cause__ or exc}")
         except BaseException:
@@ -212,6 +215,10 @@ class _Connection:
             self._reading = True
             try:
                 data = await self._socket.receive_some(_READ_SIZE)
+                if not data:
+                    self.fail("the upstream closed the connection")
+                    continue
+                await self._receive_checked(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self.fail(f"connection lost: {exc.__cause__ or exc}")
                 continue
@@ -219,15 +226,32 @@ class _Connection:
                 self._reading = False
                 # Another waiter takes over reading if this one is done.
                 self._changed.unpark_all()
-            if not data:
-                self.fail("the upstream closed the connection")
-                continue
-            self._receive(data)
             # A failure here shows in the condition or in check() above.
             with contextlib.suppress(UpstreamError):
                 await self.flush()
 
-    def _receive(self, data: bytes | bytearray) -> None:
+    async def _receive_checked(self, data: bytes | bytearray) -> None:
+        """Hand ``data`` to h2 within the guard's limits, a bounded number of frames at a time."""
+        try:
+            cuts = self._guard.feed(data, trio.current_time())
+        except FloodError as exc:
+            self.fail(f"the upstream went past a limit: {exc}")
+            return
+        if len(cuts) == 1:
+            self._receive(data)
+            return
+        view, start = memoryview(data), 0
+        for cut in cuts:
+            if start:
+                # Let the other tasks run; not a cancellation point, since the
+                # rest of the read must reach h2 for the byte stream to hold.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            self._receive(view[start:cut])
+            if self.error is not None:
+                return
+            start = cut
+
+    def _receive(self, data: bytes | bytearray | memoryview) -> None:
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -245,6 +269,8 @@ class _Connection:
                 try:
                     stream.messages += stream.decoder.feed(event.data)
                 except GrpcMessageError as exc:
+                    # What came before the bad message is delivered first.
+                    stream.messages += exc.messages
                     stream.fail(f"bad gRPC message from the upstream: {exc}")
                     self._reset(event.stream_id, h2.errors.ErrorCodes.CANCEL)
             elif isinstance(event, h2.events.ResponseReceived):
@@ -358,12 +384,15 @@ class _Connection:
                     continue
                 frame = min(window, h2conn.max_outbound_frame_size)
                 # Hand everything the window allows to h2 before one socket write.
+                frames = 0
                 while pos < total and window > 0:
                     size = min(frame, window, total - pos)
                     h2conn.send_data(stream_id, view[pos : pos + size].tobytes())
                     pos += size
                     window -= size
                     stream.written = pos
+                    frames += 1
+                self._guard.sent_data_frames(frames)
                 await self.flush()
             if end:
                 h2conn.end_stream(stream_id)
@@ -392,6 +421,13 @@ class _Connection:
                 if data and not self._writing:
                     await self._socket.send_all(data)
             await trio.aclose_forcefully(self._socket)
+        # h2's connection refers to itself (its frame dispatch table holds its
+        # bound methods), so only the cyclic collector would free it and what
+        # it buffered, and pmlb's raised gc thresholds (pmlb.__main__.tune_gc)
+        # kept dead connections piling up across reconnects. Break the cycle.
+        table = getattr(self.h2, "_frame_dispatch_table", None)
+        if isinstance(table, dict):
+            table.clear()
 
 
 class H2Transport:
@@ -540,9 +576,14 @@ class H2Transport:
             await connection.wait_until(lambda: bool(stream.messages) or stream.closed)
             if stream.messages:
                 raw, stream.messages = stream.messages, []
+                replies: list[pb.OutputStreamRequest] = []
                 try:
-                    replies = [parse(message) for message in raw]
+                    for message in raw:
+                        replies.append(parse(message))
                 except DecodeError as exc:
+                    # The replies before the bad one are valid: deliver them.
+                    if replies:
+                        deliver(replies)
                     raise UpstreamError(f"malformed message from the upstream: {exc}") from None
                 deliver(replies)
             if stream.closed and not stream.messages:

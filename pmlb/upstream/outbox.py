@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Generic, TypeVar
 
 import trio
+
+from pmlb.upstream.acks import Unacked
 
 T = TypeVar("T")
 
@@ -30,10 +32,17 @@ class Outbox(Generic[T]):
 
     :attr:`taken` counts what the writer took and did not put back: the
     messages written (or being written when the stream broke) to the
-    upstream's stream. Only those can be lost when the upstream dies.
+    upstream's stream. Without acknowledgements, only those can be lost
+    when the upstream dies.
+
+    With :attr:`unacked` (an upstream with ``acks = true``), what the writer
+    takes is stamped and kept there until acknowledged (:meth:`ack`), and
+    the writer takes only as much as it has room for: a full table stops
+    the writing, the outbox fills up, and putters wait as for a slow
+    upstream. An outbox of ``pb.InputStreamRequest`` only, then.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, unacked: Unacked | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
@@ -45,6 +54,9 @@ class Outbox(Generic[T]):
         self._data = trio.lowlevel.ParkingLot()
         #: items taken by the writer (take_nowait) minus those it put back (requeue)
         self.taken = 0
+        #: with acknowledgements: what was written and not acknowledged yet
+        self.unacked = unacked
+        self._acked = trio.lowlevel.ParkingLot()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -88,9 +100,17 @@ class Outbox(Generic[T]):
         if self._data:
             self._data.unpark_all()
 
+    def put_front(self, items: list[T]) -> None:
+        """Add ``items`` ahead of everything queued (redelivery), whatever the fill."""
+        self._items.extendleft(reversed(items))
+        if self._data:
+            self._data.unpark_all()
+
     def requeue(self, items: list[T]) -> None:
         """Put back, in front and in order, items taken but not written."""
         self.taken -= len(items)
+        if self.unacked is not None:
+            self.unacked.unstamp(items)  # type: ignore[arg-type]
         self._items.extendleft(reversed(items))
         if self._data:
             self._data.unpark_all()
@@ -99,8 +119,16 @@ class Outbox(Generic[T]):
         """Everything queued, oldest first (maybe nothing), for the stream writer.
 
         An empty take tells that what the writer took before is written.
+        With acknowledgements, at most what the unacknowledged table has
+        room for, stamped (see :class:`pmlb.upstream.acks.Unacked`).
         """
-        items = self._take()
+        unacked = self.unacked
+        if unacked is None:
+            items = self._take()
+        else:
+            items = self._take(unacked.room)
+            if items:
+                unacked.stamp(items, trio.current_time())  # type: ignore[arg-type]
         if items:
             self._in_flight = True
             self.taken += len(items)
@@ -114,14 +142,50 @@ class Outbox(Generic[T]):
         """Everything queued, oldest first, not to be written here (failover)."""
         return self._take()
 
-    def _take(self) -> list[T]:
-        if not self._items:
+    def _take(self, limit: int | None = None) -> list[T]:
+        queued = self._items
+        if not queued or (limit is not None and limit <= 0):
             return []
-        items = list(self._items)
-        self._items.clear()
+        if limit is None or limit >= len(queued):
+            items = list(queued)
+            queued.clear()
+        else:
+            items = [queued.popleft() for _ in range(limit)]
         if self._space:
             self._space.unpark_all()
         return items
+
+    # -- acknowledgements ---------------------------------------------------
+
+    @property
+    def unacked_count(self) -> int:
+        """Requests written and not acknowledged (0 without acknowledgements)."""
+        return 0 if self.unacked is None else len(self.unacked)
+
+    def ack(self, seqs: Sequence[int]) -> None:
+        """The upstream acknowledged these seqs (see :meth:`Unacked.ack`)."""
+        unacked = self.unacked
+        if unacked is None:
+            return
+        was_full = unacked.room <= 0
+        unacked.ack(seqs, trio.current_time())
+        if was_full and unacked.room > 0 and self._data:
+            self._data.unpark_all()  # the writer waits for room
+        if not len(unacked) and self._acked:
+            self._acked.unpark_all()
+
+    def take_unacked(self) -> list[T]:
+        """Every request written and not acknowledged, oldest first, for redelivery."""
+        if self.unacked is None:
+            return []
+        requests = self.unacked.take_all()
+        self._acked.unpark_all()
+        return requests  # type: ignore[return-value]
+
+    async def wait_acked(self) -> None:
+        """Return once everything written is acknowledged or taken for redelivery."""
+        while self.unacked_count:
+            await self._acked.park()
 
     async def wait_empty(self) -> None:
         """Return once everything queued has been taken."""
@@ -134,6 +198,7 @@ class Outbox(Generic[T]):
             await self._space.park()
 
     async def wait_nonempty(self) -> None:
-        """Return once something is queued."""
-        while not self._items:
+        """Return once something is queued (and, with acknowledgements, there is room)."""
+        unacked = self.unacked
+        while not self._items or (unacked is not None and unacked.room <= 0):
             await self._data.park()

@@ -63,6 +63,10 @@ class Upstream:
     #: time.time() of the last readiness and liveness answers
     ready_at: float | None = None
     alive_at: float | None = None
+    #: with acks: requests written to it and not acknowledged that were
+    #: redelivered elsewhere, and those dropped instead (max_deliveries)
+    redelivered: int = 0
+    undeliverable: int = 0
     #: being drained: gets no new messages, removed once it has finished
     draining: bool = False
     #: cancelling it removes the upstream (its supervisor ends)
@@ -78,6 +82,11 @@ class Upstream:
     def messages_written(self) -> int:
         """Messages written to its stream (over all its connections); see :attr:`Outbox.taken`."""
         return self.outbox.taken
+
+    @property
+    def unacked(self) -> int:
+        """Requests written to its stream and not acknowledged (0 without acks)."""
+        return self.outbox.unacked_count
 
     @property
     def queued(self) -> int:
@@ -183,6 +192,14 @@ async def _serve(upstream: Upstream, transport: Transport, registry: Registry) -
         upstream.messages_received += len(replies)
         registry.deliver(replies)
 
+    def deliver_acked(replies: list[pb.OutputStreamRequest]) -> None:
+        upstream.messages_received += len(replies)
+        seqs = [seq for reply in replies for seq in reply.acks]
+        if seqs:
+            upstream.outbox.ack(seqs)
+        # Acks alone (no target) are skipped there, not counted as targetless.
+        registry.deliver(replies)
+
     async def run(what: str, fn: Callable[[], Awaitable[None]]) -> None:
         nonlocal reason
         try:
@@ -193,10 +210,39 @@ async def _serve(upstream: Upstream, transport: Transport, registry: Registry) -
         nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run, "stream", partial(transport.run_stream, upstream.outbox, deliver))
+        nursery.start_soon(
+            run,
+            "stream",
+            partial(
+                transport.run_stream, upstream.outbox, deliver_acked if config.acks else deliver
+            ),
+        )
         nursery.start_soon(
             run,
             "liveness",
             partial(transport.run_liveness, config.live_interval, config.alive_timeout, alive),
         )
+        if config.acks:
+            nursery.start_soon(run, "acks", partial(_watch_acks, upstream))
     return reason
+
+
+async def _watch_acks(upstream: Upstream) -> None:
+    """Raise :class:`UpstreamError` once a request has waited ``ack_timeout`` for its ack."""
+    timeout = upstream.config.ack_timeout
+    unacked = upstream.outbox.unacked
+    assert unacked is not None
+    while True:
+        oldest = unacked.oldest()
+        now = trio.current_time()
+        if oldest is None:
+            # Nothing is waiting: look again soon, so that a request written
+            # meanwhile is found at most a quarter of the timeout late.
+            await trio.sleep(timeout / 4)
+        elif now >= oldest + timeout:  # the very sum slept until: no rounding gap
+            raise UpstreamError(
+                f"no acknowledgement within ack_timeout ({timeout:g}s) for a request"
+                f" ({len(unacked)} unacknowledged)"
+            )
+        else:
+            await trio.sleep_until(oldest + timeout)

@@ -234,10 +234,21 @@ async def test_upstream_routes(procs: Processes) -> None:
         )
         assert_error(
             await http.post(
-                "/api/v1/upstreams", content=b"{not json", headers={"Content-Type": "x"}
+                "/api/v1/upstreams",
+                content=b"{not json",
+                headers={"Content-Type": "application/json"},
             ),
             400,
             "body",
+        )
+        # a body that does not say it is JSON is refused before it is read
+        assert_error(
+            await http.post(
+                "/api/v1/upstreams",
+                content=b'{"host": "h", "port": 1}',
+                headers={"Content-Type": "x"},
+            ),
+            415,
         )
 
         # messages spread over both, then drain B: nothing new goes to it
@@ -393,9 +404,9 @@ async def test_metrics_change_when_traffic_flows(procs: Processes) -> None:
 
         client = await admin.client(procs)  # one message and its answer
         await client.send(*[f"m{i}" for i in range(9)])
-        await client.recv_many(9)
+        answers = [client.uuid or "", *await client.recv_many(9)]
         await admin.http.post("/api/v1/broadcast", json={"payload": "b"})
-        await client.recv()
+        answers.append(await client.recv())
         big = await procs.client(admin.port)
         await big.send("x" * 100)
         await big.expect_closed()
@@ -404,6 +415,10 @@ async def test_metrics_change_when_traffic_flows(procs: Processes) -> None:
         assert after[("pmlb_messages_total", (("direction", "from_clients"),))] == 10
         assert after[("pmlb_messages_total", (("direction", "to_clients"),))] == 11
         assert after[("pmlb_client_bytes_total", (("direction", "from_clients"),))] > 0
+        # every line the client read, with its newline: the big client got nothing
+        assert after[("pmlb_client_bytes_total", (("direction", "to_clients"),))] == sum(
+            len(answer) + 1 for answer in answers
+        )
         assert after[("pmlb_clients", (("listener", "default"),))] == 1
         assert after[("pmlb_clients_connected_total", (("listener", "default"),))] == 2
         assert after[("pmlb_client_disconnects_total", (("reason", "too_big"),))] == 1

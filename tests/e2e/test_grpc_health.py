@@ -11,9 +11,10 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.helpers import Proc, Processes, wait_serving
+from tests.helpers import TIMEOUT, Proc, Processes, admin_url, wait_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -81,13 +82,31 @@ async def test_a_named_service_is_checked(procs: Processes, tmp_path: Path) -> N
     assert await client.recv() == "A:hi"
 
 
+async def assert_held_back(pmlb: Proc, problem: str) -> None:
+    """The upstream is not serving, for ``problem``, and a client's message waits for it."""
+    async with httpx.AsyncClient(base_url=await admin_url(pmlb), timeout=TIMEOUT) as http:
+        (upstream,) = (await http.get("/api/v1/upstreams")).json()["upstreams"]
+        assert upstream["state"] != "serving"
+        assert problem in (upstream["last_error"] or "")
+        clients = (await http.get("/api/v1/clients")).json()
+        stats = (await http.get("/api/v1/runtime")).json()["stats"]
+    assert clients["connected"] == 1, "the client is held, not refused"
+    assert stats["upstreams_serving"] == 0
+
+
 async def test_an_unknown_service_is_not_ready(procs: Processes, tmp_path: Path) -> None:
-    pmlb, _, _, up_port = await start(procs, tmp_path, initial="SERVING", service="nope")
+    pmlb, port, _, up_port = await start(procs, tmp_path, initial="SERVING", service="nope")
     await pmlb.wait_for(rf"upstream not ready upstream=127\.0\.0\.1:{up_port} .*NOT_FOUND")
+    client = await procs.client(port)
+    await client.send("held")
+    await assert_held_back(pmlb, "NOT_FOUND")
 
 
 async def test_an_upstream_without_the_health_service_is_not_ready(
     procs: Processes, tmp_path: Path
 ) -> None:
-    pmlb, _, _, up_port = await start(procs, tmp_path, initial=None)
+    pmlb, port, _, up_port = await start(procs, tmp_path, initial=None)
     await pmlb.wait_for(rf"upstream not ready upstream=127\.0\.0\.1:{up_port} .*UNIMPLEMENTED")
+    client = await procs.client(port)
+    await client.send("held")
+    await assert_held_back(pmlb, "UNIMPLEMENTED")

@@ -13,10 +13,19 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import Processes, free_low_port, upstream_arg, wait_serving
+from tests.helpers import (
+    TIMEOUT,
+    Processes,
+    admin_url,
+    free_low_port,
+    upstream_arg,
+    wait_serving,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -104,13 +113,28 @@ async def test_unknown_uuid_is_counted_and_nothing_else_happens(procs: Processes
     _, up_port = await procs.upstream("A")
     pmlb, port = await procs.pmlb("--framing", "line", *upstream_arg(up_port))
     await wait_serving(pmlb, up_port)
-    a = await procs.client(port)
-    await a.whoami()
+    a, b = await procs.client(port), await procs.client(port)
+    for client in (a, b):
+        await client.whoami()
     stranger = str(uuid.uuid4())
     mark = pmlb.mark()
     await a.send(f"to {stranger} lost")
     await pmlb.wait_for(rf"message for an unknown client dropped client={stranger}", after=mark)
-    assert await a.whoami() == a.uuid
+    # Nobody got it (each client's next line is its own answer), both stay
+    # connected, and the drop is counted once.
+    for client in (a, b):
+        assert await client.whoami() == client.uuid
+    async with httpx.AsyncClient(base_url=await admin_url(pmlb), timeout=TIMEOUT) as http:
+        metrics = (await http.get("/metrics")).text
+        clients = (await http.get("/api/v1/clients")).json()
+    drops = [
+        s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name == "pmlb_unknown_client_drops_total"
+    ]
+    assert drops == [1]
+    assert sorted(c["uuid"] for c in clients["clients"]) == sorted([a.uuid, b.uuid])
 
 
 @pytest.mark.parametrize("kind", KINDS)
