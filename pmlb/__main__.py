@@ -15,6 +15,7 @@ import attrs
 import trio
 
 from pmlb import _log, ctl
+from pmlb._version import DISTRIBUTION, pmlb_version
 from pmlb.config import (
     Config,
     ConfigError,
@@ -82,6 +83,9 @@ def _add_admin_flags(group: argparse._ArgumentGroup) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pmlb", description="Long-lived client sockets in front of gRPC upstreams."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"pmlb {pmlb_version()} ({DISTRIBUTION})"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

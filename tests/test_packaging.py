@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from pmlb.admin import app
+from pmlb import _version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +18,7 @@ def project() -> dict[str, object]:
 def test_the_distribution_is_not_named_like_the_other_pmlb_on_pypi() -> None:
     # "pmlb" on PyPI is the Penn Machine Learning Benchmark wrapper.
     assert project()["name"] == "pmlb-proxy"
-    assert project()["name"] == app.DISTRIBUTION  # what the admin API reports a version of
+    assert project()["name"] == _version.DISTRIBUTION  # what the admin API reports a version of
     assert "`pip install pmlb-proxy`" in (ROOT / "README.md").read_text()
 
 

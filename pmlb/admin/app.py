@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import attrs
@@ -38,6 +37,7 @@ from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
 
 from pmlb._time import rfc3339_from
+from pmlb._version import pmlb_version
 from pmlb.admin import schemas as s
 from pmlb.admin.guard import Guard, HostCheck
 from pmlb.balancer import POLICIES
@@ -56,15 +56,8 @@ REMOVE_WAIT = 10.0
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
 
 
-#: pmlb's distribution name on PyPI (the import name is ``pmlb``)
-DISTRIBUTION = "pmlb-proxy"
-
-
 def _version() -> str:
-    try:
-        return version(DISTRIBUTION)
-    except PackageNotFoundError:  # running from a source tree
-        return "unknown"
+    return pmlb_version()
 
 
 def _error(status: int, message: str, fields: list[str] | None = None) -> tuple[Response, int]:
@@ -191,8 +184,8 @@ def create_app(
         security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
         security=[{"bearer": []}],
     )
-    metrics = metrics_registry(registry)
     started_at, started = time.time(), time.monotonic()
+    metrics = metrics_registry(registry, started_at)
     expected = token.encode()
     public = PUBLIC_PATHS | {"/metrics"} if public_metrics else PUBLIC_PATHS
 

@@ -164,3 +164,10 @@ async def test_json_logs_are_one_object_per_line_with_fields(procs: Processes) -
     connected = json.loads((await pmlb.wait_for(r'"msg": "client connected"')).string)
     assert uuid.UUID(connected["client"]).version == 4
     assert connected["peer"] == format_address(*client.stream.socket.getsockname()[:2])
+
+
+def test_version() -> None:
+    result = pmlb_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("pmlb ")
+    assert "(pmlb-proxy)" in result.stdout
