@@ -761,9 +761,7 @@ class Registry:
         closed) are closed at the end.
         """
         clients = list(self.clients.values())
-        log.info(
-            "draining clients", extra={"clients": len(clients), "drain_period": f"{period:g}s"}
-        )
+        log.info("draining clients", extra={"clients": len(clients), "drain_period": period})
         start = trio.current_time()
         step = period / (len(clients) - 1) if len(clients) > 1 else 0.0
         for index, client in enumerate(clients):

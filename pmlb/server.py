@@ -186,7 +186,7 @@ async def serve(
             if flushing.cancelled_caught or trio.current_time() >= deadline:
                 log.warning(
                     "drain_timeout reached: stopping at once",
-                    extra={"drain_timeout": f"{config.drain_timeout:g}s"},
+                    extra={"drain_timeout": config.drain_timeout},
                 )
             if left := registry.awaiting_upstream():
                 log.warning(

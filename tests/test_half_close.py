@@ -8,9 +8,11 @@ gets the replies to what it sent, for ``client_fin_timeout``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -74,7 +76,10 @@ async def test_clients_closing_while_no_upstream_serves_are_noticed_and_delivere
         server.stop()
 
 
-async def test_a_half_closed_client_gets_its_reply_then_is_closed(procs: Processes) -> None:
+async def test_a_half_closed_client_gets_its_reply_then_is_closed(
+    procs: Processes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pmlb.downstream")
     _, up_port = await procs.upstream("A")
     async with trio.open_nursery() as nursery:
         server: pmlb.Server = await nursery.start(
@@ -92,6 +97,14 @@ async def test_a_half_closed_client_gets_its_reply_then_is_closed(procs: Process
         await stream.aclose()
         await wait_for(server.registry, lambda: not server.registry.clients, 2)
         assert server.registry.statistics().disconnects == {"client_closed": 1}
+        # The session summary, as numbers (JSON logs keep them numbers).
+        [record] = [r for r in caplog.records if r.getMessage() == "client disconnected"]
+        fields = record.__dict__
+        assert (fields["messages_in"], fields["messages_out"]) == (1, 1)
+        assert (fields["bytes_in"], fields["bytes_out"]) == (3, 5)
+        assert fields["reason"] == "client closed the connection"
+        assert isinstance(fields["duration"], float)
+        assert 0.5 <= fields["duration"] < 10  # it stayed client_fin_timeout after its EOF
         server.stop()
 
 

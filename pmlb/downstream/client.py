@@ -130,6 +130,16 @@ class Client:
         # The scope of the write in progress, if any (see writing()).
         self._write_scope: trio.CancelScope | None = None
 
+    def summary(self) -> dict[str, object]:
+        """The session's figures for its disconnect log line (as HAProxy logs a session)."""
+        return {
+            "duration": round(time.time() - self.connected_at, 3),
+            "messages_in": self.messages_in,
+            "messages_out": self.messages_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+        }
+
     def is_active(self, now: float, window: float) -> bool:
         """Whether the client sent a message within ``window`` seconds of ``now`` (monotonic)."""
         return self.last_active is not None and now - self.last_active <= window

@@ -328,6 +328,7 @@ async def _run_client(
                     "listener": config.name,
                     "peer": remote,
                     "reason": client.close_reason or "closed by pmlb",
+                    **client.summary(),
                 },
             )
             await trio.aclose_forcefully(stream)
