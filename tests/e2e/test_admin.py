@@ -502,6 +502,8 @@ async def test_pmlb_ctl(procs: Processes) -> None:
         header, row = listed.stdout.splitlines()
         assert header.split()[:3] == ["ADDRESS", "STATE", "TO"]
         assert row.split()[:2] == [a, "serving"]
+        assert (await ctl(admin, "upstreams")).stdout == listed.stdout  # list: the default
+        assert json.loads((await ctl(admin, "upstreams", "--json")).stdout)["upstreams"]
         as_json = json.loads((await ctl(admin, "--json", "upstreams", "list")).stdout)
         assert as_json["upstreams"][0]["address"] == a
 
@@ -526,8 +528,22 @@ async def test_pmlb_ctl(procs: Processes) -> None:
         sent = await ctl(admin, "clients", "send", clients[0].uuid or "", "hello there")
         assert sent.stdout.strip() == "queued"
         assert await clients[0].recv() == "hello there"
+        # list is the default verb, --json goes after the verb too
+        default = await ctl(admin, "clients")
+        assert [line.split()[0] for line in default.stdout.splitlines()[1:]] == [
+            c.uuid for c in clients
+        ]
+        after = json.loads((await ctl(admin, "clients", "list", "--all", "--json")).stdout)
+        assert [c["uuid"] for c in after["clients"]] == [c.uuid for c in clients]
+        got = await ctl(admin, "clients", "get", clients[0].uuid or "")
+        assert (clients[0].uuid or "") in got.stdout
+        assert any(line.split() == ["active", "yes"] for line in got.stdout.splitlines())
+        got_json = json.loads(
+            (await ctl(admin, "clients", "get", clients[0].uuid or "", "--json")).stdout
+        )
+        assert got_json["uuid"] == clients[0].uuid
         broadcast = await ctl(admin, "broadcast", "all of you")
-        assert broadcast.stdout.strip() == "sent to 2 all client(s)"
+        assert broadcast.stdout.strip() == "sent to 2 clients"
         assert [await c.recv() for c in clients] == ["all of you", "all of you"]
         kicked = await ctl(admin, "clients", "kick", clients[1].uuid or "")
         assert kicked.returncode == 0
