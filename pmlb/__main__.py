@@ -16,6 +16,7 @@ import attrs
 import trio
 
 from pmlb import _log, ctl
+from pmlb._version import DISTRIBUTION, pmlb_version
 from pmlb.config import (
     Config,
     ConfigError,
@@ -88,6 +89,9 @@ def _add_admin_flags(group: argparse._ArgumentGroup) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pmlb", description="Long-lived client sockets in front of gRPC upstreams."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"pmlb {pmlb_version()} ({DISTRIBUTION})"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -214,7 +218,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate as ``pmlb serve`` does (same errors, same exit code), then print the config."""
     config = _config(args, args.config)
+    check_admin_exposure(config)
     shown = config
     if config.management.token:  # a secret: never printed
         shown = attrs.evolve(config, management=attrs.evolve(config.management, token="***"))
@@ -222,10 +228,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         url = _hide_password(config.cluster.redis_url)
         shown = attrs.evolve(shown, cluster=attrs.evolve(config.cluster, redis_url=url))
     print(render_config(shown), end="")
-    try:
-        check_admin_exposure(config)
-    except ConfigError as exc:
-        print(f"pmlb: warning: `pmlb serve` will refuse this: {exc}", file=sys.stderr)
     return 0
 
 

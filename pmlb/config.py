@@ -18,8 +18,10 @@ An example using every table::
     max_clients_total = 10000   # over all listeners; 0 (default): no limit
     slow_client_policy = "disconnect"   # or "drop_oldest"
     slow_client_timeout = 5     # seconds a full client queue is tolerated
+    client_fin_timeout = 5      # seconds replies still go to a client after its EOF
     drain_period = 10           # seconds to spread client closes over when draining
-    drain_timeout = 30          # seconds a drain may take before pmlb stops at once
+    drain_timeout = 20          # seconds a drain may take before pmlb stops at once
+    drain_upstream_wait = 5     # seconds a drain waits for an upstream when none serves
 
     [[listener]]                # more listeners, as many as needed
     name = "binary"
@@ -58,6 +60,8 @@ An example using every table::
     port = 8000
     enabled = true              # false: no admin API at all
     token = ""                  # bearer token (PMLB_ADMIN_TOKEN in the environment overrides it)
+    public_metrics = false      # true: /metrics needs no token
+    ready_requires_upstream = false     # true: /readyz is 503 while no upstream serves
     allowed_hosts = ["pmlb.internal"]   # more names the admin may be reached by (Host)
     allowed_origins = ["https://ops.example.com"]   # web origins that may change state
 
@@ -96,8 +100,13 @@ An example using every table::
     (see :mod:`pmlb.balancer`; the admin API can change it at runtime),
     ``max_clients_total``, the slow-client policy (with ``"disconnect"`` and a
     ``slow_client_timeout`` above 0, a full queue may grow to twice its size
-    for that long before the client is closed; 0 closes it at once) and the
-    drain timings.
+    for that long before the client is closed; 0 closes it at once),
+    ``client_fin_timeout`` (seconds a client that sent its end of input, a
+    TCP half-close, is still written to before pmlb closes it, default 5; 0
+    closes it at once) and the drain timings: ``drain_period`` (default 0),
+    ``drain_timeout`` (default 20, under Kubernetes' default grace period of
+    30 s) and ``drain_upstream_wait`` (seconds a drain waits for an upstream
+    to serve when messages wait for one and none serves, default 5).
 
     A WebSocket listener ignores ``framing`` (each WebSocket message is one
     message) and reads five more keys: ``path`` (the URL path clients connect
@@ -157,7 +166,12 @@ An example using every table::
 ``[management_server]`` and ``[management_server.tls]``
     The admin API's ``host`` (default ``"127.0.0.1"``) and ``port`` (default
     8000), ``enabled`` (default true) and ``token``, the bearer token every
-    admin route but ``/healthz`` requires (default empty: no token). pmlb
+    admin route but ``/healthz``, ``/readyz`` and the dashboard's page
+    requires (default empty: no token); ``public_metrics`` (default false:
+    true serves ``/metrics`` without the token too) and
+    ``ready_requires_upstream`` (default false: ``/readyz`` is ready while
+    pmlb accepts clients, even when no upstream serves; true: not ready
+    while no upstream serves). pmlb
     refuses to serve the admin on an address that is not loopback without a
     token. ``allowed_hosts`` (default empty) lists more names a request's
     ``Host`` may give besides the admin's addresses (its ``host``, and
@@ -190,6 +204,7 @@ integers of at least 1. An unknown key anywhere is an error. Every problem in
 a file is reported at once, one per line, as ``FILE: KEY: PROBLEM``.
 """
 
+import difflib
 import ipaddress
 import math
 import os
@@ -362,6 +377,11 @@ class ManagementConfig:
     #: web origins that may change state and open the event WebSocket
     allowed_origins: tuple[str, ...] = ()
     tls: ManagementTLSConfig | None = None
+    #: serve /metrics without the token (for a Prometheus that has none)
+    public_metrics: bool = False
+    #: /readyz answers 503 while no upstream serves (default: ready means
+    #: accepting clients, which pmlb does through an upstream outage)
+    ready_requires_upstream: bool = False
 
     @property
     def address(self) -> str:
@@ -427,10 +447,17 @@ class Config:
     #: "drop_oldest" of its queued messages
     slow_client_policy: str = "disconnect"
     slow_client_timeout: float = 0.0
+    #: seconds a client that sent its end of input (a half-close) is still
+    #: written to before it is closed; 0 closes it at once
+    client_fin_timeout: float = 5.0
     #: graceful drain: clients are closed spread over ``drain_period``
     #: seconds; whatever is left after ``drain_timeout`` is stopped at once
     drain_period: float = 0.0
-    drain_timeout: float = 30.0
+    #: Under Kubernetes' default grace period of 30 s, with room to spare.
+    drain_timeout: float = 20.0
+    #: messages kept while no upstream serves wait this long for one to
+    #: serve during a drain; then pmlb stops without them (logged)
+    drain_upstream_wait: float = 5.0
     management: ManagementConfig = ManagementConfig()
     log: LogConfig = LogConfig()
     cluster: ClusterConfig = ClusterConfig()
@@ -731,8 +758,10 @@ _SERVER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "max_clients_total": _integer(0),
     "slow_client_policy": _one_of("disconnect", "drop_oldest"),
     "slow_client_timeout": _non_negative,
+    "client_fin_timeout": _non_negative,
     "drain_period": _non_negative,
     "drain_timeout": _seconds,
+    "drain_upstream_wait": _non_negative,
 }
 _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "host": _host,
@@ -763,6 +792,8 @@ _MANAGEMENT_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "port": _port,
     "enabled": _boolean,
     "token": _token,
+    "public_metrics": _boolean,
+    "ready_requires_upstream": _boolean,
     "allowed_hosts": _list_of(_host),
     "allowed_origins": _list_of(_origin),
 }
@@ -813,13 +844,21 @@ def _read(
         check = checks.get(name)
         if check is None:
             if name not in subtables:
-                problems.add(_key(prefix, name), "unknown key")
+                problems.add(
+                    _key(prefix, name), "unknown key" + _suggestion(name, checks, subtables)
+                )
             continue
         try:
             values[name] = check(value)
         except _Bad as bad:
             problems.add(_key(prefix, name), str(bad))
     return values
+
+
+def _suggestion(name: str, checks: Iterable[str], subtables: Iterable[str]) -> str:
+    """`` (did you mean 'KEY'?)`` for the known key closest to a misspelt one, else ``""``."""
+    close = difflib.get_close_matches(name, [*checks, *subtables], n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _is_array_of_tables(value: object) -> TypeGuard[Sequence[Mapping[str, object]]]:
@@ -1291,6 +1330,8 @@ def _emit(lines: list[str], path: str, table: Mapping[str, object]) -> None:
 _ORIGINAL_KEYS: Final = frozenset(
     {"name", "host", "port", "transport", "framing", "max_message_size"}
     | {"ready_timeout", "alive_timeout", "live_interval"}
+    # an upstream's contract and health check: shown even when default
+    | {"events", "health"}
 )
 
 
@@ -1314,15 +1355,17 @@ def render_config(config: Config) -> str:
     server["client_queue_size"] = config.client_queue_size
     server["upstream_queue_size"] = config.upstream_queue_size
     server["balancing"] = config.balancing
+    # Every server-wide setting, default or not: this is what pmlb runs on.
     for name in (
         "max_clients_total",
         "slow_client_policy",
         "slow_client_timeout",
+        "client_fin_timeout",
         "drain_period",
         "drain_timeout",
+        "drain_upstream_wait",
     ):
-        if getattr(config, name) != getattr(attrs.fields(Config), name).default:
-            server[name] = getattr(config, name)
+        server[name] = getattr(config, name)
     document: dict[str, object] = {"server": server}
     if len(config.listeners) > 1:
         document["listener"] = [_as_table(listener) for listener in config.listeners[1:]]
@@ -1336,6 +1379,8 @@ def render_config(config: Config) -> str:
         management["enabled"] = False
     if config.management.token:
         management["token"] = config.management.token
+    management["public_metrics"] = config.management.public_metrics
+    management["ready_requires_upstream"] = config.management.ready_requires_upstream
     for name in ("allowed_hosts", "allowed_origins"):
         if getattr(config.management, name):
             management[name] = list(getattr(config.management, name))

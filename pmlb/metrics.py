@@ -7,10 +7,13 @@ collected when ``/metrics`` is scraped.
 
 from __future__ import annotations
 
+import platform
+import time
 from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -18,6 +21,8 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from pmlb._version import pmlb_version
 
 if TYPE_CHECKING:
     from pmlb.registry import Registry
@@ -171,7 +176,9 @@ class RegistryCollector(Collector):
             failures.add_metric([address, "readiness"], upstream.ready_failures)
             for state in UpstreamState:
                 if state is not UpstreamState.REMOVED:
-                    states.add_metric([address, str(state)], float(upstream.state is state))
+                    # Label values without spaces: "checking readiness" is checking_readiness.
+                    label = str(state).replace(" ", "_")
+                    states.add_metric([address, label], float(upstream.state is state))
             queued.add_metric([address], len(upstream.outbox))
             upstream_messages.add_metric([address, "to_upstream"], upstream.messages_dispatched)
             upstream_messages.add_metric([address, "from_upstream"], upstream.messages_received)
@@ -182,6 +189,7 @@ class RegistryCollector(Collector):
         yield queued
         yield upstream_messages
         yield failures
+        yield from _ack_metrics(registry)
         yield GaugeMetricFamily(
             "pmlb_upstreams_serving", "Upstreams serving now.", value=stats.upstreams_serving
         )
@@ -235,8 +243,80 @@ class RegistryCollector(Collector):
             yield from collect(registry.cluster)
 
 
-def metrics_registry(registry: Registry) -> CollectorRegistry:
-    """A Prometheus registry holding only this pmlb's metrics (not the process's)."""
+def _ack_metrics(registry: Registry) -> Iterator[Metric]:
+    """Per upstream with ``acks = true``: the unacknowledged, acks, redeliveries, latency."""
+    unacked = GaugeMetricFamily(
+        "pmlb_upstream_unacked",
+        "Requests written to an upstream with acks and not acknowledged yet.",
+        labels=["upstream"],
+    )
+    acks = CounterMetricFamily(
+        "pmlb_upstream_acks",
+        "Acknowledgements received: matched, or unknown (no such seq, or acked already).",
+        labels=["upstream", "kind"],
+    )
+    redelivered = CounterMetricFamily(
+        "pmlb_upstream_redelivered",
+        "Unacknowledged requests of a failed upstream dispatched again.",
+        labels=["upstream"],
+    )
+    undeliverable = CounterMetricFamily(
+        "pmlb_upstream_undeliverable",
+        "Unacknowledged requests dropped after max_deliveries deliveries.",
+        labels=["upstream"],
+    )
+    latency = HistogramMetricFamily(
+        "pmlb_ack_latency_seconds",
+        "Time from writing a request to an upstream's stream to its acknowledgement.",
+        labels=["upstream"],
+    )
+    for address, upstream in list(registry.upstreams.items()):
+        table = upstream.outbox.unacked
+        if table is None:
+            continue
+        unacked.add_metric([address], len(table))
+        acks.add_metric([address, "received"], table.acks_received)
+        acks.add_metric([address, "unknown"], table.acks_unknown)
+        redelivered.add_metric([address], upstream.redelivered)
+        undeliverable.add_metric([address], upstream.undeliverable)
+        latency.add_metric([address], table.latency.cumulative(), table.latency.total)
+    yield unacked
+    yield acks
+    yield redelivered
+    yield undeliverable
+    yield latency
+
+
+class BuildCollector(Collector):
+    """``pmlb_build_info`` (version and Python as labels) and ``pmlb_start_time_seconds``."""
+
+    def __init__(self, started_at: float) -> None:
+        self._started_at = started_at
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "pmlb_build_info", "pmlb's version; always 1.", labels=["version", "python"]
+        )
+        info.add_metric([pmlb_version(), platform.python_version()], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "pmlb_start_time_seconds",
+            "When this pmlb started, in seconds since the Unix epoch.",
+            value=self._started_at,
+        )
+
+
+def metrics_registry(registry: Registry, started_at: float | None = None) -> CollectorRegistry:
+    """A Prometheus registry with this pmlb's metrics and its process's.
+
+    The process (CPU, memory, descriptors), platform (Python) and garbage
+    collector collectors are registered here rather than in the global
+    registry, so that two pmlb in one process each have their own.
+    """
     collectors = CollectorRegistry(auto_describe=False)
     collectors.register(RegistryCollector(registry))
+    collectors.register(BuildCollector(time.time() if started_at is None else started_at))
+    ProcessCollector(registry=collectors)
+    PlatformCollector(registry=collectors)
+    GCCollector(registry=collectors)
     return collectors

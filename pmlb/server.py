@@ -192,11 +192,19 @@ async def serve(
                     await registry.drain_clients(config.drain_period)
                 downstream.cancel_scope.cancel()
             with trio.move_on_at(deadline) as flushing:
-                await registry.flush_upstreams()
+                await registry.flush_upstreams(config.drain_upstream_wait)
             if flushing.cancelled_caught or trio.current_time() >= deadline:
                 log.warning(
                     "drain_timeout reached: stopping at once",
-                    extra={"drain_timeout": f"{config.drain_timeout:g}s"},
+                    extra={"drain_timeout": config.drain_timeout},
+                )
+            if left := registry.awaiting_upstream():
+                log.warning(
+                    "stopping with accepted messages no upstream took",
+                    extra={
+                        "messages": left,
+                        "upstreams_serving": registry.statistics().upstreams_serving,
+                    },
                 )
             log.info("stopping: closing upstream streams")
             upstreams.cancel_scope.cancel()

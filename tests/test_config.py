@@ -358,6 +358,16 @@ INVALID_FILES = [
         id="drain-period-negative",
     ),
     pytest.param(
+        "[server]\nclient_fin_timeout = -0.5",
+        "pmlb.toml: server.client_fin_timeout: must be a number >= 0, got float -0.5",
+        id="client-fin-timeout-negative",
+    ),
+    pytest.param(
+        '[server]\ndrain_upstream_wait = "5s"',
+        "pmlb.toml: server.drain_upstream_wait: must be a number >= 0, got string '5s'",
+        id="drain-upstream-wait-string",
+    ),
+    pytest.param(
         "[server]\ndrain_timeout = 0",
         "pmlb.toml: server.drain_timeout: must be a number > 0, got 0",
         id="drain-timeout-zero",
@@ -1133,3 +1143,35 @@ def test_render_without_tls_stays_without_tls() -> None:
 def test_render_names_the_source_in_a_comment() -> None:
     text = render_config(parse_config({}, source='odd\n"name'))
     assert text.splitlines()[0] == '# pmlb configuration, loaded from "odd\\n\\"name"'
+
+
+def test_the_default_drain_ends_well_within_kubernetes_default_grace_period() -> None:
+    # SIGKILL follows SIGTERM after terminationGracePeriodSeconds, 30 by
+    # default; the README asks for drain_timeout + 10 s at least.
+    config = Config()
+    assert config.drain_timeout + 10 <= 30
+    assert config.drain_upstream_wait < config.drain_timeout
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "[server]\nmax_mesage_size = 1",
+            "server.max_mesage_size: unknown key (did you mean 'max_message_size'?)",
+        ),
+        (
+            "[[upstream]]\nhost = 'h'\nport = 1\nevent = true",
+            "upstream[0].event: unknown key (did you mean 'events'?)",
+        ),
+        (
+            "[managment_server]\nport = 1",
+            "managment_server: unknown key (did you mean 'management_server'?)",
+        ),
+        ("[server]\ncolour = 1", "server.colour: unknown key"),
+    ],
+)
+def test_an_unknown_key_names_the_closest_known_one(text: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(tomllib.loads(text), "pmlb.toml")
+    assert info.value.problems == (f"pmlb.toml: {problem}",)
