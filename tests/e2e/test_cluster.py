@@ -8,6 +8,7 @@ scripted commands of tests/upstreams/script.py); with ``reply_scope =
 from __future__ import annotations
 
 import re
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,12 +35,18 @@ async def redis(procs: Processes) -> AsyncIterator[RedisServer]:
 
 
 async def start_node(
-    procs: Processes, tmp_path: Path, redis: RedisServer, name: str, upstream_port: int
+    procs: Processes,
+    tmp_path: Path,
+    redis: RedisServer,
+    name: str,
+    upstream_port: int,
+    events: bool = False,
 ) -> tuple[Proc, int]:
     path = tmp_path / f"{name}.toml"
     path.write_text(
         '[server]\nframing = "line"\n'
         f'[[upstream]]\nhost = "127.0.0.1"\nport = {upstream_port}\nreply_scope = "cluster"\n'
+        f"events = {'true' if events else 'false'}\n"
         f'[cluster]\nnode = "{name}"\nheartbeat_interval = 0.2\nnode_timeout = 1\n'
     )
     proc, port = await procs.pmlb("--config", str(path), "--cluster-redis", redis.url)
@@ -150,3 +157,24 @@ def test_check_config_shows_the_cluster_without_its_password(tmp_path: Path) -> 
     assert "[cluster]" in result.stdout
     assert 'redis_url = "redis://:***@127.0.0.1:6380/1"' in result.stdout
     assert "hunter2" not in result.stdout
+
+
+async def test_a_killed_node_is_reaped_once_and_its_clients_reported_gone(
+    procs: Processes, redis: RedisServer, tmp_path: Path
+) -> None:
+    upstream, up_port = await procs.upstream("U", kind="grpcio")
+    nodes = [await start_node(procs, tmp_path, redis, n, up_port, True) for n in "abc"]
+    (_, a_port), (b, b_port) = nodes[0], nodes[1]
+    on_a, on_b = await procs.client(a_port), await procs.client(b_port)
+    await on_a.whoami()
+    ub = await on_b.whoami()
+    mark = upstream.mark()
+    b.signal(signal.SIGKILL)
+    await b.wait()
+    await upstream.wait_for(rf"EVENT disconnected {ub} DISCONNECT_ERROR", after=mark)
+    # reaped by exactly one survivor
+    reapers = [p for p, _ in (nodes[0], nodes[2]) if p.count(r"node gone .*node=b\b")]
+    assert len(reapers) == 1
+    await on_a.send(f"to {ub} too late")
+    await on_a.whoami()
+    assert upstream.count(rf"EVENT disconnected {ub}") == 1
