@@ -9,12 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Sequence
 
 import attrs
 import trio
 
 from pmlb import _log, ctl
+from pmlb._version import DISTRIBUTION, pmlb_version
 from pmlb.config import (
     Config,
     ConfigError,
@@ -65,6 +67,11 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         choices=["round_robin", "sticky", "hash", "least_loaded"],
         help="the balancing policy (default round_robin)",
     )
+    group.add_argument(
+        "--cluster-redis",
+        metavar="URL",
+        help="join a cluster through this Redis (redis://HOST:PORT/DB or unix:///PATH)",
+    )
     _add_admin_flags(group)
 
 
@@ -82,6 +89,9 @@ def _add_admin_flags(group: argparse._ArgumentGroup) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pmlb", description="Long-lived client sockets in front of gRPC upstreams."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"pmlb {pmlb_version()} ({DISTRIBUTION})"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -135,6 +145,7 @@ def _config(args: argparse.Namespace, path: str | None) -> Config:
         admin_port=args.admin_port,
         admin=args.admin,
         admin_token=os.environ.get(TOKEN_ENV) or None,
+        cluster_redis=args.cluster_redis,
     )
 
 
@@ -207,16 +218,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate as ``pmlb serve`` does (same errors, same exit code), then print the config."""
     config = _config(args, args.config)
+    check_admin_exposure(config)
     shown = config
     if config.management.token:  # a secret: never printed
         shown = attrs.evolve(config, management=attrs.evolve(config.management, token="***"))
+    if config.cluster.redis_url:  # its password too
+        url = _hide_password(config.cluster.redis_url)
+        shown = attrs.evolve(shown, cluster=attrs.evolve(config.cluster, redis_url=url))
     print(render_config(shown), end="")
-    try:
-        check_admin_exposure(config)
-    except ConfigError as exc:
-        print(f"pmlb: warning: `pmlb serve` will refuse this: {exc}", file=sys.stderr)
     return 0
+
+
+def _hide_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:" if parts.username else ":"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -18,8 +18,10 @@ An example using every table::
     max_clients_total = 10000   # over all listeners; 0 (default): no limit
     slow_client_policy = "disconnect"   # or "drop_oldest"
     slow_client_timeout = 5     # seconds a full client queue is tolerated
+    client_fin_timeout = 5      # seconds replies still go to a client after its EOF
     drain_period = 10           # seconds to spread client closes over when draining
-    drain_timeout = 30          # seconds a drain may take before pmlb stops at once
+    drain_timeout = 20          # seconds a drain may take before pmlb stops at once
+    drain_upstream_wait = 5     # seconds a drain waits for an upstream when none serves
 
     [[listener]]                # more listeners, as many as needed
     name = "binary"
@@ -58,6 +60,8 @@ An example using every table::
     port = 8000
     enabled = true              # false: no admin API at all
     token = ""                  # bearer token (PMLB_ADMIN_TOKEN in the environment overrides it)
+    public_metrics = false      # true: /metrics needs no token
+    ready_requires_upstream = false     # true: /readyz is 503 while no upstream serves
     allowed_hosts = ["pmlb.internal"]   # more names the admin may be reached by (Host)
     allowed_origins = ["https://ops.example.com"]   # web origins that may change state
 
@@ -68,6 +72,12 @@ An example using every table::
     [log]
     level = "info"              # "debug", "info", "warning" or "error"
     format = "text"             # "text" or "json"
+
+    [cluster]                   # several pmlb as one, through Redis
+    redis_url = "redis://127.0.0.1:6379/0"  # or "unix:///run/redis.sock"; set: cluster on
+    node = ""                   # this instance's name; default host-pid-random
+    heartbeat_interval = 2      # seconds
+    node_timeout = 10           # seconds without a heartbeat before a node counts as dead
 
 ``[server]``
     ``host`` (default ``"127.0.0.1"``), ``port`` (default 7999), ``name`` (the
@@ -90,8 +100,13 @@ An example using every table::
     (see :mod:`pmlb.balancer`; the admin API can change it at runtime),
     ``max_clients_total``, the slow-client policy (with ``"disconnect"`` and a
     ``slow_client_timeout`` above 0, a full queue may grow to twice its size
-    for that long before the client is closed; 0 closes it at once) and the
-    drain timings.
+    for that long before the client is closed; 0 closes it at once),
+    ``client_fin_timeout`` (seconds a client that sent its end of input, a
+    TCP half-close, is still written to before pmlb closes it, default 5; 0
+    closes it at once) and the drain timings: ``drain_period`` (default 0),
+    ``drain_timeout`` (default 20, under Kubernetes' default grace period of
+    30 s) and ``drain_upstream_wait`` (seconds a drain waits for an upstream
+    to serve when messages wait for one and none serves, default 5).
 
     A WebSocket listener ignores ``framing`` (each WebSocket message is one
     message) and reads five more keys: ``path`` (the URL path clients connect
@@ -142,12 +157,21 @@ An example using every table::
     wait for its acknowledgement before the upstream counts as failed and is
     reconnected, default 30) and ``max_deliveries`` (a request delivered
     that many times without an acknowledgement is dropped, logged and
-    counted, default 5). Two upstreams may not have the same host and port.
+    counted, default 5), ``reply_scope`` (``"local"``, the default: a reply
+    reaches the clients of this pmlb only, as in the original contract;
+    ``"cluster"``: with a ``[cluster]``, a reply to a client of another node
+    is sent there, and a broadcast reaches every client of the cluster once).
+    Two upstreams may not have the same host and port.
 
 ``[management_server]`` and ``[management_server.tls]``
     The admin API's ``host`` (default ``"127.0.0.1"``) and ``port`` (default
     8000), ``enabled`` (default true) and ``token``, the bearer token every
-    admin route but ``/healthz`` requires (default empty: no token). pmlb
+    admin route but ``/healthz``, ``/readyz`` and the dashboard's page
+    requires (default empty: no token); ``public_metrics`` (default false:
+    true serves ``/metrics`` without the token too) and
+    ``ready_requires_upstream`` (default false: ``/readyz`` is ready while
+    pmlb accepts clients, even when no upstream serves; true: not ready
+    while no upstream serves). pmlb
     refuses to serve the admin on an address that is not loopback without a
     token. ``allowed_hosts`` (default empty) lists more names a request's
     ``Host`` may give besides the admin's addresses (its ``host``, and
@@ -161,6 +185,17 @@ An example using every table::
 ``[log]``
     ``level`` and ``format``, as in the example.
 
+``[cluster]``
+    Joins this pmlb to others through Redis (see :mod:`pmlb.cluster`):
+    ``redis_url`` (``redis://[:PASSWORD@]HOST[:PORT][/DB]``, ``rediss://`` for
+    TLS, or ``unix:///PATH[?db=N]``; empty, the default: no cluster),
+    ``node`` (this instance's name, unique in the cluster: letters, digits,
+    ``.``, ``_``, ``-``; default ``HOST-PID-RANDOM``), ``heartbeat_interval``
+    (seconds, default 2) and ``node_timeout`` (seconds without a heartbeat
+    before a node counts as dead, default 10; more than
+    ``heartbeat_interval``). An upstream's ``reply_scope = "cluster"`` lets
+    it answer any client of the cluster on any of its streams.
+
 Values are checked strictly: ports are integers from 0 to 65535 (1 to 65535
 for upstreams), hosts are non-empty strings (an IPv6 address is written
 without brackets), times are numbers of seconds greater than 0,
@@ -169,11 +204,13 @@ integers of at least 1. An unknown key anywhere is an error. Every problem in
 a file is reported at once, one per line, as ``FILE: KEY: PROBLEM``.
 """
 
+import difflib
 import ipaddress
 import math
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, time
 from typing import Any, Final, TypeGuard
@@ -181,6 +218,7 @@ from typing import Any, Final, TypeGuard
 import attrs
 
 __all__ = [
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "ListenerConfig",
@@ -308,6 +346,8 @@ class UpstreamConfig:
     discovery: str = "static"
     resolve_interval: float = 10.0
     nameserver: str = ""
+    #: "local": replies reach this pmlb's clients only; "cluster": any node's
+    reply_scope: str = "local"
 
     @property
     def address(self) -> str:
@@ -337,6 +377,11 @@ class ManagementConfig:
     #: web origins that may change state and open the event WebSocket
     allowed_origins: tuple[str, ...] = ()
     tls: ManagementTLSConfig | None = None
+    #: serve /metrics without the token (for a Prometheus that has none)
+    public_metrics: bool = False
+    #: /readyz answers 503 while no upstream serves (default: ready means
+    #: accepting clients, which pmlb does through an upstream outage)
+    ready_requires_upstream: bool = False
 
     @property
     def address(self) -> str:
@@ -359,6 +404,21 @@ class LogConfig:
 
     level: str = "info"
     format: str = "text"
+
+
+@attrs.frozen(kw_only=True)
+class ClusterConfig:
+    """How this pmlb joins a cluster through Redis; an empty ``redis_url``: no cluster."""
+
+    redis_url: str = attrs.field(default="", repr=False)
+    #: this node's name; empty: chosen at start (host-pid-random)
+    node: str = ""
+    heartbeat_interval: float = 2.0
+    node_timeout: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url)
 
 
 @attrs.frozen(kw_only=True)
@@ -387,12 +447,20 @@ class Config:
     #: "drop_oldest" of its queued messages
     slow_client_policy: str = "disconnect"
     slow_client_timeout: float = 0.0
+    #: seconds a client that sent its end of input (a half-close) is still
+    #: written to before it is closed; 0 closes it at once
+    client_fin_timeout: float = 5.0
     #: graceful drain: clients are closed spread over ``drain_period``
     #: seconds; whatever is left after ``drain_timeout`` is stopped at once
     drain_period: float = 0.0
-    drain_timeout: float = 30.0
+    #: Under Kubernetes' default grace period of 30 s, with room to spare.
+    drain_timeout: float = 20.0
+    #: messages kept while no upstream serves wait this long for one to
+    #: serve during a drain; then pmlb stops without them (logged)
+    drain_upstream_wait: float = 5.0
     management: ManagementConfig = ManagementConfig()
     log: LogConfig = LogConfig()
+    cluster: ClusterConfig = ClusterConfig()
     source: str | None = attrs.field(default=None, eq=False)
 
 
@@ -553,6 +621,58 @@ def _nameserver(value: object) -> str:
     return value
 
 
+_REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+_NODE_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a Redis URL pmlb can use, or ``None`` if it is one."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in _REDIS_SCHEMES:
+        return (
+            "must start with redis://, rediss:// or unix://, got"
+            f" {parsed.scheme + '://' if parsed.scheme else 'no scheme'}"
+        )
+    try:
+        port = parsed.port
+    except ValueError as error:
+        return f"bad port: {error}"
+    if parsed.scheme == "unix":
+        if not parsed.path:
+            return "unix:// needs the socket's path, as in unix:///run/redis.sock"
+        db = urllib.parse.parse_qs(parsed.query).get("db", ["0"])[-1]
+    else:
+        host = parsed.hostname or ""
+        if not host:
+            return f"{parsed.scheme}:// needs a host, as in redis://127.0.0.1:6379/0"
+        problem = host_problem(host)
+        if problem:
+            return f"host {problem}"
+        if port == 0:
+            return "port must be from 1 to 65535, got 0"
+        db = parsed.path.strip("/") or "0"
+    if not (db.isascii() and db.isdigit()):
+        return f"the database must be a number, got {db!r}"
+    return None
+
+
+def _redis_url(value: object) -> str:
+    # Never echo the whole URL: it may hold a password.
+    url = _string(value)
+    if url:
+        problem = redis_url_problem(url)
+        if problem:
+            raise _Bad(problem)
+    return url
+
+
+def _node_name(value: object) -> str:
+    name = _string(value)
+    if name and not _NODE_NAME.fullmatch(name):
+        raise _Bad(f"must be 1 to 100 letters, digits, '.', '_' or '-', got {name!r}")
+    return name
+
+
 def _boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise _Bad(f"must be true or false, got {_describe(value)}")
@@ -638,8 +758,10 @@ _SERVER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "max_clients_total": _integer(0),
     "slow_client_policy": _one_of("disconnect", "drop_oldest"),
     "slow_client_timeout": _non_negative,
+    "client_fin_timeout": _non_negative,
     "drain_period": _non_negative,
     "drain_timeout": _seconds,
+    "drain_upstream_wait": _non_negative,
 }
 _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "host": _host,
@@ -663,12 +785,15 @@ _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "discovery": _one_of("static", "dns"),
     "resolve_interval": _seconds,
     "nameserver": _nameserver,
+    "reply_scope": _one_of("local", "cluster"),
 }
 _MANAGEMENT_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "host": _host,
     "port": _port,
     "enabled": _boolean,
     "token": _token,
+    "public_metrics": _boolean,
+    "ready_requires_upstream": _boolean,
     "allowed_hosts": _list_of(_host),
     "allowed_origins": _list_of(_origin),
 }
@@ -680,7 +805,13 @@ _LOG_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "level": _one_of(*_LOG_LEVELS),
     "format": _one_of(*_LOG_FORMATS),
 }
-_TOP_LEVEL: Final = ("server", "listener", "upstream", "management_server", "log")
+_CLUSTER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
+    "redis_url": _redis_url,
+    "node": _node_name,
+    "heartbeat_interval": _seconds,
+    "node_timeout": _seconds,
+}
+_TOP_LEVEL: Final = ("server", "listener", "upstream", "management_server", "log", "cluster")
 
 
 class _Problems:
@@ -713,13 +844,21 @@ def _read(
         check = checks.get(name)
         if check is None:
             if name not in subtables:
-                problems.add(_key(prefix, name), "unknown key")
+                problems.add(
+                    _key(prefix, name), "unknown key" + _suggestion(name, checks, subtables)
+                )
             continue
         try:
             values[name] = check(value)
         except _Bad as bad:
             problems.add(_key(prefix, name), str(bad))
     return values
+
+
+def _suggestion(name: str, checks: Iterable[str], subtables: Iterable[str]) -> str:
+    """`` (did you mean 'KEY'?)`` for the known key closest to a misspelt one, else ``""``."""
+    close = difflib.get_close_matches(name, [*checks, *subtables], n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _is_array_of_tables(value: object) -> TypeGuard[Sequence[Mapping[str, object]]]:
@@ -831,6 +970,16 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
         management_values["tls"] = ManagementTLSConfig(**tls_values)
 
     log = _read(problems, _table(problems, data, "", "log"), "log", _LOG_CHECKS)
+    cluster = _read(problems, _table(problems, data, "", "cluster"), "cluster", _CLUSTER_CHECKS)
+    cluster_config = ClusterConfig(**cluster)
+    if (
+        "heartbeat_interval" in cluster or "node_timeout" in cluster
+    ) and cluster_config.node_timeout <= cluster_config.heartbeat_interval:
+        problems.add(
+            "cluster.node_timeout",
+            f"must be more than heartbeat_interval ({cluster_config.heartbeat_interval:g}),"
+            f" got {cluster_config.node_timeout:g}",
+        )
 
     problems.raise_if_any()
     return Config(
@@ -838,6 +987,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
         upstreams=tuple(upstream for _, upstream in upstreams),
         management=ManagementConfig(**management_values),
         log=LogConfig(**log),
+        cluster=cluster_config,
         source=source,
         **{name: value for name, value in server_values.items() if name not in _LISTENER_CHECKS},
     )
@@ -1005,13 +1155,15 @@ def apply_overrides(
     admin_port: int | None = None,
     admin: bool | None = None,
     admin_token: str | None = None,
+    cluster_redis: str | None = None,
 ) -> Config:
     """``config`` with command-line flags applied; ``None`` leaves a setting as it is.
 
     ``host``, ``port``, ``framing`` and ``max_message_size`` apply to the first
     listener. ``upstreams`` (each ``HOST:PORT`` or ``[IPv6]:PORT``) replaces
     the upstream list; the new upstreams get the default timings.
-    ``upstream_transport`` sets every upstream's ``transport``. Raises
+    ``upstream_transport`` sets every upstream's ``transport``.
+    ``cluster_redis`` sets ``[cluster] redis_url``. Raises
     :class:`ConfigError` naming each bad flag.
     """
     problems = _Problems("command line")
@@ -1096,6 +1248,11 @@ def apply_overrides(
     )
     if admin_changes:
         config_changes["management"] = attrs.evolve(config.management, **admin_changes)
+    cluster_changes = _checked(
+        problems, [("--cluster-redis", "redis_url", cluster_redis, _redis_url)]
+    )
+    if cluster_changes:
+        config_changes["cluster"] = attrs.evolve(config.cluster, **cluster_changes)
 
     problems.raise_if_any()
     return attrs.evolve(config, **config_changes)
@@ -1173,6 +1330,8 @@ def _emit(lines: list[str], path: str, table: Mapping[str, object]) -> None:
 _ORIGINAL_KEYS: Final = frozenset(
     {"name", "host", "port", "transport", "framing", "max_message_size"}
     | {"ready_timeout", "alive_timeout", "live_interval"}
+    # an upstream's contract and health check: shown even when default
+    | {"events", "health"}
 )
 
 
@@ -1196,15 +1355,17 @@ def render_config(config: Config) -> str:
     server["client_queue_size"] = config.client_queue_size
     server["upstream_queue_size"] = config.upstream_queue_size
     server["balancing"] = config.balancing
+    # Every server-wide setting, default or not: this is what pmlb runs on.
     for name in (
         "max_clients_total",
         "slow_client_policy",
         "slow_client_timeout",
+        "client_fin_timeout",
         "drain_period",
         "drain_timeout",
+        "drain_upstream_wait",
     ):
-        if getattr(config, name) != getattr(attrs.fields(Config), name).default:
-            server[name] = getattr(config, name)
+        server[name] = getattr(config, name)
     document: dict[str, object] = {"server": server}
     if len(config.listeners) > 1:
         document["listener"] = [_as_table(listener) for listener in config.listeners[1:]]
@@ -1218,6 +1379,8 @@ def render_config(config: Config) -> str:
         management["enabled"] = False
     if config.management.token:
         management["token"] = config.management.token
+    management["public_metrics"] = config.management.public_metrics
+    management["ready_requires_upstream"] = config.management.ready_requires_upstream
     for name in ("allowed_hosts", "allowed_origins"):
         if getattr(config.management, name):
             management[name] = list(getattr(config.management, name))
@@ -1225,6 +1388,8 @@ def render_config(config: Config) -> str:
         management["tls"] = attrs.asdict(config.management.tls)
     document["management_server"] = management
     document["log"] = attrs.asdict(config.log)
+    if config.cluster != ClusterConfig():
+        document["cluster"] = attrs.asdict(config.cluster)
 
     header = "# pmlb configuration"
     if config.source is not None:

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-TIMEOUT = 60.0
+#: seconds an admin call may take (a drain answers at once: 202)
+TIMEOUT = 10.0
 
 
 class CtlError(Exception):
@@ -39,8 +40,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status = what.add_parser("status", help="counters, policy, listeners")
     status.set_defaults(run=_status)
 
-    upstreams = what.add_parser("upstreams", help="list, add, remove or drain upstreams")
-    verbs = upstreams.add_subparsers(dest="verb", required=True, metavar="VERB")
+    upstreams = what.add_parser("upstreams", help="list (the default), add, remove or drain")
+    upstreams.set_defaults(run=_upstreams_list)
+    verbs = upstreams.add_subparsers(dest="verb", metavar="VERB")
     verbs.add_parser("list").set_defaults(run=_upstreams_list)
     add = verbs.add_parser("add", help="add HOST:PORT")
     add.add_argument("address", metavar="HOST:PORT")
@@ -53,8 +55,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         sub.add_argument("address", metavar="HOST:PORT")
         sub.set_defaults(run=run)
 
-    clients = what.add_parser("clients", help="list, kick or send to clients")
-    verbs = clients.add_subparsers(dest="verb", required=True, metavar="VERB")
+    clients = what.add_parser("clients", help="list (the default), get, kick or send to")
+    clients.set_defaults(run=_clients_list, state=None, listener=None, limit=100, all=False)
+    verbs = clients.add_subparsers(dest="verb", metavar="VERB")
+    get = verbs.add_parser("get", help="one client's details")
+    get.add_argument("uuid")
+    get.set_defaults(run=_clients_get)
     listing = verbs.add_parser("list")
     listing.add_argument("--state", choices=["active", "inactive"])
     listing.add_argument("--listener")
@@ -82,6 +88,19 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     drain = what.add_parser("drain", help="drain and stop the whole pmlb")
     drain.set_defaults(run=_drain)
+    _json_everywhere(what)
+
+
+def _json_everywhere(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # --json after any verb too (`pmlb ctl clients list --json`); SUPPRESS
+    # keeps a --json given before the verb from being reset to False.
+    for parser in commands.choices.values():
+        parser.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON"
+        )
+        for action in parser._subparsers._group_actions if parser._subparsers else ():
+            if isinstance(action, argparse._SubParsersAction):
+                _json_everywhere(action)
 
 
 class Api:
@@ -207,13 +226,26 @@ def _clients_list(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
         "connected": page["connected"],
     }
     rows = [
-        {**c, "in": c["messages_in"], "out": c["messages_out"], "active": c["active"]}
+        {**c, "in": c["messages_in"], "out": c["messages_out"], "active": _readable(c["active"])}
         for c in clients
     ]
     text = _table(rows, ["uuid", "remote", "listener", "active", "in", "out", "connected_at"])
     if page["next_cursor"] is not None:
         text += f"\n(more: --all, or {page['connected']} connected in all)"
     return answer, text
+
+
+def _clients_get(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
+    answer = api.call("GET", f"/api/v1/clients/{_quote(args.uuid)}")
+    width = max(len(key) for key in answer)
+    lines = [f"{key.ljust(width)}  {_readable(value)}" for key, value in answer.items()]
+    return answer, "\n".join(lines)
+
+
+def _readable(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "" if value is None else str(value)
 
 
 def _clients_kick(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
@@ -230,7 +262,9 @@ def _clients_send(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
 
 def _broadcast(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
     answer = api.call("POST", "/api/v1/broadcast", {"kind": args.kind, "payload": args.message})
-    return answer, f"sent to {answer['recipients']} {args.kind} client(s)"
+    count = answer["recipients"]
+    kind = "" if args.kind == "all" else f"{args.kind} "
+    return answer, f"sent to {count} {kind}client{'' if count == 1 else 's'}"
 
 
 def _set(api: Api, args: argparse.Namespace) -> tuple[Any, str]:

@@ -7,10 +7,13 @@ collected when ``/metrics`` is scraped.
 
 from __future__ import annotations
 
+import platform
+import time
 from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -18,6 +21,8 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from pmlb._version import pmlb_version
 
 if TYPE_CHECKING:
     from pmlb.registry import Registry
@@ -171,7 +176,9 @@ class RegistryCollector(Collector):
             failures.add_metric([address, "readiness"], upstream.ready_failures)
             for state in UpstreamState:
                 if state is not UpstreamState.REMOVED:
-                    states.add_metric([address, str(state)], float(upstream.state is state))
+                    # Label values without spaces: "checking readiness" is checking_readiness.
+                    label = str(state).replace(" ", "_")
+                    states.add_metric([address, label], float(upstream.state is state))
             queued.add_metric([address], len(upstream.outbox))
             upstream_messages.add_metric([address, "to_upstream"], upstream.messages_dispatched)
             upstream_messages.add_metric([address, "from_upstream"], upstream.messages_received)
@@ -230,6 +237,10 @@ class RegistryCollector(Collector):
             "Admin event stream consumers dropped for falling behind.",
             value=registry.events.dropped_subscribers,
         )
+        if registry.cluster is not None:
+            from pmlb.cluster.metrics import collect
+
+            yield from collect(registry.cluster)
 
 
 def _ack_metrics(registry: Registry) -> Iterator[Metric]:
@@ -276,8 +287,36 @@ def _ack_metrics(registry: Registry) -> Iterator[Metric]:
     yield latency
 
 
-def metrics_registry(registry: Registry) -> CollectorRegistry:
-    """A Prometheus registry holding only this pmlb's metrics (not the process's)."""
+class BuildCollector(Collector):
+    """``pmlb_build_info`` (version and Python as labels) and ``pmlb_start_time_seconds``."""
+
+    def __init__(self, started_at: float) -> None:
+        self._started_at = started_at
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "pmlb_build_info", "pmlb's version; always 1.", labels=["version", "python"]
+        )
+        info.add_metric([pmlb_version(), platform.python_version()], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "pmlb_start_time_seconds",
+            "When this pmlb started, in seconds since the Unix epoch.",
+            value=self._started_at,
+        )
+
+
+def metrics_registry(registry: Registry, started_at: float | None = None) -> CollectorRegistry:
+    """A Prometheus registry with this pmlb's metrics and its process's.
+
+    The process (CPU, memory, descriptors), platform (Python) and garbage
+    collector collectors are registered here rather than in the global
+    registry, so that two pmlb in one process each have their own.
+    """
     collectors = CollectorRegistry(auto_describe=False)
     collectors.register(RegistryCollector(registry))
+    collectors.register(BuildCollector(time.time() if started_at is None else started_at))
+    ProcessCollector(registry=collectors)
+    PlatformCollector(registry=collectors)
+    GCCollector(registry=collectors)
     return collectors

@@ -9,10 +9,11 @@ operator is published on :attr:`Registry.events`.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
-from typing import cast
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, cast
 
 import attrs
 import trio
@@ -31,6 +32,9 @@ from pmlb.metrics import LatencyHistogram
 from pmlb.upstream.acks import Unacked, strip
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.supervisor import Upstream, UpstreamState
+
+if TYPE_CHECKING:
+    from pmlb.cluster import Bus
 
 log = logging.getLogger("pmlb.registry")
 
@@ -122,6 +126,10 @@ class Registry:
         # Accepted messages whose upstream failed while no other one served:
         # they go first to the next upstream that serves.
         self._orphans: deque[pb.InputStreamRequest] = deque()
+        self._orphans_events = 0  # how many of them are lifecycle events
+        # Batches readers are handing on (waiting for an upstream, or for
+        # room in its outbox), by id: accepted, not yet in any outbox.
+        self._held: dict[int, list[pb.InputStreamRequest]] = {}
         # Lifecycle events waiting for an upstream with events = true to
         # serve; bounded, the oldest dropped (and counted) first.
         self._event_orphans: deque[pb.InputStreamRequest] = deque()
@@ -148,6 +156,8 @@ class Registry:
         self._by_listener: Counter[str] = Counter()
         self._total_by_listener: Counter[str] = Counter()
         self._disconnects: Counter[str] = Counter()
+        #: the cluster bus, when this pmlb is a node of a cluster (see pmlb.cluster)
+        self.cluster: Bus | None = None
 
     # -- clients --------------------------------------------------------
 
@@ -175,6 +185,8 @@ class Registry:
         )
         self._by_listener[client.listener] += 1
         self._total_by_listener[client.listener] += 1
+        if self.cluster is not None:
+            self.cluster.client_added(client.uuid)
         self.events.publish(
             "client.connected",
             client=client.uuid,
@@ -186,6 +198,8 @@ class Registry:
     def remove_client(self, client: Client) -> None:
         if self.clients.pop(client.uuid, None) is None:
             return
+        if self.cluster is not None:
+            self.cluster.client_removed(client.uuid)
         self._send_event(
             pb.InputStreamRequest(
                 time=rfc3339_now(),
@@ -220,7 +234,12 @@ class Registry:
         targets = [u for u in serving if u.config.events]
         if not targets:
             if any(u.config.events for u in self.upstreams.values()):
-                self._hold_events([event])
+                if serving:
+                    self._hold_events([event])
+                else:
+                    # With the messages waiting for an upstream, in order: a
+                    # client's disconnected event comes after what it sent.
+                    self._orphan([event])
             return
         policy = self.policy if len(targets) == len(serving) else self._event_policy
         for index, _ in policy.assign([event], targets):
@@ -238,6 +257,38 @@ class Registry:
                 "lifecycle events dropped: no upstream with events = true serves",
                 dropped_total=self.events_dropped,
             )
+
+    def _orphan(self, requests: Iterable[pb.InputStreamRequest], *, front: bool = False) -> None:
+        """Keep accepted requests, in order, for the next upstream to serve.
+
+        ``front``: ahead of those kept already (redeliveries). Lifecycle
+        events among them are bounded as :meth:`_hold_events` does.
+        """
+        requests = list(requests)
+        orphans = self._orphans
+        if front:
+            orphans.extendleft(reversed(requests))
+        else:
+            orphans.extend(requests)
+        self._orphans_events += sum(1 for r in requests if r.event)
+        excess = self._orphans_events - self.config.upstream_queue_size
+        if excess <= 0:
+            return
+        # Rare (more held events than an outbox holds): drop the oldest events.
+        kept: deque[pb.InputStreamRequest] = deque()
+        for request in orphans:
+            if request.event and excess > 0:
+                excess -= 1
+                continue
+            kept.append(request)
+        dropped = len(orphans) - len(kept)
+        self._orphans = kept
+        self._orphans_events -= dropped
+        self.events_dropped += dropped
+        self._unknown_log.warning(
+            "lifecycle events dropped: no upstream with events = true serves",
+            dropped_total=self.events_dropped,
+        )
 
     def client_page(
         self,
@@ -297,51 +348,120 @@ class Registry:
         full: the caller stops reading its socket meanwhile (backpressure).
         """
         self.messages_from_clients += len(requests)
+        pending = list(requests)
         started = time.perf_counter()
+        self._held[id(pending)] = pending
         try:
-            await self._dispatch(requests)
+            await self._dispatch(pending)
         finally:
+            del self._held[id(pending)]
             self.dispatch_latency.observe(time.perf_counter() - started, len(requests))
 
-    async def dispatch_from(self, client: Client, requests: list[pb.InputStreamRequest]) -> bool:
-        """:meth:`dispatch` a batch read from ``client``; ``False``: read no more, it drains.
+    async def dispatch_from(
+        self,
+        client: Client,
+        requests: list[pb.InputStreamRequest],
+        hangup: Callable[[], Awaitable[None]] | None = None,
+    ) -> bool:
+        """:meth:`dispatch` a batch read from ``client``; ``False``: read no more.
 
         A draining client's last read is handed on at once, over the outboxes'
-        bound (it was read already: dropping it would lose it). A dispatch the
-        drain caught waiting completes first; the client's writer closes the
-        connection only after that.
+        bound (it was read already: dropping it would lose it). A dispatch
+        that waits is interrupted by a drain, and by ``hangup`` returning
+        (the client hung up while it was not read): its batch is then handed
+        on the same way, to be written once an upstream serves, before the
+        client's disconnected event. After a hang-up the client's input has
+        ended (:attr:`Client.input_ended`); the reader closes it in time.
         """
         if client.draining:
             self.messages_from_clients += len(requests)
             self._redispatch(requests)
             return False
+        self.messages_from_clients += len(requests)
+        pending = list(requests)
+        self._held[id(pending)] = pending
         client.dispatching = True
-        await self.dispatch(requests)
+        cluster = self.cluster
+        started = time.perf_counter()
+        try:
+            with trio.CancelScope() as client.dispatch_scope:
+                if cluster is not None and cluster.unregistered:
+                    # A reply through another node must find this new client.
+                    await cluster.wait_registered(client.uuid)
+                if hangup is None:
+                    await self._dispatch(pending)
+                elif not await self._dispatch(pending, wait=False):
+                    # It has to wait: watch for the client hanging up meanwhile
+                    # (a nursery only on this slow path).
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._watch_hangup, client, hangup, nursery.cancel_scope)
+                        await self._dispatch(pending)
+                        nursery.cancel_scope.cancel()
+        finally:
+            client.dispatch_scope = None
+            del self._held[id(pending)]
+            self.dispatch_latency.observe(time.perf_counter() - started, len(requests))
         client.dispatching = False
+        if pending:  # interrupted: accepted, so it goes on as failover does
+            self._redispatch(pending)
         if client.draining:
             client.drain()  # wakes the writer, which waited for this dispatch
             return False
-        return True
+        return not client.input_ended
 
-    async def _dispatch(self, requests: list[pb.InputStreamRequest]) -> None:
-        while requests:
+    @staticmethod
+    async def _watch_hangup(
+        client: Client, hangup: Callable[[], Awaitable[None]], scope: trio.CancelScope
+    ) -> None:
+        await hangup()
+        client.end_input()
+        scope.cancel()
+
+    async def _dispatch(self, pending: list[pb.InputStreamRequest], *, wait: bool = True) -> bool:
+        """Place ``pending`` in serving upstreams' outboxes, removing what is placed.
+
+        Returns ``True`` once all is placed. With ``wait=False``, returns
+        ``False`` instead of waiting (what is left stays in ``pending``, as
+        it does when a wait is cancelled).
+        """
+        while pending:
             serving = self._serving
             if not serving:
+                if not wait:
+                    return False
                 await self._serving_changed.park()
                 continue
             if len(serving) == 1:
-                if await serving[0].outbox.put(requests):
-                    serving[0].messages_dispatched += len(requests)
-                    return
+                outbox = serving[0].outbox
+                if not wait and outbox.accepting and len(outbox) >= outbox.capacity:
+                    return False
+                if await outbox.put(pending):
+                    serving[0].messages_dispatched += len(pending)
+                    pending.clear()
+                    return True
                 continue
+            parts = [
+                (_part(pending, part), serving[index])
+                for index, part in self.policy.assign(pending, serving)
+            ]
             refused: list[pb.InputStreamRequest] = []
-            for index, part in self.policy.assign(requests, serving):
-                batch, upstream = _part(requests, part), serving[index]
-                if await upstream.outbox.put(batch):
-                    upstream.messages_dispatched += len(batch)
-                else:
-                    refused += batch
-            requests = refused
+            placed = 0
+            try:
+                for batch, upstream in parts:
+                    outbox = upstream.outbox
+                    if not wait and outbox.accepting and len(outbox) >= outbox.capacity:
+                        break
+                    if await outbox.put(batch):
+                        upstream.messages_dispatched += len(batch)
+                    else:
+                        refused += batch
+                    placed += 1
+            finally:
+                # What is not placed yet (also when a wait was cancelled).
+                pending[:] = refused + [r for batch, _ in parts[placed:] for r in batch]
+            if placed < len(parts):
+                return False
+        return True
 
     # -- upstreams ------------------------------------------------------
 
@@ -429,6 +549,7 @@ class Registry:
                 self._place(upstream, [r for r in self._orphans if not r.event])
                 self._hold_events(r for r in self._orphans if r.event)
             self._orphans.clear()
+            self._orphans_events = 0
             upstream.outbox.open()
             self._serving = [*self._serving, upstream]
             self._serving_changed.unpark_all()
@@ -510,10 +631,7 @@ class Registry:
             return
         serving = self._serving
         if not serving:
-            if front:
-                self._orphans.extendleft(reversed(requests))
-            else:
-                self._orphans.extend(requests)
+            self._orphan(requests, front=front)
             return
         if not all(u.config.events for u in serving):
             events = [r for r in requests if r.event]
@@ -528,24 +646,68 @@ class Registry:
 
     # -- routing back ---------------------------------------------------
 
-    def deliver(self, replies: list[pb.OutputStreamRequest]) -> None:
+    def deliver(self, replies: list[pb.OutputStreamRequest], *, cluster: bool = False) -> None:
         """Route messages from an upstream to their clients. Never raises.
 
-        Each client is written once for the whole batch.
+        Each client is written once for the whole batch. With ``cluster``
+        (the upstream's ``reply_scope = "cluster"``) and a cluster bus, what
+        is for clients of other nodes goes to them, and a broadcast to every
+        node; it never waits for that.
         """
         try:
-            self._deliver(replies)
+            self._deliver(replies, self.cluster if cluster else None)
         finally:
             self.flush_clients()
 
-    def _deliver(self, replies: list[pb.OutputStreamRequest]) -> None:
+    def deliver_from_node(self, replies: list[pb.OutputStreamRequest]) -> None:
+        """Deliver replies another node sent here, to this node's clients only.
+
+        A multicast comes whole to each node holding one of its clients:
+        the UUIDs held elsewhere are not unknown, and are skipped.
+        """
+        try:
+            self._deliver(replies, None, from_node=True)
+        finally:
+            self.flush_clients()
+
+    def count_unknown(self, count: int, why: str) -> None:
+        """Count ``count`` replies for UUIDs nobody holds (the cluster bus found them so)."""
+        self.unknown_client += count
+        self._unknown_log.warning(
+            "message for an unknown client dropped", reason=why, unknown_total=self.unknown_client
+        )
+
+    def clients_lost_elsewhere(self, uuids: list[str], node: str) -> None:
+        """Tell upstreams with events that another node's clients are gone with it."""
+        detail = f"their pmlb node {node} stopped"
+        for uuid in uuids:
+            self._send_event(
+                pb.InputStreamRequest(
+                    time=rfc3339_now(),
+                    client_uuid=uuid,
+                    event=pb.InputStreamRequest.EVENT_DISCONNECTED,
+                    disconnect_reason=pb.InputStreamRequest.DISCONNECT_ERROR,
+                    disconnect_detail=detail,
+                )
+            )
+
+    def _deliver(
+        self,
+        replies: list[pb.OutputStreamRequest],
+        forward: Bus | None,
+        *,
+        from_node: bool = False,
+    ) -> None:
         for reply in replies:
             target = reply.WhichOneof("target")
             if reply.action:
-                self._act(reply, target)
+                self._act(reply, target, forward, from_node)
             elif target == "client_uuid":
                 client = self.clients.get(reply.client_uuid)
                 if client is None:
+                    if forward is not None:
+                        forward.forward(reply, [reply.client_uuid])
+                        continue
                     self.unknown_client += 1
                     self._unknown_log.warning(
                         "message for an unknown client dropped",
@@ -560,9 +722,13 @@ class Registry:
                     self._invalid(f"unknown broadcast value {reply.broadcast}")
                 else:
                     self.broadcast(kind, reply.payload)
+                    if forward is not None:
+                        forward.broadcast(reply)
             elif target == "multicast":
                 payload = reply.payload
-                for client in self._targets(reply.multicast.client_uuids):
+                for client in self._targets(
+                    reply.multicast.client_uuids, reply, forward, from_node
+                ):
                     if client.send(payload):
                         self.messages_to_clients += 1
             elif not reply.acks:
@@ -572,12 +738,28 @@ class Registry:
             # else: an acknowledgement alone, read (with acks = true) by the
             # upstream's supervisor before this
 
-    def _targets(self, uuids: Iterable[str]) -> list[Client]:
-        """The clients with these UUIDs, each once; unknown ones are counted and logged."""
+    def _targets(
+        self,
+        uuids: Iterable[str],
+        reply: pb.OutputStreamRequest | None = None,
+        forward: Bus | None = None,
+        from_node: bool = False,
+    ) -> list[Client]:
+        """The clients with these UUIDs, each once; unknown ones are counted and logged.
+
+        With ``forward``, ``reply`` is sent on to the nodes holding the
+        UUIDs not held here; ``from_node``: those are skipped.
+        """
         found = []
+        missing: list[str] = []
         for uuid in dict.fromkeys(uuids):
             client = self.clients.get(uuid)
             if client is None:
+                if forward is not None:
+                    missing.append(uuid)
+                    continue
+                if from_node:
+                    continue
                 self.unknown_client += 1
                 self._unknown_log.warning(
                     "message for an unknown client dropped",
@@ -586,16 +768,24 @@ class Registry:
                 )
             else:
                 found.append(client)
+        if missing and forward is not None and reply is not None:
+            forward.forward(reply, missing)
         return found
 
-    def _act(self, reply: pb.OutputStreamRequest, target: str | None) -> None:
+    def _act(
+        self,
+        reply: pb.OutputStreamRequest,
+        target: str | None,
+        forward: Bus | None = None,
+        from_node: bool = False,
+    ) -> None:
         if reply.action != pb.OutputStreamRequest.ACTION_DISCONNECT:
             self._invalid(f"unknown action value {reply.action}")
         elif target == "client_uuid":
-            for client in self._targets([reply.client_uuid]):
+            for client in self._targets([reply.client_uuid], reply, forward, from_node):
                 client.close(UPSTREAM_ACTION)
         elif target == "multicast":
-            for client in self._targets(reply.multicast.client_uuids):
+            for client in self._targets(reply.multicast.client_uuids, reply, forward, from_node):
                 client.close(UPSTREAM_ACTION)
         else:
             self._invalid("disconnect needs a client_uuid or multicast target")
@@ -656,9 +846,7 @@ class Registry:
         closed) are closed at the end.
         """
         clients = list(self.clients.values())
-        log.info(
-            "draining clients", extra={"clients": len(clients), "drain_period": f"{period:g}s"}
-        )
+        log.info("draining clients", extra={"clients": len(clients), "drain_period": period})
         start = trio.current_time()
         step = period / (len(clients) - 1) if len(clients) > 1 else 0.0
         for index, client in enumerate(clients):
@@ -670,19 +858,27 @@ class Registry:
                 client.drain()
             await self._client_removed.park()
 
-    async def flush_upstreams(self) -> None:
+    async def flush_upstreams(self, upstream_wait: float = math.inf) -> None:
         """Return once every accepted message is written to a serving upstream's stream,
         and, on upstreams with acks, acknowledged.
 
-        Messages waiting for an upstream to serve wait as long as it takes:
-        the caller bounds this with a deadline.
+        Messages kept for the next upstream to serve wait for one at most
+        ``upstream_wait`` seconds from when none is found serving; then this
+        returns with them still kept (see :meth:`awaiting_upstream`). The
+        caller bounds the whole with a deadline.
         """
+        deadline: float | None = None
         while True:
             busy = [u for u in self._serving if len(u.outbox) or u.outbox.in_flight]
             if busy:
                 await busy[0].outbox.wait_written()
             elif self._orphans:
-                await self._serving_changed.park()
+                if deadline is None:
+                    deadline = trio.current_time() + upstream_wait
+                with trio.move_on_at(deadline) as scope:
+                    await self._serving_changed.park()
+                if scope.cancelled_caught:
+                    return
             elif waiting := [u for u in self._serving if u.unacked]:
                 # An upstream that fails meanwhile has its requests taken
                 # for redelivery: the wait ends and the loop starts over.
@@ -702,6 +898,19 @@ class Registry:
 
     # -- snapshots ------------------------------------------------------
 
+    def awaiting_upstream(self) -> int:
+        """Accepted client messages not yet written to an upstream's stream.
+
+        Those readers are handing on, those kept for the next upstream to
+        serve, and those queued in outboxes.
+        """
+        return (
+            sum(len(batch) for batch in self._held.values())
+            + len(self._orphans)
+            - self._orphans_events
+            + sum(len(u.outbox) for u in self.upstreams.values())
+        )
+
     def statistics(self) -> Statistics:
         return Statistics(
             clients=len(self.clients),
@@ -713,8 +922,7 @@ class Registry:
             broadcasts=self.broadcasts,
             unknown_client=self.unknown_client,
             invalid_target=self.invalid_target,
-            awaiting_upstream=len(self._orphans)
-            + sum(len(u.outbox) for u in self.upstreams.values()),
+            awaiting_upstream=self.awaiting_upstream(),
             connections=attrs.evolve(self.connections),
             broadcast_recipients=self.broadcast_recipients,
             refused=self.refused,

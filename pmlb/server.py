@@ -130,6 +130,14 @@ async def serve(
                     server_name=upstream.tls_server_name or None,
                 )
 
+            if config.cluster.enabled:
+                # Imported here: coredis is loaded only by a pmlb in a cluster.
+                from pmlb.cluster import Bus
+
+                # In the admin nursery: it outlives the clients' drain (their
+                # removals reach Redis) and is cancelled with the admin.
+                registry.cluster = await admin.start(Bus(config.cluster, registry).run)
+
             registry.attach_supervisor(
                 lambda upstream: upstreams.start_soon(
                     supervise, upstream, registry, transport_factory
@@ -173,6 +181,8 @@ async def serve(
                     admin_url = None
                     if config.management.enabled:
                         admin_url = await _start_admin(admin, config, registry, addresses)
+                        if registry.cluster is not None:
+                            registry.cluster.admin_url = admin_url
                     task_status.started(Server(registry, addresses, admin_url))
                     await registry.stop_requested.wait()
                     log.info("stopping: closing listeners and clients")
@@ -182,11 +192,19 @@ async def serve(
                     await registry.drain_clients(config.drain_period)
                 downstream.cancel_scope.cancel()
             with trio.move_on_at(deadline) as flushing:
-                await registry.flush_upstreams()
+                await registry.flush_upstreams(config.drain_upstream_wait)
             if flushing.cancelled_caught or trio.current_time() >= deadline:
                 log.warning(
                     "drain_timeout reached: stopping at once",
-                    extra={"drain_timeout": f"{config.drain_timeout:g}s"},
+                    extra={"drain_timeout": config.drain_timeout},
+                )
+            if left := registry.awaiting_upstream():
+                log.warning(
+                    "stopping with accepted messages no upstream took",
+                    extra={
+                        "messages": left,
+                        "upstreams_serving": registry.statistics().upstreams_serving,
+                    },
                 )
             log.info("stopping: closing upstream streams")
             upstreams.cancel_scope.cancel()

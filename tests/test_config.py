@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from pmlb.config import (
+    ClusterConfig,
     Config,
     ConfigError,
     ListenerConfig,
@@ -357,6 +358,16 @@ INVALID_FILES = [
         id="drain-period-negative",
     ),
     pytest.param(
+        "[server]\nclient_fin_timeout = -0.5",
+        "pmlb.toml: server.client_fin_timeout: must be a number >= 0, got float -0.5",
+        id="client-fin-timeout-negative",
+    ),
+    pytest.param(
+        '[server]\ndrain_upstream_wait = "5s"',
+        "pmlb.toml: server.drain_upstream_wait: must be a number >= 0, got string '5s'",
+        id="drain-upstream-wait-string",
+    ),
+    pytest.param(
         "[server]\ndrain_timeout = 0",
         "pmlb.toml: server.drain_timeout: must be a number > 0, got 0",
         id="drain-timeout-zero",
@@ -663,6 +674,61 @@ INVALID_FILES = [
         'log = "debug"',
         "pmlb.toml: log: must be a table, got string 'debug'",
         id="log-not-a-table",
+    ),
+    pytest.param(
+        '[cluster]\nredis_url = "http://127.0.0.1:6379"',
+        "pmlb.toml: cluster.redis_url: must start with redis://, rediss:// or unix://, got http://",
+        id="cluster-url-scheme",
+    ),
+    pytest.param(
+        '[cluster]\nredis_url = "127.0.0.1:6379"',
+        "pmlb.toml: cluster.redis_url: must start with redis://, rediss:// or unix://",
+        id="cluster-url-no-scheme",
+    ),
+    pytest.param(
+        '[cluster]\nredis_url = "redis://:6379/0"',
+        "pmlb.toml: cluster.redis_url: redis:// needs a host",
+        id="cluster-url-no-host",
+    ),
+    pytest.param(
+        '[cluster]\nredis_url = "redis://127.0.0.1:99999/0"',
+        "pmlb.toml: cluster.redis_url: bad port: Port out of range 0-65535",
+        id="cluster-url-bad-port",
+    ),
+    pytest.param(
+        '[cluster]\nredis_url = "redis://127.0.0.1/x"',
+        "pmlb.toml: cluster.redis_url: the database must be a number, got 'x'",
+        id="cluster-url-bad-db",
+    ),
+    pytest.param(
+        '[cluster]\nredis_url = "unix://"',
+        "pmlb.toml: cluster.redis_url: unix:// needs the socket's path",
+        id="cluster-url-unix-no-path",
+    ),
+    pytest.param(
+        '[cluster]\nnode = "a b"',
+        "pmlb.toml: cluster.node: must be 1 to 100 letters, digits",
+        id="cluster-node-bad-name",
+    ),
+    pytest.param(
+        "[cluster]\nheartbeat_interval = 0",
+        "pmlb.toml: cluster.heartbeat_interval: must be a number > 0, got 0",
+        id="cluster-heartbeat-zero",
+    ),
+    pytest.param(
+        "[cluster]\nheartbeat_interval = 5\nnode_timeout = 5",
+        "pmlb.toml: cluster.node_timeout: must be more than heartbeat_interval (5), got 5",
+        id="cluster-timeout-not-above-heartbeat",
+    ),
+    pytest.param(
+        "[cluster]\nnodes = 3",
+        "pmlb.toml: cluster.nodes: unknown key",
+        id="cluster-unknown-key",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "a"\nport = 1\nreply_scope = "global"',
+        "pmlb.toml: upstream[0].reply_scope: must be one of 'local', 'cluster', got 'global'",
+        id="upstream-reply-scope",
     ),
 ]
 
@@ -977,6 +1043,36 @@ def test_every_bad_override_is_reported() -> None:
 # Rendering
 
 
+def test_cluster_table_and_reply_scope(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            '[cluster]\nredis_url = "unix:///run/redis.sock?db=2"\nnode = "n-1"\n'
+            "heartbeat_interval = 1\nnode_timeout = 3\n"
+            '[[upstream]]\nhost = "127.0.0.1"\nport = 1\nreply_scope = "cluster"\n',
+        )
+    )
+    assert config.cluster == ClusterConfig(
+        redis_url="unix:///run/redis.sock?db=2", node="n-1", heartbeat_interval=1, node_timeout=3
+    )
+    assert config.cluster.enabled
+    assert config.upstreams[0].reply_scope == "cluster"
+    assert round_trip(config) == config
+    assert not Config().cluster.enabled
+    assert UpstreamConfig(host="a", port=1).reply_scope == "local"
+
+
+def test_cluster_redis_flag() -> None:
+    config = apply_overrides(Config(), cluster_redis="redis://:secret@10.0.0.1:6380/1")
+    assert config.cluster.redis_url == "redis://:secret@10.0.0.1:6380/1"
+    with pytest.raises(ConfigError) as error:
+        apply_overrides(Config(), cluster_redis="redis//oops")
+    assert error.value.problems == (
+        "command line: --cluster-redis: must start with redis://, rediss:// or unix://,"
+        " got no scheme",
+    )
+
+
 def round_trip(config: Config) -> Config:
     return parse_config(tomllib.loads(render_config(config)))
 
@@ -1047,3 +1143,35 @@ def test_render_without_tls_stays_without_tls() -> None:
 def test_render_names_the_source_in_a_comment() -> None:
     text = render_config(parse_config({}, source='odd\n"name'))
     assert text.splitlines()[0] == '# pmlb configuration, loaded from "odd\\n\\"name"'
+
+
+def test_the_default_drain_ends_well_within_kubernetes_default_grace_period() -> None:
+    # SIGKILL follows SIGTERM after terminationGracePeriodSeconds, 30 by
+    # default; the README asks for drain_timeout + 10 s at least.
+    config = Config()
+    assert config.drain_timeout + 10 <= 30
+    assert config.drain_upstream_wait < config.drain_timeout
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "[server]\nmax_mesage_size = 1",
+            "server.max_mesage_size: unknown key (did you mean 'max_message_size'?)",
+        ),
+        (
+            "[[upstream]]\nhost = 'h'\nport = 1\nevent = true",
+            "upstream[0].event: unknown key (did you mean 'events'?)",
+        ),
+        (
+            "[managment_server]\nport = 1",
+            "managment_server: unknown key (did you mean 'management_server'?)",
+        ),
+        ("[server]\ncolour = 1", "server.colour: unknown key"),
+    ],
+)
+def test_an_unknown_key_names_the_closest_known_one(text: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(tomllib.loads(text), "pmlb.toml")
+    assert info.value.problems == (f"pmlb.toml: {problem}",)

@@ -81,7 +81,7 @@ async def test_a_period_of_zero_closes_every_client_at_once(
     assert not registry.clients
 
 
-async def test_a_dispatch_waiting_for_room_completes_before_the_close() -> None:
+async def test_a_drain_hands_on_a_dispatch_waiting_for_room_and_closes_at_once() -> None:
     registry = Registry(Config(upstream_queue_size=1))
     upstream = registry.add_upstream(UpstreamConfig(host="127.0.0.1", port=1000))
     registry.set_upstream_state(upstream, UpstreamState.SERVING)
@@ -99,13 +99,39 @@ async def test_a_dispatch_waiting_for_room_completes_before_the_close() -> None:
         nursery.start_soon(reader)
         await trio.testing.wait_all_tasks_blocked()
         assert conn.client.dispatching
-        nursery.start_soon(registry.drain_clients, 0.0)
-        await trio.testing.wait_all_tasks_blocked()
-        assert conn.closed_at is None  # the writer waits for the dispatch
-        assert [int(r.payload) for r in upstream.outbox.take_nowait()] == [0]
-    assert read_on == [False]  # the reader stops reading
-    assert [int(r.payload) for r in upstream.outbox.take_nowait()] == [1]
+        assert registry.statistics().awaiting_upstream == 2
+        await registry.drain_clients(0.0)
+    # The batch read went over the bound (it was accepted): nothing waited for room.
+    assert read_on == [False]
+    assert [int(r.payload) for r in upstream.outbox.take_nowait()] == [0, 1]
     assert conn.closed_at is not None
+
+
+async def test_a_drain_does_not_wait_for_an_upstream_to_serve(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    registry = Registry(Config())
+    upstream = registry.add_upstream(UpstreamConfig(host="127.0.0.1", port=1000, events=True))
+    conns: list[Conn] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_conn, registry, "c", conns)
+        await trio.testing.wait_all_tasks_blocked()
+        [conn] = conns
+        nursery.start_soon(registry.dispatch_from, conn.client, [request(1)])
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        with trio.fail_after(5):
+            await registry.drain_clients(0.0)
+        assert trio.current_time() == start
+    # Kept for the next upstream to serve, the client's events around its message.
+    assert registry.statistics().awaiting_upstream == 1
+    registry.set_upstream_state(upstream, UpstreamState.SERVING)
+    got = upstream.outbox.take_nowait()
+    assert [(r.event, r.payload) for r in got] == [
+        (pb.InputStreamRequest.EVENT_CONNECTED, b""),
+        (pb.InputStreamRequest.EVENT_MESSAGE, b"1"),
+        (pb.InputStreamRequest.EVENT_DISCONNECTED, b""),
+    ]
 
 
 async def test_a_draining_clients_last_read_goes_over_the_bound() -> None:

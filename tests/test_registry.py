@@ -431,3 +431,59 @@ async def test_drain_sends_nothing_new_and_removes_once_written() -> None:
     assert b.address not in registry.upstreams
     await registry.dispatch([request(n) for n in range(4, 8)])
     assert payloads(a.outbox.take_nowait()) == [0, 2, 4, 5, 6, 7]
+
+
+async def test_awaiting_upstream_counts_batches_readers_hold() -> None:
+    registry, (up,) = setup(1, queue=1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(registry.dispatch, [request(1), request(2)])
+        await trio.testing.wait_all_tasks_blocked()
+        assert registry.statistics().awaiting_upstream == 2  # no upstream serves
+        registry.set_upstream_state(up, UpstreamState.SERVING)
+        nursery.start_soon(registry.dispatch, [request(3)])
+        await trio.testing.wait_all_tasks_blocked()
+        assert registry.statistics().awaiting_upstream == 3  # 2 queued, 1 waiting for room
+        assert payloads(up.outbox.take_nowait()) == [1, 2]
+    assert payloads(up.outbox.take_nowait()) == [3]
+    assert registry.statistics().awaiting_upstream == 0
+
+
+async def test_a_hang_up_hands_the_waiting_batch_on_before_the_disconnected_event() -> None:
+    registry = Registry(Config())
+    up = registry.add_upstream(UpstreamConfig(host="127.0.0.1", port=1000, events=True))
+    c = client(registry, "c", active=False)
+    hung_up = trio.Event()
+    read_on: list[bool] = []
+
+    async def reader() -> None:
+        read_on.append(await registry.dispatch_from(c, [request(1)], hung_up.wait))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not read_on
+        hung_up.set()
+    assert read_on == [False]
+    assert c.input_ended
+    c.close("client closed the connection")
+    registry.remove_client(c)
+    assert not registry.clients
+    registry.set_upstream_state(up, UpstreamState.SERVING)
+    assert [(r.event, r.payload) for r in up.outbox.take_nowait()] == [
+        (pb.InputStreamRequest.EVENT_CONNECTED, b""),
+        (pb.InputStreamRequest.EVENT_MESSAGE, b"1"),
+        (pb.InputStreamRequest.EVENT_DISCONNECTED, b""),
+    ]
+
+
+async def test_a_dispatch_that_need_not_wait_does_not_watch_for_hang_ups() -> None:
+    registry, (up,) = setup(1)
+    registry.set_upstream_state(up, UpstreamState.SERVING)
+    c = client(registry, "c", active=False)
+
+    async def never() -> None:
+        raise AssertionError("watched although nothing waited")
+
+    with trio.testing.assert_no_checkpoints():
+        assert await registry.dispatch_from(c, [request(1)], never)
+    assert payloads(up.outbox.take_nowait()) == [1]

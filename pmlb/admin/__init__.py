@@ -33,6 +33,8 @@ async def serve_admin(
         registry,
         listeners=listeners,
         token=management.token,
+        public_metrics=management.public_metrics,
+        ready_requires_upstream=management.ready_requires_upstream,
         bind_host=management.host,
         allowed_hosts=management.allowed_hosts,
         allowed_origins=management.allowed_origins,

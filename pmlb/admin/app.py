@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import attrs
@@ -38,6 +37,7 @@ from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
 
 from pmlb._time import rfc3339_from
+from pmlb._version import pmlb_version
 from pmlb.admin import schemas as s
 from pmlb.admin.guard import Guard, HostCheck
 from pmlb.balancer import POLICIES
@@ -52,15 +52,12 @@ log = logging.getLogger("pmlb.admin")
 #: Seconds a DELETE of an upstream waits for its connection to close.
 REMOVE_WAIT = 10.0
 
-#: Paths anyone may read: liveness for orchestrators, and the dashboard's shell.
-PUBLIC_PATHS = frozenset({"/healthz", "/", "/favicon.ico"})
+#: Paths anyone may read: what a load balancer, a kubelet or a browser asks for
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
 
 
 def _version() -> str:
-    try:
-        return version("pmlb")
-    except PackageNotFoundError:  # running from a source tree
-        return "unknown"
+    return pmlb_version()
 
 
 def _error(status: int, message: str, fields: list[str] | None = None) -> tuple[Response, int]:
@@ -160,11 +157,16 @@ def create_app(
     allowed_origins: tuple[str, ...] = (),
     set_log_level: Callable[[str], None] | None = None,
     log_level: Callable[[], str] | None = None,
+    public_metrics: bool = False,
+    ready_requires_upstream: bool = False,
 ) -> QuartTrio:
     """The admin app for ``registry``.
 
     ``listeners`` are the bound client addresses by listener name. ``token``
-    (empty: none) protects every route but ``/healthz`` and ``/``. A
+    (empty: none) protects every route but :data:`PUBLIC_PATHS`, and
+    ``/metrics`` too unless ``public_metrics``. ``/readyz`` is ready while
+    pmlb accepts clients, and with ``ready_requires_upstream`` only while an
+    upstream serves too. A
     request's ``Host`` must be an address of ``bind_host`` (the admin's
     configured host) or one of ``allowed_hosts``; a state change or event
     WebSocket from a web page must come from the admin's own origin or one of
@@ -182,9 +184,10 @@ def create_app(
         security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
         security=[{"bearer": []}],
     )
-    metrics = metrics_registry(registry)
     started_at, started = time.time(), time.monotonic()
+    metrics = metrics_registry(registry, started_at)
     expected = token.encode()
+    public = PUBLIC_PATHS | {"/metrics"} if public_metrics else PUBLIC_PATHS
 
     def set_level(level: str) -> None:
         logging.getLogger("pmlb").setLevel(level.upper())
@@ -213,7 +216,7 @@ def create_app(
         hosts=HostCheck(bind_host, allowed_hosts),
         origins=allowed_origins,
         authorized=authorized,
-        public=lambda path: path in PUBLIC_PATHS,
+        public=lambda path: path in public,
     )
 
     @app.before_request
@@ -266,12 +269,27 @@ def create_app(
     @validate_response(s.Ready, 200)
     @validate_response(s.Ready, 503)
     async def readyz() -> tuple[s.Ready, int]:
-        """Listeners are bound and at least one upstream serves."""
+        """Whether pmlb accepts clients (no token needed); the upstream counts in the body.
+
+        An upstream outage leaves pmlb ready by default: it holds clients
+        and their messages meanwhile, so taking it out of rotation would
+        only move them. ``ready_requires_upstream`` changes that.
+        """
+        stats = registry.statistics()
+        reason = None
         if registry.stop_requested.is_set():
-            return s.Ready(ready=False, reason="stopping"), 503
-        if registry.statistics().upstreams_serving == 0:
-            return s.Ready(ready=False, reason="no upstream is serving"), 503
-        return s.Ready(ready=True), 200
+            reason = "stopping"
+        elif not stats.accepting:
+            reason = "not accepting clients"
+        elif ready_requires_upstream and stats.upstreams_serving == 0:
+            reason = "no upstream is serving"
+        answer = s.Ready(
+            ready=reason is None,
+            reason=reason,
+            upstreams=stats.upstreams,
+            upstreams_serving=stats.upstreams_serving,
+        )
+        return answer, 200 if reason is None else 503
 
     @app.get("/metrics")
     async def metrics_text() -> Response:

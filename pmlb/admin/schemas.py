@@ -223,3 +223,6 @@ class Health(BaseModel):
 class Ready(BaseModel):
     ready: bool
     reason: str | None = None
+    #: upstreams known and serving (counts only: the probe needs no token)
+    upstreams: int = 0
+    upstreams_serving: int = 0

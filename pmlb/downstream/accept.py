@@ -101,7 +101,7 @@ async def _serve_one(
                             extra={
                                 "address": format_address(*sock.getsockname()[:2]),
                                 "error": os.strerror(exc.errno),
-                                "retry_in": f"{_CAPACITY_PAUSE:g}s",
+                                "retry_in": _CAPACITY_PAUSE,
                             },
                         )
                         await trio.sleep(_CAPACITY_PAUSE)

@@ -11,7 +11,7 @@ from typing import Any
 import trio
 
 from pmlb.codecs import frame
-from pmlb.downstream.reasons import DRAINING
+from pmlb.downstream.reasons import CLIENT_CLOSED, DRAINING
 
 #: how a direct client starts its writer task (its nursery's ``start_soon``)
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
@@ -53,9 +53,11 @@ class Client:
         "close_reason",
         "closed_slow",
         "connected_at",
+        "dispatch_scope",
         "dispatching",
         "draining",
         "dropped",
+        "input_ended",
         "last_active",
         "listener",
         "messages_in",
@@ -101,6 +103,12 @@ class Client:
         #: the reader is handing a batch on (waiting for room upstream); a
         #: drain waits for it, so that no message read is lost
         self.dispatching = False
+        #: the scope of the reader's dispatch in progress: a drain or a
+        #: hang-up interrupts a dispatch that waits (see Registry.dispatch_from)
+        self.dispatch_scope: trio.CancelScope | None = None
+        #: the client sent its end of input (EOF, FIN): it is read no more,
+        #: but replies are still written to it until it is closed
+        self.input_ended = False
         self._slow_policy = slow_policy
         self._slow_timeout = slow_timeout
         # time.monotonic() since when the queue has been full, if it is
@@ -121,6 +129,16 @@ class Client:
         self._scope = scope
         # The scope of the write in progress, if any (see writing()).
         self._write_scope: trio.CancelScope | None = None
+
+    def summary(self) -> dict[str, object]:
+        """The session's figures for its disconnect log line (as HAProxy logs a session)."""
+        return {
+            "duration": round(time.time() - self.connected_at, 3),
+            "messages_in": self.messages_in,
+            "messages_out": self.messages_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+        }
 
     def is_active(self, now: float, window: float) -> bool:
         """Whether the client sent a message within ``window`` seconds of ``now`` (monotonic)."""
@@ -308,6 +326,8 @@ class Client:
         Also wakes the writer when a dispatch it waited for has ended.
         """
         self.draining = True
+        if self.dispatch_scope is not None:
+            self.dispatch_scope.cancel()
         if self._fd is not None:
             if not self._scheduled:
                 self._close_if_drained()
@@ -315,8 +335,18 @@ class Client:
             self._wakeup.set()
             self._wakeup = None
 
+    def end_input(self) -> None:
+        """The client sent its end of input: it may still read (a half-close)."""
+        self.input_ended = True
+
     def close(self, reason: str) -> None:
-        """Disconnect the client (the first reason given is the one kept)."""
+        """Disconnect the client (the first reason given is the one kept).
+
+        After the client's end of input, a broken connection is the client's
+        close too: a peer that closed both ways resets the next write.
+        """
         if self.close_reason is None:
+            if self.input_ended and reason.startswith("connection lost"):
+                reason = CLIENT_CLOSED
             self.close_reason = reason
         self._scope.cancel()

@@ -31,6 +31,8 @@ UPSTREAM_ACTION = "disconnected by an upstream"
 PROTOCOL_ERROR = "protocol error"
 #: The reason when pmlb stops (or drains) and closes its clients.
 STOPPING = "pmlb is stopping"
+#: The reason when the client closed (or half-closed) its side of the connection.
+CLIENT_CLOSED = "client closed the connection"
 #: The reason a graceful drain gives a client it closes, once its queue is written.
 DRAINING = "pmlb is draining"
 

@@ -14,6 +14,7 @@ import os
 import ssl
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import trio
@@ -26,8 +27,9 @@ from pmlb.codecs.proxy_protocol import ProxyHeaderParser, ProxyProtocolError
 from pmlb.config import ListenerConfig, format_address
 from pmlb.downstream.accept import serve_listeners
 from pmlb.downstream.client import Client
+from pmlb.downstream.hangup import wait_hangup
 from pmlb.downstream.limits import TokenBucket
-from pmlb.downstream.reasons import DRAINING
+from pmlb.downstream.reasons import CLIENT_CLOSED, DRAINING
 from pmlb.registry import Registry
 
 log = logging.getLogger("pmlb.downstream")
@@ -199,7 +201,9 @@ async def handle_connection(
             stream, remote, config, registry, ssl_context
         )
         if client_stream is not None:
-            await _run_client(client_stream, remote, config, registry, initial)
+            await _run_client(
+                client_stream, remote, config, registry, initial, stream.socket.fileno()
+            )
     except Exception:
         # A bug in one connection must not end the listener or other clients.
         log.exception("internal error on a client connection", extra={"peer": remote})
@@ -278,6 +282,7 @@ async def _run_client(
     config: ListenerConfig,
     registry: Registry,
     initial: bytes = b"",
+    socket_fd: int | None = None,
 ) -> None:
     async with trio.open_nursery() as nursery:
         client = Client(
@@ -305,7 +310,8 @@ async def _run_client(
                 await _read_socket(fd, client, config, registry, initial)
             else:
                 nursery.start_soon(_write, stream, client, config)
-                await _read(stream, client, config, registry, initial)
+                hangup = partial(wait_hangup, socket_fd) if socket_fd is not None else None
+                await _read(stream, client, config, registry, initial, hangup)
         finally:
             if client.closed_slow:
                 registry.connections.slow_client_disconnects += 1
@@ -322,6 +328,7 @@ async def _run_client(
                     "listener": config.name,
                     "peer": remote,
                     "reason": client.close_reason or "closed by pmlb",
+                    **client.summary(),
                 },
             )
             await trio.aclose_forcefully(stream)
@@ -333,6 +340,7 @@ async def _read(
     config: ListenerConfig,
     registry: Registry,
     initial: bytes = b"",
+    hangup: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     decoder = make_decoder(config.framing, config.max_message_size)
     uuid_ = client.uuid
@@ -354,7 +362,7 @@ async def _read(
             else:
                 data = await stream.receive_some(decoder.read_size)
             if not data:
-                client.close("client closed the connection")
+                await end_of_input(client, registry.config.client_fin_timeout)
                 return
             client.bytes_in += len(data)
             messages = decoder.feed(data if isinstance(data, bytes) else bytes(data))
@@ -365,7 +373,10 @@ async def _read(
             # One timestamp per read: every message in it arrived together.
             now = rfc3339_now()
             requests = [make_request(time=now, client_uuid=uuid_, payload=m) for m in messages]
-            if not await registry.dispatch_from(client, requests):
+            if not await registry.dispatch_from(client, requests, hangup):
+                if client.input_ended:  # it hung up while not read
+                    await end_of_input(client, registry.config.client_fin_timeout)
+                    return
                 # Draining: read no more; the writer closes the connection
                 # once the client's queue is written.
                 await trio.sleep_forever()
@@ -391,6 +402,7 @@ async def _read_socket(
     make_request = pb.InputStreamRequest
     idle = config.idle_timeout
     wait_readable = trio.lowlevel.wait_readable
+    hangup = partial(wait_hangup, fd)
     # Whether this task ran since its last read that got data: a client that
     # always has data must still let the others run.
     ran = True
@@ -417,7 +429,7 @@ async def _read_socket(
                     await trio.lowlevel.checkpoint()
                 ran = False
             if not data:
-                client.close("client closed the connection")
+                await end_of_input(client, registry.config.client_fin_timeout)
                 return
             client.bytes_in += len(data)
             messages = decoder.feed(data)
@@ -427,7 +439,10 @@ async def _read_socket(
             client.messages_in += len(messages)
             now = rfc3339_now()
             requests = [make_request(time=now, client_uuid=uuid_, payload=m) for m in messages]
-            if not await registry.dispatch_from(client, requests):
+            if not await registry.dispatch_from(client, requests, hangup):
+                if client.input_ended:
+                    await end_of_input(client, registry.config.client_fin_timeout)
+                    return
                 await trio.sleep_forever()  # draining, as in _read
     except FramingError as exc:
         registry.connections.bad_input += 1
@@ -435,6 +450,20 @@ async def _read_socket(
         log.warning("client sent bad input", extra={"client": uuid_, "problem": str(exc)})
     except OSError as exc:
         client.close(f"connection lost: {exc}")
+
+
+async def end_of_input(client: Client, fin_timeout: float) -> None:
+    """The client ended its input (EOF): write to it ``fin_timeout`` seconds more, then close.
+
+    A client that half-closes (``shutdown(SHUT_WR)``, ``nc -N``) still reads
+    the replies to what it sent, as HAProxy's ``timeout client-fin`` allows;
+    its disconnected event comes when it is closed. A write that fails, or a
+    drain, closes it earlier.
+    """
+    client.end_input()
+    if fin_timeout > 0:
+        await trio.sleep(fin_timeout)
+    client.close(CLIENT_CLOSED)
 
 
 async def _write(stream: trio.abc.Stream, client: Client, config: ListenerConfig) -> None:

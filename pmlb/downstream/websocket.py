@@ -302,7 +302,7 @@ async def _run_client(
                 client.close_reason = STOPPING
             await close(ws, close_code(client.close_reason), client.close_reason)
             fields["reason"] = client.close_reason
-            log.info("client disconnected", extra=fields)
+            log.info("client disconnected", extra={**fields, **client.summary()})
 
 
 def violation(ws: WebSocketConnection | None) -> CloseReason | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -430,6 +431,28 @@ class _Connection:
             table.clear()
 
 
+def connect_reason(exc: BaseException) -> str:
+    """Why a connection failed, in the OS's words ("connection refused").
+
+    trio's ``open_tcp_stream`` raises "all attempts to connect to ... failed"
+    with the real errors in an exception group as its cause: those are
+    what an operator needs.
+    """
+    cause = exc.__cause__ or exc
+    leaves = [cause]
+    while any(isinstance(leaf, BaseExceptionGroup) for leaf in leaves):
+        leaves = [
+            inner
+            for leaf in leaves
+            for inner in (leaf.exceptions if isinstance(leaf, BaseExceptionGroup) else (leaf,))
+        ]
+    reasons = [
+        os.strerror(leaf.errno).lower() if isinstance(leaf, OSError) and leaf.errno else str(leaf)
+        for leaf in leaves
+    ]
+    return "; ".join(dict.fromkeys(reasons)) or type(exc).__name__
+
+
 class H2Transport:
     """One HTTP/2 connection to one upstream, made by pmlb itself on Trio.
 
@@ -491,7 +514,7 @@ class H2Transport:
                         raise UpstreamError("the upstream did not negotiate h2 by ALPN")
                     sock = tls
             except (OSError, trio.BrokenResourceError) as exc:
-                raise UpstreamError(f"cannot connect: {exc.__cause__ or exc}") from None
+                raise UpstreamError(f"cannot connect: {connect_reason(exc)}") from None
             except trio.TooSlowError:
                 raise UpstreamError("timed out connecting") from None
             authority = (

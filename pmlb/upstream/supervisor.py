@@ -188,9 +188,11 @@ async def _serve(upstream: Upstream, transport: Transport, registry: Registry) -
     def alive() -> None:
         upstream.alive_at = time.time()
 
+    cluster = config.reply_scope == "cluster"
+
     def deliver(replies: list[pb.OutputStreamRequest]) -> None:
         upstream.messages_received += len(replies)
-        registry.deliver(replies)
+        registry.deliver(replies, cluster=cluster)
 
     def deliver_acked(replies: list[pb.OutputStreamRequest]) -> None:
         upstream.messages_received += len(replies)
@@ -198,7 +200,7 @@ async def _serve(upstream: Upstream, transport: Transport, registry: Registry) -
         if seqs:
             upstream.outbox.ack(seqs)
         # Acks alone (no target) are skipped there, not counted as targetless.
-        registry.deliver(replies)
+        registry.deliver(replies, cluster=cluster)
 
     async def run(what: str, fn: Callable[[], Awaitable[None]]) -> None:
         nonlocal reason

@@ -97,7 +97,6 @@ def assert_error(response: httpx.Response, status: int, *fields: str) -> str:
 # -- health, auth ---------------------------------------------------------
 
 PROTECTED = [
-    ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
     ("GET", "/api/v1/upstreams"),
@@ -117,9 +116,17 @@ PROTECTED = [
 ]
 
 
-async def test_every_route_but_healthz_needs_the_token(procs: Processes) -> None:
+async def test_every_route_but_the_probes_needs_the_token(procs: Processes) -> None:
     async with running(procs) as admin, httpx.AsyncClient(base_url=admin.url) as anonymous:
         assert (await anonymous.get("/healthz")).json() == {"status": "ok"}
+        ready = await anonymous.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {
+            "ready": True,
+            "reason": None,
+            "upstreams": 1,
+            "upstreams_serving": 1,
+        }
         for method, path in PROTECTED:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
                 response = await anonymous.request(method, path, headers=headers, json={})
@@ -130,21 +137,46 @@ async def test_every_route_but_healthz_needs_the_token(procs: Processes) -> None
         assert page.status_code == 200
         assert "<title>pmlb</title>" in page.text
         assert str(admin.upstream_port) not in page.text
-
-        ready = await admin.http.get("/readyz")
-        assert ready.status_code == 200
-        assert ready.json() == {"ready": True, "reason": None}
     assert not any(TOKEN in line for line in admin.pmlb.lines)
 
 
-async def test_readyz_fails_without_a_serving_upstream(procs: Processes) -> None:
-    pmlb, _ = await procs.pmlb("--upstream", "127.0.0.1:1")
+async def test_readyz_stays_ready_through_an_upstream_outage_unless_asked(
+    procs: Processes, tmp_path: Path
+) -> None:
+    pmlb, _ = await procs.pmlb("--upstream", "127.0.0.1:1", env={"PMLB_ADMIN_TOKEN": TOKEN})
     async with httpx.AsyncClient(base_url=await admin_url(pmlb)) as http:
+        answer = await http.get("/readyz")  # no token: a kubelet has none
+        assert answer.status_code == 200
+        assert answer.json() == {
+            "ready": True,
+            "reason": None,
+            "upstreams": 1,
+            "upstreams_serving": 0,
+        }
+        assert (await http.get("/metrics")).status_code == 401
+    config = tmp_path / "pmlb.toml"
+    config.write_text(
+        "[management_server]\nready_requires_upstream = true\npublic_metrics = true\n"
+    )
+    strict, _ = await procs.pmlb("--config", str(config), "--upstream", "127.0.0.1:1")
+    async with httpx.AsyncClient(base_url=await admin_url(strict)) as http:
         answer = await http.get("/readyz")
         assert answer.status_code == 503
-        assert answer.json() == {"ready": False, "reason": "no upstream is serving"}
-        # no token configured on loopback: the API is open
-        assert (await http.get("/api/v1/upstreams")).status_code == 200
+        assert answer.json() == {
+            "ready": False,
+            "reason": "no upstream is serving",
+            "upstreams": 1,
+            "upstreams_serving": 0,
+        }
+        assert "pmlb_clients" in (await http.get("/metrics")).text
+
+
+async def test_readyz_is_not_ready_while_an_operator_pauses_accepting(procs: Processes) -> None:
+    async with running(procs) as admin:
+        await admin.http.patch("/api/v1/runtime", json={"accepting": False})
+        answer = await admin.http.get("/readyz")
+        assert answer.status_code == 503
+        assert answer.json()["reason"] == "not accepting clients"
 
 
 async def test_a_non_loopback_admin_without_token_refuses_to_start() -> None:
@@ -486,6 +518,8 @@ async def test_pmlb_ctl(procs: Processes) -> None:
         header, row = listed.stdout.splitlines()
         assert header.split()[:3] == ["ADDRESS", "STATE", "TO"]
         assert row.split()[:2] == [a, "serving"]
+        assert (await ctl(admin, "upstreams")).stdout == listed.stdout  # list: the default
+        assert json.loads((await ctl(admin, "upstreams", "--json")).stdout)["upstreams"]
         as_json = json.loads((await ctl(admin, "--json", "upstreams", "list")).stdout)
         assert as_json["upstreams"][0]["address"] == a
 
@@ -510,8 +544,22 @@ async def test_pmlb_ctl(procs: Processes) -> None:
         sent = await ctl(admin, "clients", "send", clients[0].uuid or "", "hello there")
         assert sent.stdout.strip() == "queued"
         assert await clients[0].recv() == "hello there"
+        # list is the default verb, --json goes after the verb too
+        default = await ctl(admin, "clients")
+        assert [line.split()[0] for line in default.stdout.splitlines()[1:]] == [
+            c.uuid for c in clients
+        ]
+        after = json.loads((await ctl(admin, "clients", "list", "--all", "--json")).stdout)
+        assert [c["uuid"] for c in after["clients"]] == [c.uuid for c in clients]
+        got = await ctl(admin, "clients", "get", clients[0].uuid or "")
+        assert (clients[0].uuid or "") in got.stdout
+        assert any(line.split() == ["active", "yes"] for line in got.stdout.splitlines())
+        got_json = json.loads(
+            (await ctl(admin, "clients", "get", clients[0].uuid or "", "--json")).stdout
+        )
+        assert got_json["uuid"] == clients[0].uuid
         broadcast = await ctl(admin, "broadcast", "all of you")
-        assert broadcast.stdout.strip() == "sent to 2 all client(s)"
+        assert broadcast.stdout.strip() == "sent to 2 clients"
         assert [await c.recv() for c in clients] == ["all of you", "all of you"]
         kicked = await ctl(admin, "clients", "kick", clients[1].uuid or "")
         assert kicked.returncode == 0

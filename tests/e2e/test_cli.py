@@ -21,21 +21,59 @@ from tests.test_config import ORIGINAL
 pytestmark = pytest.mark.e2e
 
 
-def pmlb_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def pmlb_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pmlb", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "pmlb", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
     )
 
 
 def test_check_config_prints_the_effective_config_of_the_original_file(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text(ORIGINAL)
-    result = pmlb_cli("check-config", str(path), "--port", "8999")
+    result = pmlb_cli(
+        "check-config", str(path), "--port", "8999", env={"PMLB_ADMIN_TOKEN": "s3cret-token"}
+    )
     assert result.returncode == 0, result.stderr
     assert 'host = "0.0.0.0"' in result.stdout
     assert "port = 8999" in result.stdout  # the flag overrides the file
     assert "port = 45888" in result.stdout
     assert "alive_timeout = 30" in result.stdout
+    assert 'token = "***"' in result.stdout
+    assert "s3cret-token" not in result.stdout
+    # The effective config shows what pmlb runs on, defaults included.
+    for line in ("drain_period = 0", "drain_timeout = 20", "drain_upstream_wait = 5"):
+        assert line in result.stdout
+    assert "events = false" in result.stdout
+    assert 'health = "contract"' in result.stdout
+
+
+def test_check_config_refuses_what_serve_refuses_with_the_same_message_and_code(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(ORIGINAL)  # the admin on 0.0.0.0, and no token
+    env = {"PMLB_ADMIN_TOKEN": ""}
+    checked = pmlb_cli("check-config", str(path), env=env)
+    served = pmlb_cli("serve", "--config", str(path), env=env)
+    assert checked.returncode == served.returncode == 2
+    assert checked.stderr == served.stderr
+    assert "management_server.host: '0.0.0.0' is not a loopback address" in checked.stderr
+    assert checked.stdout == ""
+
+
+def test_check_config_suggests_the_key_meant(tmp_path: Path) -> None:
+    path = tmp_path / "typo.toml"
+    path.write_text("[server]\nmax_mesage_size = 100\n")
+    result = pmlb_cli("check-config", str(path))
+    assert result.returncode == 2
+    assert (
+        f"{path}: server.max_mesage_size: unknown key (did you mean 'max_message_size'?)"
+        in result.stderr
+    )
 
 
 def test_check_config_reports_every_problem_with_file_and_key(tmp_path: Path) -> None:
@@ -126,3 +164,10 @@ async def test_json_logs_are_one_object_per_line_with_fields(procs: Processes) -
     connected = json.loads((await pmlb.wait_for(r'"msg": "client connected"')).string)
     assert uuid.UUID(connected["client"]).version == 4
     assert connected["peer"] == format_address(*client.stream.socket.getsockname()[:2])
+
+
+def test_version() -> None:
+    result = pmlb_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("pmlb ")
+    assert "(pmlb-proxy)" in result.stdout
