@@ -446,8 +446,11 @@ def connect_reason(exc: BaseException) -> str:
             for leaf in leaves
             for inner in (leaf.exceptions if isinstance(leaf, BaseExceptionGroup) else (leaf,))
         ]
+    # An SSL error is an OSError too, but its errno is OpenSSL's, not the OS's.
     reasons = [
-        os.strerror(leaf.errno).lower() if isinstance(leaf, OSError) and leaf.errno else str(leaf)
+        os.strerror(leaf.errno).lower()
+        if isinstance(leaf, OSError) and not isinstance(leaf, ssl.SSLError) and leaf.errno
+        else str(leaf)
         for leaf in leaves
     ]
     return "; ".join(dict.fromkeys(reasons)) or type(exc).__name__
