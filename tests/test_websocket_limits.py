@@ -374,13 +374,13 @@ async def test_messages_read_together_are_dispatched_as_one_batch(
         server: pmlb.Server = await nursery.start(pmlb.serve, make_config(up))
         registry = server.registry
         batches: list[int] = []
-        dispatch = registry.dispatch
+        dispatch_from = registry.dispatch_from
 
-        async def recording(requests: list[Any]) -> None:
+        async def recording(client: Any, requests: list[Any], *args: Any) -> bool:
             batches.append(len(requests))
-            await dispatch(requests)
+            return await dispatch_from(client, requests, *args)
 
-        registry.dispatch = recording  # type: ignore[method-assign]
+        registry.dispatch_from = recording  # type: ignore[method-assign]
         client = await clients.connect(server.port("ws"))
         await client.whoami()
         # Ten frames in one write: pmlb reads them at once, and hands them on
