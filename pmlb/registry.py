@@ -103,6 +103,8 @@ class Registry:
         # The serving upstreams, in the order they started serving: the
         # policy's indexes point into this list.
         self._serving: list[Upstream] = []
+        # how many upstreams are stalled (see set_upstream_stalled)
+        self._stalled = 0
         self._serving_changed = trio.lowlevel.ParkingLot()
         self._state_changed = trio.lowlevel.ParkingLot()
         self._client_removed = trio.lowlevel.ParkingLot()
@@ -309,9 +311,18 @@ class Registry:
             return False
         return True
 
+    def _balanced(self) -> list[Upstream]:
+        """The serving upstreams that get new messages: the stalled ones only if all are."""
+        serving = self._serving
+        if self._stalled and len(serving) > 1:
+            flowing = [u for u in serving if not u.stalled]
+            if flowing:
+                return flowing
+        return serving
+
     async def _dispatch(self, requests: list[pb.InputStreamRequest]) -> None:
         while requests:
-            serving = self._serving
+            serving = self._balanced()
             if not serving:
                 await self._serving_changed.park()
                 continue
@@ -430,6 +441,30 @@ class Registry:
         else:
             log.debug("upstream state", extra=fields)
 
+    def set_upstream_stalled(
+        self, upstream: Upstream, stalled: bool, *, waited: float | None = None
+    ) -> None:
+        """Mark an upstream whose writes make no progress (or do again); its supervisor does.
+
+        A stalled upstream gets no new messages while another serving one is
+        not stalled: the clients waiting for room in its queue go elsewhere.
+        What it has queued stays (it may recover) until its stall_timeout.
+        """
+        if stalled is upstream.stalled:
+            return
+        upstream.stalled = stalled
+        self._stalled += 1 if stalled else -1
+        fields: dict[str, object] = {"upstream": upstream.address, "stalled": stalled}
+        if stalled:
+            upstream.stalls += 1
+            fields["waited"] = f"{waited or 0:.1f}s"
+            fields["queued"] = len(upstream.outbox)
+            log.warning("upstream stalled: its writes make no progress", extra=fields)
+            upstream.outbox.turn_away()
+        else:
+            log.info("upstream writes progress again", extra=fields)
+        self.events.publish("upstream.stalled", upstream=upstream.address, stalled=stalled)
+
     async def wait_upstream_state(self, address: str, state: UpstreamState) -> None:
         """Return once the upstream at ``address`` is in ``state`` (``removed``: gone)."""
         while True:
@@ -445,7 +480,7 @@ class Registry:
         # bound (which they counted against before) rather than wait.
         if not requests:
             return
-        serving = self._serving
+        serving = self._balanced()
         if not serving:
             self._orphans.extend(requests)
             return

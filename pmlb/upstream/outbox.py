@@ -31,6 +31,11 @@ class Outbox(Generic[T]):
     :attr:`taken` counts what the writer took and did not put back: the
     messages written (or being written when the stream broke) to the
     upstream's stream. Only those can be lost when the upstream dies.
+
+    :meth:`busy_since` tells how long the writer has been on its last take
+    with more to do: an upstream whose writes do not progress (a flow-control
+    window held at 0) shows there. :meth:`turn_away` sends the putters waiting
+    for room elsewhere.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -45,6 +50,11 @@ class Outbox(Generic[T]):
         self._data = trio.lowlevel.ParkingLot()
         #: items taken by the writer (take_nowait) minus those it put back (requeue)
         self.taken = 0
+        # trio.current_time() of the writer's last take, or of the put that
+        # gave an idle writer something to do
+        self._busy_from = 0.0
+        # bumped by turn_away(): a putter that sees it change returns False
+        self._turned_away = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -62,9 +72,24 @@ class Outbox(Generic[T]):
         """
         return self._in_flight
 
+    @property
+    def full(self) -> bool:
+        return len(self._items) >= self.capacity
+
+    def busy_since(self) -> float | None:
+        """Since when the writer has had work without taking again; None if it has none."""
+        if self._items or self._in_flight:
+            return self._busy_from
+        return None
+
     def open(self) -> None:
         """Start accepting puts (the upstream serves)."""
         self._accepting = True
+
+    def turn_away(self) -> None:
+        """Make the putters waiting for room return ``False`` (go elsewhere), now."""
+        self._turned_away += 1
+        self._space.unpark_all()
 
     def close(self) -> None:
         """Stop accepting puts; blocked putters return ``False``."""
@@ -74,9 +99,12 @@ class Outbox(Generic[T]):
         self._space.unpark_all()
 
     async def put(self, items: list[T]) -> bool:
-        """Add ``items`` once there is room; ``False`` if the outbox closed first."""
+        """Add ``items`` once there is room; ``False`` if closed or turned away first."""
         if self._accepting and len(self._items) >= self.capacity:
+            turned_away = self._turned_away
             await self._space.park()
+            if self._turned_away != turned_away:
+                return False
         if not self._accepting:
             return False
         self.put_nowait(items)
@@ -84,6 +112,8 @@ class Outbox(Generic[T]):
 
     def put_nowait(self, items: Iterable[T]) -> None:
         """Add ``items`` whatever the fill (failover of already accepted messages)."""
+        if not self._items and not self._in_flight:
+            self._busy_from = trio.current_time()
         self._items.extend(items)
         if self._data:
             self._data.unpark_all()
@@ -91,6 +121,8 @@ class Outbox(Generic[T]):
     def requeue(self, items: list[T]) -> None:
         """Put back, in front and in order, items taken but not written."""
         self.taken -= len(items)
+        if not self._items and not self._in_flight:
+            self._busy_from = trio.current_time()
         self._items.extendleft(reversed(items))
         if self._data:
             self._data.unpark_all()
@@ -101,6 +133,7 @@ class Outbox(Generic[T]):
         An empty take tells that what the writer took before is written.
         """
         items = self._take()
+        self._busy_from = trio.current_time()
         if items:
             self._in_flight = True
             self.taken += len(items)
@@ -132,6 +165,10 @@ class Outbox(Generic[T]):
         """Return once everything queued is taken and written, or the outbox closed."""
         while self._accepting and (self._items or self._in_flight):
             await self._space.park()
+
+    async def wait_taken(self) -> None:
+        """Return at the writer's next take (or when the outbox closes or turns putters away)."""
+        await self._space.park()
 
     async def wait_nonempty(self) -> None:
         """Return once something is queued."""
