@@ -3,6 +3,11 @@
 Callers pass the fields with ``extra``: ``log.info("client connected",
 extra={"client": uuid, "peer": addr})``. The text format appends them as
 ``key=value`` (logfmt); the JSON format emits one object per line.
+
+Many values come from outside (an upstream's UUID, a client's request path,
+an error quoting its input), so both formats cut every value, the message
+and a traceback to a bounded length (see :func:`clip`): no input can make a
+log line of megabytes.
 """
 
 from __future__ import annotations
@@ -13,12 +18,38 @@ import sys
 import time
 from typing import Any
 
+#: the most characters of one field value in a log line
+MAX_VALUE = 256
+#: the most characters of a message (its text is pmlb's, but may quote input)
+MAX_MESSAGE = 1024
+#: the most characters of a traceback
+MAX_EXCEPTION = 16384
+
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+
+
+def clip(value: object, limit: int = MAX_VALUE) -> str:
+    """``value`` as text of at most ``limit`` characters, saying how much was cut."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(text) - limit} more)"
+
+
+def _bounded(value: Any) -> Any:
+    # Numbers, booleans and None stay as they are in JSON; anything else
+    # becomes at most MAX_VALUE characters.
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return clip(value)
+    text = json.dumps(value, default=str)
+    return value if len(text) <= MAX_VALUE else clip(text)
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -41,12 +72,12 @@ class TextFormatter(logging.Formatter):
             _timestamp(record),
             f"{record.levelname:<7}",
             f"{record.name}:",
-            record.getMessage(),
+            clip(record.getMessage(), MAX_MESSAGE),
         ]
-        parts += [f"{k}={_logfmt_value(v)}" for k, v in _fields(record).items()]
+        parts += [f"{clip(k)}={_logfmt_value(clip(v))}" for k, v in _fields(record).items()]
         line = " ".join(parts)
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + clip(self.formatException(record.exc_info), MAX_EXCEPTION)
         return line
 
 
@@ -58,11 +89,11 @@ class JSONFormatter(logging.Formatter):
             "time": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": clip(record.getMessage(), MAX_MESSAGE),
         }
-        obj.update(_fields(record))
+        obj.update((clip(k), _bounded(v)) for k, v in _fields(record).items())
         if record.exc_info:
-            obj["exc"] = self.formatException(record.exc_info)
+            obj["exc"] = clip(self.formatException(record.exc_info), MAX_EXCEPTION)
         return json.dumps(obj, default=str)
 
 

@@ -49,12 +49,18 @@ An example using every table::
     tls_cert = "pmlb.pem"       # optional client certificate (mutual TLS)
     tls_key = "pmlb.key"
     tls_server_name = "svc.internal"    # default: host
+    acks = true                 # default false: see docs/contract.md
+    max_unacked = 10000         # with acks: requests written and not acknowledged, at most
+    ack_timeout = 30            # with acks: seconds a request may wait for its ack
+    max_deliveries = 5          # with acks: deliveries of a request before it is dropped
 
     [management_server]
     host = "127.0.0.1"
     port = 8000
     enabled = true              # false: no admin API at all
     token = ""                  # bearer token (PMLB_ADMIN_TOKEN in the environment overrides it)
+    allowed_hosts = ["pmlb.internal"]   # more names the admin may be reached by (Host)
+    allowed_origins = ["https://ops.example.com"]   # web origins that may change state
 
     [management_server.tls]
     cert_path = ""
@@ -130,16 +136,32 @@ An example using every table::
     ``resolve_interval`` seconds, default 10, each address becoming an
     upstream with this entry's port and settings; see
     :mod:`pmlb.upstream.discovery`) and ``nameserver`` (``"IP"`` or
-    ``"IP:PORT"``: ask that DNS server instead of the system resolver). Two
-    upstreams may not have the same host and port.
+    ``"IP:PORT"``: ask that DNS server instead of the system resolver),
+    ``acks`` (``true``: the upstream acknowledges what it is done with, and
+    pmlb redelivers what a failed upstream did not acknowledge, see
+    docs/contract.md; default ``false``, the original contract, on which
+    pmlb sets none of the acknowledgement fields) and, with ``acks``,
+    ``max_unacked`` (requests written to its stream and not acknowledged
+    yet, at most; reaching it stops writing to it, so its queue fills and
+    pmlb pushes back; default 10000), ``ack_timeout`` (seconds a request may
+    wait for its acknowledgement before the upstream counts as failed and is
+    reconnected, default 30) and ``max_deliveries`` (a request delivered
+    that many times without an acknowledgement is dropped, logged and
+    counted, default 5). Two upstreams may not have the same host and port.
 
 ``[management_server]`` and ``[management_server.tls]``
     The admin API's ``host`` (default ``"127.0.0.1"``) and ``port`` (default
     8000), ``enabled`` (default true) and ``token``, the bearer token every
     admin route but ``/healthz`` requires (default empty: no token). pmlb
     refuses to serve the admin on an address that is not loopback without a
-    token. ``cert_path`` and ``key_path`` in the ``tls`` table name a PEM
-    certificate and its key; both empty means no TLS.
+    token. ``allowed_hosts`` (default empty) lists more names a request's
+    ``Host`` may give besides the admin's addresses (its ``host``, and
+    ``localhost`` on a loopback address): other names are refused (DNS
+    rebinding). ``allowed_origins`` (default empty) lists web origins
+    (``scheme://host[:port]``) whose pages may change state or open the event
+    WebSocket besides the admin's own dashboard. ``cert_path`` and
+    ``key_path`` in the ``tls`` table name a PEM certificate and its key; both
+    empty means no TLS.
 
 ``[log]``
     ``level`` and ``format``, as in the example.
@@ -277,6 +299,13 @@ class UpstreamConfig:
     tls_server_name: str = ""
     #: send this upstream client lifecycle events (connected, disconnected)
     events: bool = False
+    #: the upstream acknowledges requests (seq, message_id, delivery_attempt
+    #: set; OutputStreamRequest.acks read): what it did not acknowledge when
+    #: its stream fails is redelivered
+    acks: bool = False
+    max_unacked: int = 10_000
+    ack_timeout: float = 30.0
+    max_deliveries: int = 5
     #: readiness and liveness through the contract's ready/live RPCs
     #: ("contract") or the standard grpc.health.v1.Health service ("grpc")
     health: str = "contract"
@@ -311,6 +340,10 @@ class ManagementConfig:
     enabled: bool = True
     #: the admin's bearer token; empty: none (allowed on loopback only)
     token: str = attrs.field(default="", repr=False)
+    #: more names ``Host`` may give (see pmlb.admin.guard)
+    allowed_hosts: tuple[str, ...] = ()
+    #: web origins that may change state and open the event WebSocket
+    allowed_origins: tuple[str, ...] = ()
     tls: ManagementTLSConfig | None = None
 
     @property
@@ -534,6 +567,37 @@ def _boolean(value: object) -> bool:
     return value
 
 
+def _list_of(check: Callable[[object], str]) -> Callable[[object], tuple[str, ...]]:
+    def checked(value: object) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise _Bad(f"must be an array of strings, got {_describe(value)}")
+        found = []
+        for index, item in enumerate(value):
+            try:
+                found.append(check(item))
+            except _Bad as bad:
+                raise _Bad(f"item {index}: {bad}") from None
+        return tuple(found)
+
+    return checked
+
+
+_ORIGIN: Final = re.compile(r"(https?)://(\[[0-9A-Fa-f:.]+\]|[^/:\[\]]+)(:[0-9]{1,5})?")
+
+
+def _origin(value: object) -> str:
+    text = _string(value)
+    match = _ORIGIN.fullmatch(text)
+    host = match.group(2).strip("[]") if match else ""
+    if match is None or host_problem(host) is not None:
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise _Bad(
+            f"must be a web origin, scheme://host[:port] with scheme http or https"
+            f" and no path, got {shown!r}"
+        )
+    return text.lower()
+
+
 def _one_of(*choices: str) -> Callable[[object], str]:
     want = "must be one of " + ", ".join(repr(choice) for choice in choices)
 
@@ -599,6 +663,10 @@ _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "tls_key": _string,
     "tls_server_name": _string,
     "events": _boolean,
+    "acks": _boolean,
+    "max_unacked": _integer(1),
+    "ack_timeout": _seconds,
+    "max_deliveries": _integer(1),
     "health": _one_of("contract", "grpc"),
     "health_service": _string,
     "discovery": _one_of("static", "dns"),
@@ -610,6 +678,8 @@ _MANAGEMENT_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "port": _port,
     "enabled": _boolean,
     "token": _token,
+    "allowed_hosts": _list_of(_host),
+    "allowed_origins": _list_of(_origin),
 }
 _TLS_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "cert_path": _string,
@@ -1085,6 +1155,8 @@ def _toml_value(value: object) -> str:
         return repr(value)
     if isinstance(value, str):
         return _toml_string(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     raise TypeError(f"cannot write {_describe(value)} as a TOML value")
 
 
@@ -1155,6 +1227,9 @@ def render_config(config: Config) -> str:
         management["enabled"] = False
     if config.management.token:
         management["token"] = config.management.token
+    for name in ("allowed_hosts", "allowed_origins"):
+        if getattr(config.management, name):
+            management[name] = list(getattr(config.management, name))
     if config.management.tls is not None:
         management["tls"] = attrs.asdict(config.management.tls)
     document["management_server"] = management

@@ -28,6 +28,7 @@ from pmlb.downstream.limits import ConnectionCounters
 from pmlb.downstream.reasons import STOPPING, UPSTREAM_ACTION, classify
 from pmlb.events import EventBus
 from pmlb.metrics import LatencyHistogram
+from pmlb.upstream.acks import Unacked, strip
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.supervisor import Upstream, UpstreamState
 
@@ -79,6 +80,15 @@ class Statistics:
     queued_to_clients: int = 0
     accepting: bool = True
     policy: str = "round_robin"
+    #: with acks: requests written and not acknowledged, all upstreams together;
+    #: acks received (matched) and unknown (no such seq, or acked already);
+    #: requests redelivered after their upstream failed, and dropped after
+    #: max_deliveries deliveries
+    unacked: int = 0
+    acks_received: int = 0
+    acks_unknown: int = 0
+    redelivered: int = 0
+    undeliverable: int = 0
 
 
 class Registry:
@@ -121,6 +131,10 @@ class Registry:
         # do, events follow self.policy, so they go where the messages go).
         self._event_policy: Policy = make_policy(config.balancing)
         self.events_dropped = 0
+        #: with acks: requests redelivered, and dropped after max_deliveries
+        #: (upstreams removed since included, unlike their own counters)
+        self.redelivered = 0
+        self.undeliverable = 0
         self._unknown_log = RateLimited(log)
         self.clients_total = 0
         self.messages_from_clients = 0
@@ -212,7 +226,7 @@ class Registry:
             return
         policy = self.policy if len(targets) == len(serving) else self._event_policy
         for index, _ in policy.assign([event], targets):
-            targets[index].outbox.put_nowait([event])
+            self._place(targets[index], [event])
 
     def _hold_events(self, events: Iterable[pb.InputStreamRequest]) -> None:
         held = self._event_orphans
@@ -346,7 +360,10 @@ class Registry:
         """Register an upstream (not yet supervised); ``ValueError`` if its address is taken."""
         if config.address in self.upstreams:
             raise ValueError(f"upstream {config.address} already exists")
-        upstream = Upstream(config=config, outbox=Outbox(self.config.upstream_queue_size))
+        unacked = Unacked(config.max_unacked) if config.acks else None
+        upstream = Upstream(
+            config=config, outbox=Outbox(self.config.upstream_queue_size, unacked=unacked)
+        )
         self.upstreams[config.address] = upstream
         self.events.publish("upstream.added", upstream=config.address)
         return upstream
@@ -375,11 +392,11 @@ class Registry:
     async def drain_upstream(self, address: str, *, grace: float = 30.0, quiet: float = 0.5) -> int:
         """Send an upstream no new messages, let it finish, then remove it.
 
-        It waits until the upstream's queue is written out and its stream has
-        been silent for ``quiet`` seconds (answers still on their way), at
-        most ``grace`` seconds; whatever is still queued then fails over.
-        Returns how many messages failed over. ``KeyError`` if there is no
-        such upstream.
+        It waits until the upstream's queue is written out (with acks: and
+        acknowledged) and its stream has been silent for ``quiet`` seconds
+        (answers still on their way), at most ``grace`` seconds; whatever is
+        still queued (or unacknowledged) then fails over. Returns how many
+        messages failed over. ``KeyError`` if there is no such upstream.
         """
         upstream = self.upstreams[address]
         if not upstream.draining:
@@ -390,11 +407,12 @@ class Registry:
             log.info("upstream draining", extra={"upstream": address})
         with trio.move_on_after(grace):
             await upstream.outbox.wait_empty()
+            await upstream.outbox.wait_acked()
             received = -1
             while received != upstream.messages_received:
                 received = upstream.messages_received
                 await trio.sleep(quiet)
-        left = len(upstream.outbox)
+        left = len(upstream.outbox) + upstream.unacked
         await self.remove_upstream(address)
         return left
 
@@ -414,12 +432,12 @@ class Registry:
                 log.info("upstream serving again while draining", extra=fields)
                 return
             if upstream.config.events:
-                upstream.outbox.put_nowait(self._event_orphans)
+                self._place(upstream, list(self._event_orphans))
                 self._event_orphans.clear()
-                upstream.outbox.put_nowait(self._orphans)
+                self._place(upstream, list(self._orphans))
             else:
                 # An upstream on the original contract never sees an event.
-                upstream.outbox.put_nowait(r for r in self._orphans if not r.event)
+                self._place(upstream, [r for r in self._orphans if not r.event])
                 self._hold_events(r for r in self._orphans if r.event)
             self._orphans.clear()
             upstream.outbox.open()
@@ -431,6 +449,9 @@ class Registry:
             self._serving = [u for u in self._serving if u is not upstream]
             upstream.outbox.close()
             moved = upstream.outbox.take_back()
+            unacked = upstream.outbox.take_unacked()
+            if unacked:
+                fields["redelivered"] = self._redeliver(upstream, unacked)
             self._redispatch(moved)
             fields["requeued"] = len(moved)
         if state is UpstreamState.REMOVED:
@@ -475,14 +496,59 @@ class Registry:
                 return
             await self._state_changed.park()
 
-    def _redispatch(self, requests: list[pb.InputStreamRequest]) -> None:
+    def _redeliver(self, upstream: Upstream, requests: list[pb.InputStreamRequest]) -> int:
+        """Dispatch again, first, what ``upstream`` did not acknowledge; return how many.
+
+        Those delivered ``max_deliveries`` times already are dropped instead.
+        """
+        limit = upstream.config.max_deliveries
+        again = [r for r in requests if r.delivery_attempt < limit]
+        dropped = len(requests) - len(again)
+        if dropped:
+            upstream.undeliverable += dropped
+            self.undeliverable += dropped
+            log.error(
+                "requests dropped: delivered max_deliveries times without an acknowledgement",
+                extra={
+                    "upstream": upstream.address,
+                    "dropped": dropped,
+                    "max_deliveries": limit,
+                    "undeliverable_total": self.undeliverable,
+                },
+            )
+        upstream.redelivered += len(again)
+        self.redelivered += len(again)
+        self._redispatch(again, front=True)
+        return len(again)
+
+    @staticmethod
+    def _place(
+        upstream: Upstream, requests: list[pb.InputStreamRequest], *, front: bool = False
+    ) -> None:
+        """Queue already accepted requests for ``upstream``, whatever its outbox's fill."""
+        if not upstream.config.acks:
+            # Only requests failed over from an upstream with acks carry a
+            # message_id; an upstream on the original contract never sees one.
+            for request in requests:
+                if request.message_id:
+                    strip(request)
+        if front:
+            upstream.outbox.put_front(requests)
+        else:
+            upstream.outbox.put_nowait(requests)
+
+    def _redispatch(self, requests: list[pb.InputStreamRequest], *, front: bool = False) -> None:
         # Failover: these were accepted already, so they bypass the outboxes'
         # bound (which they counted against before) rather than wait.
+        # Redeliveries (front) go ahead of newer messages.
         if not requests:
             return
         serving = self._balanced()
         if not serving:
-            self._orphans.extend(requests)
+            if front:
+                self._orphans.extendleft(reversed(requests))
+            else:
+                self._orphans.extend(requests)
             return
         if not all(u.config.events for u in serving):
             events = [r for r in requests if r.event]
@@ -493,7 +559,7 @@ class Registry:
                 if not requests:
                     return
         for index, part in self.policy.assign(requests, serving):
-            serving[index].outbox.put_nowait(_part(requests, part))
+            self._place(serving[index], _part(requests, part), front=front)
 
     # -- routing back ---------------------------------------------------
 
@@ -638,7 +704,8 @@ class Registry:
             await self._client_removed.park()
 
     async def flush_upstreams(self) -> None:
-        """Return once every accepted message is written to a serving upstream's stream.
+        """Return once every accepted message is written to a serving upstream's stream,
+        and, on upstreams with acks, acknowledged.
 
         Messages waiting for an upstream to serve wait as long as it takes:
         the caller bounds this with a deadline.
@@ -649,6 +716,10 @@ class Registry:
                 await busy[0].outbox.wait_written()
             elif self._orphans:
                 await self._serving_changed.park()
+            elif waiting := [u for u in self._serving if u.unacked]:
+                # An upstream that fails meanwhile has its requests taken
+                # for redelivery: the wait ends and the loop starts over.
+                await waiting[0].outbox.wait_acked()
             else:
                 return
 
@@ -690,4 +761,17 @@ class Registry:
             queued_to_clients=sum(c.queued for c in self.clients.values()),
             accepting=self.accepting,
             policy=self.policy.name,
+            unacked=sum(u.unacked for u in self.upstreams.values()),
+            acks_received=sum(
+                u.outbox.unacked.acks_received
+                for u in self.upstreams.values()
+                if u.outbox.unacked is not None
+            ),
+            acks_unknown=sum(
+                u.outbox.unacked.acks_unknown
+                for u in self.upstreams.values()
+                if u.outbox.unacked is not None
+            ),
+            redelivered=self.redelivered,
+            undeliverable=self.undeliverable,
         )

@@ -2,8 +2,10 @@
 
 It serves the upstream contract over any Trio stream (a memory stream in the
 unit tests), echoes each client message as ``echo:<payload>``, and can reset
-the stream, send GOAWAY, hold back its flow-control window, send oversized
-or malformed replies, or stop answering liveness. It records what it got.
+the stream, send GOAWAY, drop the connection, hold back its flow-control
+window, send oversized or malformed replies, or stop answering liveness.
+With ``acks``, it acknowledges what it got, on its replies or alone, or
+holds its acknowledgements back. It records what it got.
 """
 
 from __future__ import annotations
@@ -53,6 +55,17 @@ class FakeUpstream:
     live: bool | None = True  # None: never answer
     #: end the bidi stream with this grpc-status once this many messages arrived
     end_after: tuple[int, int, str] | None = None
+    #: close the connection without a word once this many messages arrived
+    kill_after: int | None = None
+    #: acknowledge each request's seq: "reply" on its echo, "alone" in a
+    #: message of acks only after the echoes; None: never
+    acks: str | None = None
+    #: with acks: keep the acks back until ``release_acks`` is set (then
+    #: they go, alone, and the following ones as usual)
+    hold_acks: bool = False
+    release_acks: trio.Event = attrs.Factory(trio.Event)
+    #: with acks: also acknowledge these seqs, every time
+    extra_acks: list[int] = attrs.Factory(list)
     #: raw bytes written, chunk by chunk, once the first message arrives on a
     #: bidi stream (called with that stream's id), past h2's own state
     attack: Callable[[int], Iterable[bytes]] | None = None
@@ -69,6 +82,7 @@ class FakeUpstream:
     #: (connection, stream id) of the streams whose response headers were sent
     _started: set[tuple[int, int]] = attrs.Factory(set)
     _ended: set[tuple[int, int]] = attrs.Factory(set)
+    _held_acks: list[tuple[int, list[int]]] = attrs.Factory(list)
     _changed: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
@@ -84,6 +98,8 @@ class FakeUpstream:
         paths: dict[int, bytes] = {}
         decoders: dict[int, GrpcMessageDecoder] = {}
         unacked: list[tuple[int, int]] = []
+        held: list[tuple[int, list[int]]] = []  # acks held back: (stream id, seqs)
+        self._held_acks = held
         # the window opener and the main loop both send (at once, on a socket)
         sending = trio.Lock()
 
@@ -101,8 +117,17 @@ class FakeUpstream:
                 unacked.clear()
                 await send_pending()
 
+            async def acks_releaser() -> None:
+                await self.release_acks.wait()
+                for stream_id, seqs in held:
+                    self._send(conn, stream_id, [pb.OutputStreamRequest(acks=seqs)])
+                held.clear()
+                await send_pending()
+
             if self.hold_window:
                 nursery.start_soon(window_opener)
+            if self.hold_acks:
+                nursery.start_soon(acks_releaser)
 
             async def attacker(stream_id: int) -> None:
                 assert self.attack is not None
@@ -120,6 +145,9 @@ class FakeUpstream:
                     continue  # after our GOAWAY: what the client still sends is ignored
                 for event in conn.receive_data(data):
                     self._handle(conn, event, paths, decoders, unacked)
+                if self.kill_after is not None and len(self.received) >= self.kill_after:
+                    self._changed.unpark_all()
+                    break  # no reply, no GOAWAY: the connection just closes
                 if self.attack is not None and not attacked and self.received:
                     attacked = True
                     bidi = max(
@@ -208,23 +236,32 @@ class FakeUpstream:
             return  # the attack is all this stream gets
         count = len(self.received)
         if self.reset_after is not None and count >= self.reset_after:
+            self._ended.add((id(conn), stream_id))  # what follows in this read is ignored
             conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
             return
         if self.goaway_after is not None and count >= self.goaway_after:
             conn.close_connection(h2.errors.ErrorCodes.NO_ERROR, additional_data=b"bye")
             return
+        if self.kill_after is not None and count >= self.kill_after:
+            return
         padding = b"x" * self.reply_padding
-        self._send(
-            conn,
-            stream_id,
-            [
-                pb.OutputStreamRequest(
-                    client_uuid=r.client_uuid, payload=b"echo:" + r.payload + padding
-                )
-                for r in requests
-            ],
-            self.trailing,
-        )
+        replies = [
+            pb.OutputStreamRequest(
+                client_uuid=r.client_uuid, payload=b"echo:" + r.payload + padding
+            )
+            for r in requests
+        ]
+        acks = [r.seq for r in requests]
+        if self.acks is not None and self.hold_acks and not self.release_acks.is_set():
+            self._held_acks.append((stream_id, acks))
+        elif self.acks == "reply":
+            for reply, seq in zip(replies, acks, strict=True):
+                reply.acks.append(seq)
+            if replies:
+                replies[-1].acks.extend(self.extra_acks)
+        elif self.acks == "alone":
+            replies.append(pb.OutputStreamRequest(acks=acks + self.extra_acks))
+        self._send(conn, stream_id, replies, self.trailing)
         if self.end_after is not None and count >= self.end_after[0]:
             self._ended.add((id(conn), stream_id))
             _, code, message = self.end_after

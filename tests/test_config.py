@@ -234,6 +234,26 @@ INVALID_FILES = [
         id="upstream-events-not-boolean",
     ),
     pytest.param(
+        '[[upstream]]\nhost = "h"\nport = 1\nacks = 1',
+        "pmlb.toml: upstream[0].acks: must be true or false, got integer 1",
+        id="upstream-acks-not-boolean",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "h"\nport = 1\nmax_unacked = 0',
+        "pmlb.toml: upstream[0].max_unacked: must be an integer >= 1, got 0",
+        id="upstream-max-unacked-zero",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "h"\nport = 1\nack_timeout = -1',
+        "pmlb.toml: upstream[0].ack_timeout: must be a number > 0, got -1",
+        id="upstream-ack-timeout-negative",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "h"\nport = 1\nmax_deliveries = 2.5',
+        "pmlb.toml: upstream[0].max_deliveries: must be an integer >= 1, got float 2.5",
+        id="upstream-max-deliveries-float",
+    ),
+    pytest.param(
         '[[upstream]]\nhost = "h"\nport = 1\nhealth = "http"',
         "pmlb.toml: upstream[0].health: must be one of 'contract', 'grpc', got 'http'",
         id="upstream-health-unknown",
@@ -617,6 +637,24 @@ INVALID_FILES = [
         id="management-token-with-space",
     ),
     pytest.param(
+        '[management_server]\nallowed_hosts = "pmlb.internal"',
+        "pmlb.toml: management_server.allowed_hosts: must be an array of strings,"
+        " got string 'pmlb.internal'",
+        id="management-allowed-hosts-not-an-array",
+    ),
+    pytest.param(
+        '[management_server]\nallowed_hosts = ["ok.internal", "not a host"]',
+        "pmlb.toml: management_server.allowed_hosts: item 1: must be an IP address or a host name",
+        id="management-allowed-hosts-bad-name",
+    ),
+    pytest.param(
+        '[management_server]\nallowed_origins = ["https://ops.example.com/dash"]',
+        "pmlb.toml: management_server.allowed_origins: item 0: must be a web origin,"
+        " scheme://host[:port] with scheme http or https and no path,"
+        " got 'https://ops.example.com/dash'",
+        id="management-allowed-origin-with-path",
+    ),
+    pytest.param(
         '[management_server.tls]\nkey_path = "key.pem"',
         "pmlb.toml: management_server.tls.cert_path: must be set when key_path is set",
         id="tls-key-without-cert",
@@ -961,6 +999,33 @@ def test_render_round_trips_a_loaded_file(tmp_path: Path, text: str) -> None:
     assert round_trip(config) == config
 
 
+def test_ack_settings_load_and_render() -> None:
+    config = parse_config(
+        tomllib.loads(
+            '[[upstream]]\nhost = "h"\nport = 1\nacks = true\nmax_unacked = 7\n'
+            "ack_timeout = 2.5\nmax_deliveries = 3\n"
+            '[[upstream]]\nhost = "h"\nport = 2\n'
+        )
+    )
+    acked, plain = config.upstreams
+    assert (acked.acks, acked.max_unacked, acked.ack_timeout, acked.max_deliveries) == (
+        True,
+        7,
+        2.5,
+        3,
+    )
+    assert (plain.acks, plain.max_unacked, plain.ack_timeout, plain.max_deliveries) == (
+        False,
+        10_000,
+        30.0,
+        5,
+    )
+    text = render_config(config)
+    assert "acks = true" in text
+    assert "max_deliveries = 3" in text
+    assert round_trip(config) == config
+
+
 def test_render_round_trips_awkward_values() -> None:
     config = Config(
         listeners=(
@@ -970,7 +1035,9 @@ def test_render_round_trips_awkward_values() -> None:
         upstreams=(UpstreamConfig(host="h", port=3, ready_timeout=1e-05, alive_timeout=1e16),),
         activity_window=0.1,
         management=ManagementConfig(
-            tls=ManagementTLSConfig(cert_path="C:\\certs\\a.pem", key_path="k.pem")
+            tls=ManagementTLSConfig(cert_path="C:\\certs\\a.pem", key_path="k.pem"),
+            allowed_hosts=("pmlb.internal", "10.0.0.1"),
+            allowed_origins=("https://ops.example.com", "http://[::1]:8000"),
         ),
     )
     assert round_trip(config) == config

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 
@@ -41,3 +42,23 @@ def test_rate_limited_logs_once_per_period_and_counts_the_rest(
     assert [r.getMessage() for r in caplog.records] == ["dropped", "dropped"]
     assert not hasattr(caplog.records[0], "suppressed")
     assert caplog.records[1].suppressed == 4  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("formatter", [_log.TextFormatter(), _log.JSONFormatter()])
+def test_no_value_makes_a_line_longer_than_its_cap(formatter: logging.Formatter) -> None:
+    huge = "u" * 1_000_000
+    rec = record("x" * 100_000, client=huge, nested=[huge], count=3)
+    try:
+        raise ValueError(huge)
+    except ValueError:
+        rec.exc_info = sys.exc_info()
+    line = formatter.format(rec)
+    bound = _log.MAX_MESSAGE + 2 * _log.MAX_VALUE + _log.MAX_EXCEPTION + 400
+    assert len(line) < bound
+    assert "(999744 more)" in line  # says how much was cut
+    assert "count=3" in line or '"count": 3' in line
+
+
+def test_clip_keeps_short_text_and_says_what_it_cut() -> None:
+    assert _log.clip("abc") == "abc"
+    assert _log.clip("abcdef", 3) == "abc...(3 more)"

@@ -53,6 +53,10 @@ def test_the_contract_keeps_its_original_names_and_numbers() -> None:
         "transport": 7,
         "disconnect_reason": 8,
         "disconnect_detail": 9,
+        # extension: acknowledgements
+        "seq": 10,
+        "message_id": 11,
+        "delivery_attempt": 12,
     }
     assert fields("OutputStreamRequest") == {
         "time": 1,
@@ -62,6 +66,8 @@ def test_the_contract_keeps_its_original_names_and_numbers() -> None:
         # extension: actions and multicast
         "action": 5,
         "multicast": 6,
+        # extension: acknowledgements
+        "acks": 7,
     }
     assert fields("ClientList") == {"client_uuids": 1}
     output = pb.DESCRIPTOR.message_types_by_name["OutputStreamRequest"]
@@ -199,3 +205,36 @@ def test_multicast_and_action_same_bytes(uuids: list[str], action: int, data: by
     assert contract.OutputStreamRequest().parse(upb.SerializeToString()) == bp
     assert parsed.WhichOneof("target") == "multicast"
     assert list(parsed.multicast.client_uuids) == uuids
+
+
+@given(st.integers(1, 2**64 - 1), text, st.integers(1, 2**32 - 1), payload)
+def test_ack_fields_same_bytes(seq: int, message_id: str, attempt: int, data: bytes) -> None:
+    upb = pb.InputStreamRequest(
+        time="t",
+        client_uuid="u",
+        payload=data,
+        seq=seq,
+        message_id=message_id,
+        delivery_attempt=attempt,
+    )
+    bp = contract.InputStreamRequest(
+        time="t",
+        client_uuid="u",
+        payload=data,
+        seq=seq,
+        message_id=message_id,
+        delivery_attempt=attempt,
+    )
+    assert bytes(bp) == upb.SerializeToString()
+    assert contract.InputStreamRequest().parse(upb.SerializeToString()) == bp
+
+
+@given(st.lists(st.integers(1, 2**64 - 1), max_size=20))
+def test_acks_same_bytes_alone_and_on_a_reply(acks: list[int]) -> None:
+    alone = pb.OutputStreamRequest(acks=acks)
+    assert bytes(contract.OutputStreamRequest(acks=acks)) == alone.SerializeToString()
+    assert pb.OutputStreamRequest.FromString(alone.SerializeToString()).WhichOneof("target") is None
+    reply = contract.OutputStreamRequest(client_uuid="u", payload=b"p", acks=acks)
+    parsed = pb.OutputStreamRequest.FromString(bytes(reply))
+    assert list(parsed.acks) == acks
+    assert parsed.client_uuid == "u"

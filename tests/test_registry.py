@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
 import trio
 import trio.testing
 
+from pmlb._log import JSONFormatter, TextFormatter
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.config import Config, UpstreamConfig
 from pmlb.downstream.client import Client
@@ -131,6 +133,16 @@ def test_deliver_routes_by_uuid_and_counts_unknown() -> None:
     assert b.queued == 0
     stats = registry.statistics()
     assert (stats.unknown_client, stats.invalid_target, stats.messages_to_clients) == (1, 1, 1)
+
+
+def test_an_upstream_supplied_uuid_is_cut_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    registry, _ = setup(0)
+    huge = "u" * 1_000_000
+    with caplog.at_level(logging.WARNING, logger="pmlb"):
+        registry.deliver([pb.OutputStreamRequest(client_uuid=huge, payload=b"lost")])
+    (dropped,) = [r for r in caplog.records if "unknown client" in r.getMessage()]
+    for formatter in (TextFormatter(), JSONFormatter()):
+        assert len(formatter.format(dropped)) < 1000
 
 
 def test_broadcast_selects_by_activity() -> None:

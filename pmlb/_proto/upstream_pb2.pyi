@@ -25,7 +25,7 @@ class LiveResult(_message.Message):
     def __init__(self, time: _Optional[str] = ..., live: _Optional[bool] = ...) -> None: ...
 
 class InputStreamRequest(_message.Message):
-    __slots__ = ("time", "client_uuid", "payload", "event", "remote_address", "listener", "transport", "disconnect_reason", "disconnect_detail")
+    __slots__ = ("time", "client_uuid", "payload", "event", "remote_address", "listener", "transport", "disconnect_reason", "disconnect_detail", "seq", "message_id", "delivery_attempt")
     class Event(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         EVENT_MESSAGE: _ClassVar[InputStreamRequest.Event]
@@ -61,6 +61,9 @@ class InputStreamRequest(_message.Message):
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     DISCONNECT_REASON_FIELD_NUMBER: _ClassVar[int]
     DISCONNECT_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     time: str
     client_uuid: str
     payload: bytes
@@ -70,7 +73,10 @@ class InputStreamRequest(_message.Message):
     transport: str
     disconnect_reason: InputStreamRequest.DisconnectReason
     disconnect_detail: str
-    def __init__(self, time: _Optional[str] = ..., client_uuid: _Optional[str] = ..., payload: _Optional[bytes] = ..., event: _Optional[_Union[InputStreamRequest.Event, str]] = ..., remote_address: _Optional[str] = ..., listener: _Optional[str] = ..., transport: _Optional[str] = ..., disconnect_reason: _Optional[_Union[InputStreamRequest.DisconnectReason, str]] = ..., disconnect_detail: _Optional[str] = ...) -> None: ...
+    seq: int
+    message_id: str
+    delivery_attempt: int
+    def __init__(self, time: _Optional[str] = ..., client_uuid: _Optional[str] = ..., payload: _Optional[bytes] = ..., event: _Optional[_Union[InputStreamRequest.Event, str]] = ..., remote_address: _Optional[str] = ..., listener: _Optional[str] = ..., transport: _Optional[str] = ..., disconnect_reason: _Optional[_Union[InputStreamRequest.DisconnectReason, str]] = ..., disconnect_detail: _Optional[str] = ..., seq: _Optional[int] = ..., message_id: _Optional[str] = ..., delivery_attempt: _Optional[int] = ...) -> None: ...
 
 class ClientList(_message.Message):
     __slots__ = ("client_uuids",)
@@ -79,7 +85,7 @@ class ClientList(_message.Message):
     def __init__(self, client_uuids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OutputStreamRequest(_message.Message):
-    __slots__ = ("time", "client_uuid", "broadcast", "multicast", "payload", "action")
+    __slots__ = ("time", "client_uuid", "broadcast", "multicast", "payload", "action", "acks")
     class Broadcast(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         BROADCAST_ALL: _ClassVar[OutputStreamRequest.Broadcast]
@@ -100,10 +106,12 @@ class OutputStreamRequest(_message.Message):
     MULTICAST_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
     time: str
     client_uuid: str
     broadcast: OutputStreamRequest.Broadcast
     multicast: ClientList
     payload: bytes
     action: OutputStreamRequest.Action
-    def __init__(self, time: _Optional[str] = ..., client_uuid: _Optional[str] = ..., broadcast: _Optional[_Union[OutputStreamRequest.Broadcast, str]] = ..., multicast: _Optional[_Union[ClientList, _Mapping]] = ..., payload: _Optional[bytes] = ..., action: _Optional[_Union[OutputStreamRequest.Action, str]] = ...) -> None: ...
+    acks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, time: _Optional[str] = ..., client_uuid: _Optional[str] = ..., broadcast: _Optional[_Union[OutputStreamRequest.Broadcast, str]] = ..., multicast: _Optional[_Union[ClientList, _Mapping]] = ..., payload: _Optional[bytes] = ..., action: _Optional[_Union[OutputStreamRequest.Action, str]] = ..., acks: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -9,6 +9,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from pmlb.admin import _h2
 from pmlb.admin.app import create_app
 from pmlb.config import ManagementConfig
 from pmlb.registry import Registry
@@ -27,7 +28,15 @@ async def serve_admin(
 
     Raises ``OSError`` if its address cannot be bound.
     """
-    app = create_app(registry, listeners=listeners, token=management.token)
+    _h2.install()
+    app = create_app(
+        registry,
+        listeners=listeners,
+        token=management.token,
+        bind_host=management.host,
+        allowed_hosts=management.allowed_hosts,
+        allowed_origins=management.allowed_origins,
+    )
     config = HypercornConfig()
     config.bind = [management.address]
     config.accesslog = None

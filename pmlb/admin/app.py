@@ -4,7 +4,9 @@ Routes live under ``/api/v1``; ``/healthz``, ``/readyz``, ``/metrics``,
 ``/openapi.json``, the event WebSocket and the dashboard at ``/`` complete it.
 Every route but ``/healthz`` and the dashboard's static page (which carries no
 data: it asks for the token and then calls the API) requires the bearer token
-when one is configured.
+when one is configured. :mod:`pmlb.admin.guard`, in front of the app, checks
+the token, ``Host``, the origin of state changes and the content type before
+a request's body is read.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from quart_schema import (
     validate_response,
 )
 from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
 
 from pmlb._time import rfc3339_from
 from pmlb.admin import schemas as s
+from pmlb.admin.guard import Guard, HostCheck
 from pmlb.balancer import POLICIES
 from pmlb.config import UpstreamConfig
 from pmlb.downstream.client import Client
@@ -124,6 +128,12 @@ class _Invalid(Exception):
         self.field = field
 
 
+class _Request(TrioRequest):
+    def on_json_loading_failed(self, error: Exception) -> Any:
+        # A JSON body that does not parse names the body, as a wrong one does.
+        raise _Invalid(f"invalid request: the body is not valid JSON: {error}", "body")
+
+
 def _public_config(registry: Registry) -> dict[str, object]:
     config = attrs.asdict(registry.config, recurse=True)
     config.pop("source", None)
@@ -140,15 +150,23 @@ def create_app(
     *,
     listeners: dict[str, list[str]],
     token: str = "",
+    bind_host: str = "127.0.0.1",
+    allowed_hosts: tuple[str, ...] = (),
+    allowed_origins: tuple[str, ...] = (),
     set_log_level: Callable[[str], None] | None = None,
     log_level: Callable[[], str] | None = None,
 ) -> QuartTrio:
     """The admin app for ``registry``.
 
     ``listeners`` are the bound client addresses by listener name. ``token``
-    (empty: none) protects every route but ``/healthz`` and ``/``.
+    (empty: none) protects every route but ``/healthz`` and ``/``. A
+    request's ``Host`` must be an address of ``bind_host`` (the admin's
+    configured host) or one of ``allowed_hosts``; a state change or event
+    WebSocket from a web page must come from the admin's own origin or one of
+    ``allowed_origins`` (see :mod:`pmlb.admin.guard`).
     """
     app = QuartTrio(__name__)
+    app.request_class = _Request
     app.config["MAX_CONTENT_LENGTH"] = 32 * 1024 * 1024
     QuartSchema(
         app,
@@ -183,16 +201,21 @@ def create_app(
         registry.events.publish(f"admin.{what}", **fields)
         log.info(f"admin: {what}", extra=fields)
 
+    # The token (like Host, origin and content type) is checked by the guard,
+    # before any body is read.
+    app.asgi_app = Guard(  # type: ignore[method-assign]
+        app.asgi_app,
+        hosts=HostCheck(bind_host, allowed_hosts),
+        origins=allowed_origins,
+        authorized=authorized,
+        public=lambda path: path in PUBLIC_PATHS,
+    )
+
     @app.before_request
-    async def check_token() -> tuple[Response, int] | None:
+    async def read_body() -> None:
         # Read the body before any answer: hypercorn stalls a keep-alive
-        # connection answered (401, 404, 405) before its request body came in.
+        # connection answered (404, 405) before its request body came in.
         await request.get_data()
-        if request.path in PUBLIC_PATHS or authorized(request.headers.get("Authorization")):
-            return None
-        response, status = _error(401, "missing or wrong bearer token")
-        response.headers["WWW-Authenticate"] = 'Bearer realm="pmlb"'
-        return response, status
 
     @app.errorhandler(RequestSchemaValidationError)
     async def bad_body(error: RequestSchemaValidationError) -> tuple[Response, int]:

@@ -354,11 +354,19 @@ class _Connection:
         if h2_stream is not None and not h2_stream.closed:
             self._reset(stream.stream_id, h2.errors.ErrorCodes.CANCEL)
 
-    async def send(self, stream: _Stream, data: bytes, *, end: bool = False) -> None:
+    async def send(
+        self,
+        stream: _Stream,
+        data: bytes,
+        *,
+        end: bool = False,
+        progress: Callable[[], None] | None = None,
+    ) -> None:
         """Write ``data`` on ``stream``, waiting for flow-control window as needed.
 
         However it ends, ``stream.written`` says how many bytes of ``data``
         were handed to h2 (and so may have reached the upstream).
+        ``progress`` is called each time some of them were written.
         """
         h2conn = self.h2
         stream_id = stream.stream_id
@@ -394,6 +402,8 @@ class _Connection:
                     frames += 1
                 self._guard.sent_data_frames(frames)
                 await self.flush()
+                if progress is not None:
+                    progress()
             if end:
                 h2conn.end_stream(stream_id)
                 await self.flush()
@@ -564,7 +574,7 @@ class H2Transport:
                 continue
             encoded = [message.SerializeToString() for message in batch]
             try:
-                await connection.send(stream, encode_messages(encoded))
+                await connection.send(stream, encode_messages(encoded), progress=outbox.progressed)
             except BaseException:
                 outbox.requeue(_unwritten(batch, encoded, stream.written))
                 raise

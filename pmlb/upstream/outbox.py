@@ -8,6 +8,8 @@ from typing import Generic, TypeVar
 
 import trio
 
+from pmlb.upstream.acks import Unacked
+
 T = TypeVar("T")
 
 
@@ -30,15 +32,23 @@ class Outbox(Generic[T]):
 
     :attr:`taken` counts what the writer took and did not put back: the
     messages written (or being written when the stream broke) to the
-    upstream's stream. Only those can be lost when the upstream dies.
+    upstream's stream. Without acknowledgements, only those can be lost
+    when the upstream dies.
 
-    :meth:`busy_since` tells how long the writer has been on its last take
-    with more to do: an upstream whose writes do not progress (a flow-control
-    window held at 0) shows there. :meth:`turn_away` sends the putters waiting
-    for room elsewhere.
+    With :attr:`unacked` (an upstream with ``acks = true``), what the writer
+    takes is stamped and kept there until acknowledged (:meth:`ack`), and
+    the writer takes only as much as it has room for: a full table stops
+    the writing, the outbox fills up, and putters wait as for a slow
+    upstream. An outbox of ``pb.InputStreamRequest`` only, then.
+
+    :meth:`busy_since` tells since when the writer has had work and made no
+    progress (no take, no bytes written: the transport reports writes with
+    :meth:`progressed`): an upstream that holds its flow-control window at 0
+    shows there. :meth:`turn_away` sends the putters waiting for room
+    elsewhere.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, unacked: Unacked | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
@@ -50,9 +60,13 @@ class Outbox(Generic[T]):
         self._data = trio.lowlevel.ParkingLot()
         #: items taken by the writer (take_nowait) minus those it put back (requeue)
         self.taken = 0
-        # trio.current_time() of the writer's last take, or of the put that
-        # gave an idle writer something to do
+        #: with acknowledgements: what was written and not acknowledged yet
+        self.unacked = unacked
+        self._acked = trio.lowlevel.ParkingLot()
+        # trio.current_time() of the writer's last progress (a take, bytes
+        # written), or of the put that gave an idle writer something to do
         self._busy_from = 0.0
+        self._progress = trio.lowlevel.ParkingLot()
         # bumped by turn_away(): a putter that sees it change returns False
         self._turned_away = 0
 
@@ -72,24 +86,37 @@ class Outbox(Generic[T]):
         """
         return self._in_flight
 
-    @property
-    def full(self) -> bool:
-        return len(self._items) >= self.capacity
-
-    def busy_since(self) -> float | None:
-        """Since when the writer has had work without taking again; None if it has none."""
-        if self._items or self._in_flight:
-            return self._busy_from
-        return None
-
     def open(self) -> None:
         """Start accepting puts (the upstream serves)."""
         self._accepting = True
 
+    def busy_since(self) -> float | None:
+        """Since when the writer has had work without progress; None if it has none.
+
+        Waiting for acknowledgements (a full table) is not counted: that
+        wait has its own limits (see :mod:`pmlb.upstream.acks`).
+        """
+        if not self._items and not self._in_flight:
+            return None
+        if self.unacked is not None and self.unacked.room <= 0:
+            return None
+        return self._busy_from
+
+    def progressed(self) -> None:
+        """The writer wrote some bytes of what it took (the transport calls this)."""
+        self._busy_from = trio.current_time()
+        if self._progress:
+            self._progress.unpark_all()
+
     def turn_away(self) -> None:
-        """Make the putters waiting for room return ``False`` (go elsewhere), now."""
+        """Make the putters waiting for room return ``False`` (to go elsewhere), now."""
         self._turned_away += 1
         self._space.unpark_all()
+
+    def _busy(self) -> None:
+        # Called before adding items: an idle writer has work from now on.
+        if not self._items and not self._in_flight:
+            self._busy_from = trio.current_time()
 
     def close(self) -> None:
         """Stop accepting puts; blocked putters return ``False``."""
@@ -112,17 +139,24 @@ class Outbox(Generic[T]):
 
     def put_nowait(self, items: Iterable[T]) -> None:
         """Add ``items`` whatever the fill (failover of already accepted messages)."""
-        if not self._items and not self._in_flight:
-            self._busy_from = trio.current_time()
+        self._busy()
         self._items.extend(items)
+        if self._data:
+            self._data.unpark_all()
+
+    def put_front(self, items: list[T]) -> None:
+        """Add ``items`` ahead of everything queued (redelivery), whatever the fill."""
+        self._busy()
+        self._items.extendleft(reversed(items))
         if self._data:
             self._data.unpark_all()
 
     def requeue(self, items: list[T]) -> None:
         """Put back, in front and in order, items taken but not written."""
         self.taken -= len(items)
-        if not self._items and not self._in_flight:
-            self._busy_from = trio.current_time()
+        if self.unacked is not None:
+            self.unacked.unstamp(items)  # type: ignore[arg-type]
+        self._busy()
         self._items.extendleft(reversed(items))
         if self._data:
             self._data.unpark_all()
@@ -131,9 +165,17 @@ class Outbox(Generic[T]):
         """Everything queued, oldest first (maybe nothing), for the stream writer.
 
         An empty take tells that what the writer took before is written.
+        With acknowledgements, at most what the unacknowledged table has
+        room for, stamped (see :class:`pmlb.upstream.acks.Unacked`).
         """
-        items = self._take()
-        self._busy_from = trio.current_time()
+        unacked = self.unacked
+        if unacked is None:
+            items = self._take()
+        else:
+            items = self._take(unacked.room)
+            if items:
+                unacked.stamp(items, trio.current_time())  # type: ignore[arg-type]
+        self.progressed()
         if items:
             self._in_flight = True
             self.taken += len(items)
@@ -147,14 +189,50 @@ class Outbox(Generic[T]):
         """Everything queued, oldest first, not to be written here (failover)."""
         return self._take()
 
-    def _take(self) -> list[T]:
-        if not self._items:
+    def _take(self, limit: int | None = None) -> list[T]:
+        queued = self._items
+        if not queued or (limit is not None and limit <= 0):
             return []
-        items = list(self._items)
-        self._items.clear()
+        if limit is None or limit >= len(queued):
+            items = list(queued)
+            queued.clear()
+        else:
+            items = [queued.popleft() for _ in range(limit)]
         if self._space:
             self._space.unpark_all()
         return items
+
+    # -- acknowledgements ---------------------------------------------------
+
+    @property
+    def unacked_count(self) -> int:
+        """Requests written and not acknowledged (0 without acknowledgements)."""
+        return 0 if self.unacked is None else len(self.unacked)
+
+    def ack(self, seqs: Iterable[int]) -> None:
+        """The upstream acknowledged these seqs (see :meth:`Unacked.ack`)."""
+        unacked = self.unacked
+        if unacked is None:
+            return
+        was_full = unacked.room <= 0
+        unacked.ack(seqs, trio.current_time())
+        if was_full and unacked.room > 0 and self._data:
+            self._data.unpark_all()  # the writer waits for room
+        if not len(unacked) and self._acked:
+            self._acked.unpark_all()
+
+    def take_unacked(self) -> list[T]:
+        """Every request written and not acknowledged, oldest first, for redelivery."""
+        if self.unacked is None:
+            return []
+        requests = self.unacked.take_all()
+        self._acked.unpark_all()
+        return requests  # type: ignore[return-value]
+
+    async def wait_acked(self) -> None:
+        """Return once everything written is acknowledged or taken for redelivery."""
+        while self.unacked_count:
+            await self._acked.park()
 
     async def wait_empty(self) -> None:
         """Return once everything queued has been taken."""
@@ -166,11 +244,12 @@ class Outbox(Generic[T]):
         while self._accepting and (self._items or self._in_flight):
             await self._space.park()
 
-    async def wait_taken(self) -> None:
-        """Return at the writer's next take (or when the outbox closes or turns putters away)."""
-        await self._space.park()
+    async def wait_progress(self) -> None:
+        """Return at the writer's next progress (see :meth:`progressed`)."""
+        await self._progress.park()
 
     async def wait_nonempty(self) -> None:
-        """Return once something is queued."""
-        while not self._items:
+        """Return once something is queued (and, with acknowledgements, there is room)."""
+        unacked = self.unacked
+        while not self._items or (unacked is not None and unacked.room <= 0):
             await self._data.park()

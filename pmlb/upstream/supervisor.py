@@ -35,10 +35,10 @@ BACKOFF_MAX = 5.0
 #: The backoff starts again from BACKOFF_MIN only after the upstream served
 #: this long: one that fails right after each reconnect keeps backing off.
 STABLE_AFTER = 10.0
-#: An upstream whose writer has been on one take this long while messages
-#: wait (its flow-control window held at 0, say) is stalled: it gets no new
-#: messages while another upstream can take them (its ``stall_timeout``
-#: makes it failed). Healthy writers take again within milliseconds.
+#: An upstream whose writer has made no progress (taken nothing, written no
+#: byte) this long while messages wait (its flow-control window held at 0,
+#: say) is stalled: it gets no new messages while another upstream can take
+#: them; its ``stall_timeout`` makes it failed.
 STALL_AFTER = 1.0
 
 
@@ -68,6 +68,10 @@ class Upstream:
     #: time.time() of the last readiness and liveness answers
     ready_at: float | None = None
     alive_at: float | None = None
+    #: with acks: requests written to it and not acknowledged that were
+    #: redelivered elsewhere, and those dropped instead (max_deliveries)
+    redelivered: int = 0
+    undeliverable: int = 0
     #: being drained: gets no new messages, removed once it has finished
     draining: bool = False
     #: its writes are not progressing (see STALL_AFTER): no new messages
@@ -87,6 +91,11 @@ class Upstream:
     def messages_written(self) -> int:
         """Messages written to its stream (over all its connections); see :attr:`Outbox.taken`."""
         return self.outbox.taken
+
+    @property
+    def unacked(self) -> int:
+        """Requests written to its stream and not acknowledged (0 without acks)."""
+        return self.outbox.unacked_count
 
     @property
     def queued(self) -> int:
@@ -192,6 +201,18 @@ async def _serve(upstream: Upstream, transport: Transport, registry: Registry) -
         upstream.messages_received += len(replies)
         registry.deliver(replies)
 
+    def deliver_acked(replies: list[pb.OutputStreamRequest]) -> None:
+        upstream.messages_received += len(replies)
+        acking = [reply for reply in replies if reply.acks]
+        if acking:
+            for reply in acking:
+                upstream.outbox.ack(reply.acks)
+            # An ack with no target is an ack and nothing else.
+            replies = [r for r in replies if not r.acks or r.WhichOneof("target") is not None]
+            if not replies:
+                return
+        registry.deliver(replies)
+
     async def run(what: str, fn: Callable[[], Awaitable[None]]) -> None:
         nonlocal reason
         try:
@@ -202,14 +223,43 @@ async def _serve(upstream: Upstream, transport: Transport, registry: Registry) -
         nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run, "stream", partial(transport.run_stream, upstream.outbox, deliver))
+        nursery.start_soon(
+            run,
+            "stream",
+            partial(
+                transport.run_stream, upstream.outbox, deliver_acked if config.acks else deliver
+            ),
+        )
         nursery.start_soon(run, "stream", partial(_watch_writes, upstream, registry))
         nursery.start_soon(
             run,
             "liveness",
             partial(transport.run_liveness, config.live_interval, config.alive_timeout, alive),
         )
+        if config.acks:
+            nursery.start_soon(run, "acks", partial(_watch_acks, upstream))
     return reason
+
+
+async def _watch_acks(upstream: Upstream) -> None:
+    """Raise :class:`UpstreamError` once a request has waited ``ack_timeout`` for its ack."""
+    timeout = upstream.config.ack_timeout
+    unacked = upstream.outbox.unacked
+    assert unacked is not None
+    while True:
+        oldest = unacked.oldest()
+        now = trio.current_time()
+        if oldest is None:
+            # Nothing is waiting: look again soon, so that a request written
+            # meanwhile is found at most a quarter of the timeout late.
+            await trio.sleep(timeout / 4)
+        elif now - oldest >= timeout:
+            raise UpstreamError(
+                f"no acknowledgement within ack_timeout ({timeout:g}s) for a request"
+                f" ({len(unacked)} unacknowledged)"
+            )
+        else:
+            await trio.sleep_until(oldest + timeout)
 
 
 async def _watch_writes(upstream: Upstream, registry: Registry) -> None:
@@ -235,11 +285,11 @@ async def _watch_writes(upstream: Upstream, registry: Registry) -> None:
                 )
             if waited < mark_after:
                 registry.set_upstream_stalled(upstream, False)
-                # Healthy writers take many times meanwhile: look again then.
+                # A healthy writer progresses many times meanwhile: look again then.
                 await trio.sleep_until(since + mark_after)
             else:
                 registry.set_upstream_stalled(upstream, True, waited=waited)
                 with trio.move_on_at(since + timeout):
-                    await outbox.wait_taken()
+                    await outbox.wait_progress()
     finally:
         registry.set_upstream_stalled(upstream, False)

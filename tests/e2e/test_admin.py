@@ -202,10 +202,21 @@ async def test_upstream_routes(procs: Processes) -> None:
         )
         assert_error(
             await http.post(
-                "/api/v1/upstreams", content=b"{not json", headers={"Content-Type": "x"}
+                "/api/v1/upstreams",
+                content=b"{not json",
+                headers={"Content-Type": "application/json"},
             ),
             400,
             "body",
+        )
+        # a body that does not say it is JSON is refused before it is read
+        assert_error(
+            await http.post(
+                "/api/v1/upstreams",
+                content=b'{"host": "h", "port": 1}',
+                headers={"Content-Type": "x"},
+            ),
+            415,
         )
 
         # messages spread over both, then drain B: nothing new goes to it

@@ -93,6 +93,14 @@ class InputStreamRequest(betterproto.Message):
     transport: str = betterproto.string_field(7)
     disconnect_reason: "InputStreamRequestDisconnectReason" = betterproto.enum_field(8)
     disconnect_detail: str = betterproto.string_field(9)
+    seq: int = betterproto.uint64_field(10)
+    """
+    Extension: acknowledgements. Set only on the stream of an upstream
+     configured with `acks = true`; every other upstream sees none of them.
+    """
+
+    message_id: str = betterproto.string_field(11)
+    delivery_attempt: int = betterproto.uint32_field(12)
 
 
 @dataclass(eq=False, repr=False)
@@ -117,6 +125,13 @@ class OutputStreamRequest(betterproto.Message):
     multicast: "ClientList" = betterproto.message_field(6, group="target")
     payload: bytes = betterproto.bytes_field(4)
     action: "OutputStreamRequestAction" = betterproto.enum_field(5)
+    acks: List[int] = betterproto.uint64_field(7)
+    """
+    Extension: acknowledgements (upstreams with `acks = true`). The seqs of
+     this stream's requests the upstream is done with. A message with acks and
+     no target is an acknowledgement and nothing else; acks may also ride on
+     a reply.
+    """
 
 
 class UpstreamPeerServiceStub(betterproto.ServiceStub):
