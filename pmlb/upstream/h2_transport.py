@@ -49,6 +49,8 @@ _READ_SIZE = 256 * 1024
 #: so a large window only saves round trips.
 _RECEIVE_WINDOW = 8 * 1024 * 1024
 _MAX_FRAME_SIZE = 1024 * 1024
+#: bytes of a stream's data written at most in one socket write
+_WRITE_CHUNK = 256 * 1024
 
 _STATUS_NAMES = {
     0: "OK",
@@ -391,8 +393,11 @@ class _Connection:
                     )
                     continue
                 frame = min(window, h2conn.max_outbound_frame_size)
-                # Hand everything the window allows to h2 before one socket write.
+                # Hand what the window allows to h2 before one socket write, up
+                # to _WRITE_CHUNK: a slow upstream then shows its progress
+                # (one write of megabytes may take it seconds).
                 frames = 0
+                window = min(window, _WRITE_CHUNK)
                 while pos < total and window > 0:
                     size = min(frame, window, total - pos)
                     h2conn.send_data(stream_id, view[pos : pos + size].tobytes())
