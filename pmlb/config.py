@@ -121,7 +121,8 @@ An example using every table::
     ``stall_timeout`` (seconds its writes may make no progress while messages
     wait for it, a flow-control window held at 0, before it counts as failed
     and its queued messages fail over, default 10; after one second it
-    already gets no new messages while another upstream has room),
+    already gets no new messages while another upstream has room; an upstream
+    with no other one to fail over to is never failed for a stall),
     ``transport``: ``"native"`` (default: pmlb's own HTTP/2 client on Trio,
     the faster) or ``"grpclib"`` (grpclib driven through trio-asyncio), the
     TLS keys of the example, and ``events`` (``true``: also send this upstream

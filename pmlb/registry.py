@@ -486,6 +486,10 @@ class Registry:
             log.info("upstream writes progress again", extra=fields)
         self.events.publish("upstream.stalled", upstream=upstream.address, stalled=stalled)
 
+    def others_flowing(self, upstream: Upstream) -> bool:
+        """Whether another serving upstream is not stalled (could take this one's messages)."""
+        return any(u is not upstream and not u.stalled for u in self._serving)
+
     async def wait_upstream_state(self, address: str, state: UpstreamState) -> None:
         """Return once the upstream at ``address`` is in ``state`` (``removed``: gone)."""
         while True:

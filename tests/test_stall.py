@@ -115,3 +115,23 @@ async def test_a_stall_that_ends_in_time_changes_nothing_else(
         for i in range(60, 70):
             await registry.dispatch(batch(i))
         await slow.wait_until(lambda: len(slow.received) > before)
+
+
+async def test_a_lone_stalled_upstream_is_reported_but_not_failed(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Failing it would send its messages nowhere and lose those it was written.
+    stuck = FakeUpstream(hold_window=True)
+    registry, (b,) = await start(nursery, [stuck], stall_timeout=5.0)
+
+    async def reader() -> None:
+        for i in range(60):
+            await registry.dispatch(batch(i))
+
+    nursery.start_soon(reader)  # held back once the window and the queue are full
+    with trio.move_on_after(60):
+        await registry.wait_upstream_state(b.address, UpstreamState.UNHEALTHY)
+    assert len(b.outbox) >= 50
+    assert b.state is UpstreamState.SERVING
+    assert b.stalled
+    assert b.failures == 0

@@ -257,7 +257,11 @@ async def main(args: argparse.Namespace) -> None:
             )
         finally:
             pmlb.terminate()
-            pmlb.wait(10)
+            try:
+                pmlb.wait(5)
+            except subprocess.TimeoutExpired:  # a drain held up by the stalled upstream
+                pmlb.kill()
+                pmlb.wait(5)
             echo.kill()
             echo.wait(10)
             os.unlink(f.name)

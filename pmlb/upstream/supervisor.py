@@ -278,7 +278,10 @@ async def _watch_writes(upstream: Upstream, registry: Registry) -> None:
                 await outbox.wait_nonempty()
                 continue
             waited = trio.current_time() - since
-            if waited >= timeout:
+            # Failing it helps only if its messages have somewhere to go: a
+            # lone upstream stays (stalled, its clients held back), since
+            # failing it would lose what it was written and not answered.
+            if waited >= timeout and registry.others_flowing(upstream):
                 raise UpstreamError(
                     f"stalled: nothing written for {timeout:g}s while messages waited"
                     " (stall_timeout)"
@@ -289,7 +292,10 @@ async def _watch_writes(upstream: Upstream, registry: Registry) -> None:
                 await trio.sleep_until(since + mark_after)
             else:
                 registry.set_upstream_stalled(upstream, True, waited=waited)
-                with trio.move_on_at(since + timeout):
+                deadline = since + timeout
+                if waited >= timeout:
+                    deadline = trio.current_time() + mark_after  # look for another again
+                with trio.move_on_at(deadline):
                     await outbox.wait_progress()
     finally:
         registry.set_upstream_stalled(upstream, False)
