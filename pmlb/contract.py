@@ -6,6 +6,19 @@ with grpclib::
     from grpclib.server import Server
     from pmlb.contract import UpstreamPeerServiceBase
 
+An upstream with ``acks = true`` in pmlb acknowledges each request it has
+handled by its ``seq`` (on a reply, or alone) and drops redeliveries it has
+handled already by ``message_id``::
+
+    if request.delivery_attempt > 1 and request.message_id in handled:
+        yield OutputStreamRequest(acks=[request.seq])
+    else:
+        handled.add(request.message_id)
+        yield OutputStreamRequest(client_uuid=request.client_uuid, payload=b"...",
+                                  acks=[request.seq])
+
+(examples/echo_upstream.py ``--acks``; docs/contract.md, "Acknowledgements").
+
 pmlb itself never uses these classes on its data path (they cost ~100x the
 protobuf runtime per message); they are the convenient API for upstreams.
 """

@@ -194,6 +194,7 @@ class RegistryCollector(Collector):
         yield stalls
         yield upstream_messages
         yield failures
+        yield from _ack_metrics(registry)
         yield GaugeMetricFamily(
             "pmlb_upstreams_serving", "Upstreams serving now.", value=stats.upstreams_serving
         )
@@ -241,6 +242,50 @@ class RegistryCollector(Collector):
             "Admin event stream consumers dropped for falling behind.",
             value=registry.events.dropped_subscribers,
         )
+
+
+def _ack_metrics(registry: Registry) -> Iterator[Metric]:
+    """Per upstream with ``acks = true``: the unacknowledged, acks, redeliveries, latency."""
+    unacked = GaugeMetricFamily(
+        "pmlb_upstream_unacked",
+        "Requests written to an upstream with acks and not acknowledged yet.",
+        labels=["upstream"],
+    )
+    acks = CounterMetricFamily(
+        "pmlb_upstream_acks",
+        "Acknowledgements received: matched, or unknown (no such seq, or acked already).",
+        labels=["upstream", "kind"],
+    )
+    redelivered = CounterMetricFamily(
+        "pmlb_upstream_redelivered",
+        "Unacknowledged requests of a failed upstream dispatched again.",
+        labels=["upstream"],
+    )
+    undeliverable = CounterMetricFamily(
+        "pmlb_upstream_undeliverable",
+        "Unacknowledged requests dropped after max_deliveries deliveries.",
+        labels=["upstream"],
+    )
+    latency = HistogramMetricFamily(
+        "pmlb_ack_latency_seconds",
+        "Time from writing a request to an upstream's stream to its acknowledgement.",
+        labels=["upstream"],
+    )
+    for address, upstream in list(registry.upstreams.items()):
+        table = upstream.outbox.unacked
+        if table is None:
+            continue
+        unacked.add_metric([address], len(table))
+        acks.add_metric([address, "received"], table.acks_received)
+        acks.add_metric([address, "unknown"], table.acks_unknown)
+        redelivered.add_metric([address], upstream.redelivered)
+        undeliverable.add_metric([address], upstream.undeliverable)
+        latency.add_metric([address], table.latency.cumulative(), table.latency.total)
+    yield unacked
+    yield acks
+    yield redelivered
+    yield undeliverable
+    yield latency
 
 
 def metrics_registry(registry: Registry) -> CollectorRegistry:

@@ -604,10 +604,12 @@ class Registry:
                 for client in self._targets(reply.multicast.client_uuids):
                     if client.send(payload):
                         self.messages_to_clients += 1
-            else:
+            elif not reply.acks:
                 self._invalid(
                     "message without a target (neither client_uuid, broadcast nor multicast)"
                 )
+            # else: an acknowledgement alone, read (with acks = true) by the
+            # upstream's supervisor before this
 
     def _targets(self, uuids: Iterable[str]) -> list[Client]:
         """The clients with these UUIDs, each once; unknown ones are counted and logged."""

@@ -16,9 +16,12 @@ import pytest
 import trio
 import trio.testing
 import trio_asyncio
+from prometheus_client import generate_latest
 
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.config import Config, UpstreamConfig
+from pmlb.downstream.client import Client
+from pmlb.metrics import metrics_registry
 from pmlb.registry import Registry
 from pmlb.upstream.acks import MessageIds, Unacked
 from pmlb.upstream.grpclib_transport import GrpclibTransport
@@ -148,8 +151,11 @@ async def test_acks_on_replies_or_alone_empty_the_table(
             with trio.fail_after(5):
                 await registry.flush_upstreams()  # returns once all are acknowledged
             stats = registry.statistics()
+            scraped = generate_latest(metrics_registry(registry)).decode()
             nursery.cancel_scope.cancel()
-    assert [r.seq for r in fake.received] == list(range(1, 11))
+    assert 'pmlb_upstream_acks_total{kind="received",upstream="upstream.test:1"} 10.0' in scraped
+    assert 'pmlb_upstream_unacked{upstream="upstream.test:1"} 0.0' in scraped
+    assert 'pmlb_ack_latency_seconds_count{upstream="upstream.test:1"} 10.0' in scraped
     assert len({r.message_id for r in fake.received}) == 10
     assert {r.delivery_attempt for r in fake.received} == {1}
     assert (stats.unacked, stats.acks_received, stats.acks_unknown) == (0, 10, 0)
@@ -276,6 +282,7 @@ async def test_ack_timeout_fails_the_upstream_and_max_deliveries_drops(
             await registry.wait_upstream_state(upstream.address, SERVING)
             await registry.wait_upstream_state(upstream.address, UNHEALTHY)
             stats = registry.statistics()
+            scraped = generate_latest(metrics_registry(registry)).decode()
             # nothing more comes: they were dropped, not redelivered a fourth time
             await registry.wait_upstream_state(upstream.address, SERVING)
             await trio.sleep(10)
@@ -290,6 +297,7 @@ async def test_ack_timeout_fails_the_upstream_and_max_deliveries_drops(
     ]
     assert len({r.message_id for r in fake.received}) == 2
     assert (stats.redelivered, stats.undeliverable, upstream.undeliverable) == (4, 2, 2)
+    assert 'pmlb_upstream_undeliverable_total{upstream="upstream.test:1"} 2.0' in scraped
     assert upstream.state is UpstreamState.REMOVED or upstream.unacked == 0
 
 
@@ -405,3 +413,23 @@ async def test_both_transports_redeliver_after_a_reset(name: str) -> None:
     assert [(r.payload, r.delivery_attempt) for r in again] == [(b"m3", 2), (b"m4", 2)]
     assert [r.message_id for r in again] == [r.message_id for r in fake.received[3:5]]
     assert (stats.unacked, stats.acks_received, stats.redelivered) == (0, 5, 2)
+
+
+async def test_lifecycle_events_are_acknowledged_and_redelivered_too() -> None:
+    registry = Registry(Config())
+    dying = registry.add_upstream(UpstreamConfig(host="a", port=1, acks=True, events=True))
+    plain = registry.add_upstream(UpstreamConfig(host="b", port=1, events=True))
+    registry.set_upstream_state(dying, SERVING)
+    client = Client(
+        "c", listener="l", remote="x", transport="tcp", queue_limit=1, scope=trio.CancelScope()
+    )
+    registry.add_client(client)
+    [event] = dying.outbox.take_nowait()
+    assert event.event == pb.InputStreamRequest.EVENT_CONNECTED
+    assert (event.seq, event.delivery_attempt) == (1, 1)
+    assert event.message_id
+    registry.set_upstream_state(dying, UNHEALTHY)
+    registry.set_upstream_state(plain, SERVING)
+    [again] = plain.outbox.take_nowait()
+    assert again.event == pb.InputStreamRequest.EVENT_CONNECTED
+    assert ack_fields(again) == (0, "", 0)  # to an upstream without acks: as ever

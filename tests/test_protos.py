@@ -96,6 +96,8 @@ def test_the_contract_keeps_its_original_names_and_numbers() -> None:
         "DISCONNECT_DRAIN": 5,
         "DISCONNECT_UPSTREAM_ACTION": 6,
         "DISCONNECT_ERROR": 7,
+        # extension: a client that broke its protocol (issue 17)
+        "DISCONNECT_PROTOCOL_ERROR": 8,
     }
     assert dict(pb.OutputStreamRequest.Action.items()) == {
         "ACTION_SEND": 0,

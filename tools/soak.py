@@ -8,6 +8,9 @@ their echoes (at most ``--echo-timeout`` seconds), disconnect, pause up to
 ``--pause`` seconds and start again, while every ``--restart-every`` seconds
 the next upstream is stopped (SIGTERM) and started again on its port. It stops
 by itself after ``--duration`` seconds or ``--max-connections`` connections.
+With ``--acks``, the upstreams acknowledge every request and pmlb has
+``acks = true`` on each (docs/contract.md): then nothing may be lost, and
+an echo that comes twice (a redelivery) counts as an unexpected line.
 
 Once the clients are gone and pmlb reports no client and every upstream
 serving, it compares pmlb's open file descriptors and RSS with their values
@@ -28,6 +31,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -219,7 +223,10 @@ class Soak:
         self.connections_left = args.max_connections
 
     async def start_upstream(self, nursery: trio.Nursery, port: int = 0) -> tuple[Proc, int]:
-        proc = Proc(f"upstream :{port}", [sys.executable, str(ECHO_UPSTREAM), "--port", str(port)])
+        command = [sys.executable, str(ECHO_UPSTREAM), "--port", str(port)]
+        if self.args.acks:
+            command.append("--acks")
+        proc = Proc(f"upstream :{port}", command)
         nursery.start_soon(proc.pump)
         match = await proc.wait_for(r"^LISTENING (\d+)$")
         return proc, int(match.group(1))
@@ -233,8 +240,18 @@ class Soak:
             sys.executable, "-m", "pmlb", "serve", "--host", "127.0.0.1", "--port", "0",
             "--admin-port", "0", "--framing", "line", "--log-level", "info",
         ]  # fmt: skip
-        for port in self.ports:
-            args += ["--upstream", f"127.0.0.1:{port}"]
+        if self.args.acks:
+            # acks is an [[upstream]] key only, not a flag: a config file it is.
+            upstreams = "".join(
+                f'[[upstream]]\nhost = "127.0.0.1"\nport = {port}\nacks = true\n'
+                for port in self.ports
+            )
+            config = Path(tempfile.mkdtemp(prefix="pmlb-soak-")) / "pmlb.toml"
+            config.write_text(upstreams)
+            args += ["--config", str(config)]
+        else:
+            for port in self.ports:
+                args += ["--upstream", f"127.0.0.1:{port}"]
         self.pmlb = pmlb = Proc("pmlb", args)
         nursery.start_soon(pmlb.pump)
         match = await pmlb.wait_for(r"listening listener=default address=127\.0\.0\.1:(\d+)")
@@ -457,6 +474,11 @@ def table(r: dict[str, Any]) -> str:
             f"{p.get('messages_from_clients', 0):,} / {p.get('messages_to_clients', 0):,}",
         ),
         ("pmlb unknown_client (echo after its client left)", p.get("unknown_client")),
+        (
+            "pmlb acks received / redelivered / undeliverable",
+            f"{p.get('acks_received', 0):,} / {p.get('redelivered', 0):,}"
+            f" / {p.get('undeliverable', 0):,}",
+        ),
         ("pmlb disconnects", p.get("disconnects")),
         (
             "pmlb warnings",
@@ -485,6 +507,9 @@ def main() -> None:
     parser.add_argument("--restart-every", type=float, default=20.0, help="seconds")
     parser.add_argument("--max-connections", type=int, default=1_000_000)
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    parser.add_argument(
+        "--acks", action="store_true", help="upstreams that acknowledge, acks = true in pmlb"
+    )
     args = parser.parse_args()
     if args.upstreams < 2:
         parser.error("--upstreams must be at least 2: one serves while another restarts")

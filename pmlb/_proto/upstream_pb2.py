@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0eupstream.proto\x12\x15upstream.grpc.service\x1a\x1bgoogle/protobuf/empty.proto\"*\n\x0bReadyResult\x12\x0c\n\x04time\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\"(\n\nLiveResult\x12\x0c\n\x04time\x18\x01 \x01(\t\x12\x0c\n\x04live\x18\x02 \x01(\x08\"\xa1\x05\n\x12InputStreamRequest\x12\x0c\n\x04time\x18\x01 \x01(\t\x12\x13\n\x0b\x63lient_uuid\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12>\n\x05\x65vent\x18\x04 \x01(\x0e\x32/.upstream.grpc.service.InputStreamRequest.Event\x12\x16\n\x0eremote_address\x18\x05 \x01(\t\x12\x10\n\x08listener\x18\x06 \x01(\t\x12\x11\n\ttransport\x18\x07 \x01(\t\x12U\n\x11\x64isconnect_reason\x18\x08 \x01(\x0e\x32:.upstream.grpc.service.InputStreamRequest.DisconnectReason\x12\x19\n\x11\x64isconnect_detail\x18\t \x01(\t\x12\x0b\n\x03seq\x18\n \x01(\x04\x12\x12\n\nmessage_id\x18\x0b \x01(\t\x12\x18\n\x10\x64\x65livery_attempt\x18\x0c \x01(\r\"G\n\x05\x45vent\x12\x11\n\rEVENT_MESSAGE\x10\x00\x12\x13\n\x0f\x45VENT_CONNECTED\x10\x01\x12\x16\n\x12\x45VENT_DISCONNECTED\x10\x02\"\xe3\x01\n\x10\x44isconnectReason\x12!\n\x1d\x44ISCONNECT_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44ISCONNECT_CLIENT_CLOSED\x10\x01\x12\x15\n\x11\x44ISCONNECT_KICKED\x10\x02\x12\x16\n\x12\x44ISCONNECT_TOO_BIG\x10\x03\x12\x13\n\x0f\x44ISCONNECT_SLOW\x10\x04\x12\x14\n\x10\x44ISCONNECT_DRAIN\x10\x05\x12\x1e\n\x1a\x44ISCONNECT_UPSTREAM_ACTION\x10\x06\x12\x14\n\x10\x44ISCONNECT_ERROR\x10\x07\"\"\n\nClientList\x12\x14\n\x0c\x63lient_uuids\x18\x01 \x03(\t\"\xab\x03\n\x13OutputStreamRequest\x12\x0c\n\x04time\x18\x01 \x01(\t\x12\x15\n\x0b\x63lient_uuid\x18\x02 \x01(\tH\x00\x12I\n\tbroadcast\x18\x03 \x01(\x0e\x32\x34.upstream.grpc.service.OutputStreamRequest.BroadcastH\x00\x12\x36\n\tmulticast\x18\x06 \x01(\x0b\x32!.upstream.grpc.service.ClientListH\x00\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x41\n\x06\x61\x63tion\x18\x05 \x01(\x0e\x32\x31.upstream.grpc.service.OutputStreamRequest.Action\x12\x0c\n\x04\x61\x63ks\x18\x07 \x03(\x04\"N\n\tBroadcast\x12\x11\n\rBROADCAST_ALL\x10\x00\x12\x14\n\x10\x42ROADCAST_ACTIVE\x10\x01\x12\x18\n\x14\x42ROADCAST_NOT_ACTIVE\x10\x02\"0\n\x06\x41\x63tion\x12\x0f\n\x0b\x41\x43TION_SEND\x10\x00\x12\x15\n\x11\x41\x43TION_DISCONNECT\x10\x01\x42\x08\n\x06target2\x96\x02\n\x13UpstreamPeerService\x12s\n\x16\x62idirectionalStreaming\x12).upstream.grpc.service.InputStreamRequest\x1a*.upstream.grpc.service.OutputStreamRequest(\x01\x30\x01\x12\x43\n\x05ready\x12\x16.google.protobuf.Empty\x1a\".upstream.grpc.service.ReadyResult\x12\x45\n\x04live\x12\x16.google.protobuf.Empty\x1a!.upstream.grpc.service.LiveResult(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0eupstream.proto\x12\x15upstream.grpc.service\x1a\x1bgoogle/protobuf/empty.proto\"*\n\x0bReadyResult\x12\x0c\n\x04time\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\"(\n\nLiveResult\x12\x0c\n\x04time\x18\x01 \x01(\t\x12\x0c\n\x04live\x18\x02 \x01(\x08\"\xc0\x05\n\x12InputStreamRequest\x12\x0c\n\x04time\x18\x01 \x01(\t\x12\x13\n\x0b\x63lient_uuid\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12>\n\x05\x65vent\x18\x04 \x01(\x0e\x32/.upstream.grpc.service.InputStreamRequest.Event\x12\x16\n\x0eremote_address\x18\x05 \x01(\t\x12\x10\n\x08listener\x18\x06 \x01(\t\x12\x11\n\ttransport\x18\x07 \x01(\t\x12U\n\x11\x64isconnect_reason\x18\x08 \x01(\x0e\x32:.upstream.grpc.service.InputStreamRequest.DisconnectReason\x12\x19\n\x11\x64isconnect_detail\x18\t \x01(\t\x12\x0b\n\x03seq\x18\n \x01(\x04\x12\x12\n\nmessage_id\x18\x0b \x01(\t\x12\x18\n\x10\x64\x65livery_attempt\x18\x0c \x01(\r\"G\n\x05\x45vent\x12\x11\n\rEVENT_MESSAGE\x10\x00\x12\x13\n\x0f\x45VENT_CONNECTED\x10\x01\x12\x16\n\x12\x45VENT_DISCONNECTED\x10\x02\"\x82\x02\n\x10\x44isconnectReason\x12!\n\x1d\x44ISCONNECT_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44ISCONNECT_CLIENT_CLOSED\x10\x01\x12\x15\n\x11\x44ISCONNECT_KICKED\x10\x02\x12\x16\n\x12\x44ISCONNECT_TOO_BIG\x10\x03\x12\x13\n\x0f\x44ISCONNECT_SLOW\x10\x04\x12\x14\n\x10\x44ISCONNECT_DRAIN\x10\x05\x12\x1e\n\x1a\x44ISCONNECT_UPSTREAM_ACTION\x10\x06\x12\x14\n\x10\x44ISCONNECT_ERROR\x10\x07\x12\x1d\n\x19\x44ISCONNECT_PROTOCOL_ERROR\x10\x08\"\"\n\nClientList\x12\x14\n\x0c\x63lient_uuids\x18\x01 \x03(\t\"\xab\x03\n\x13OutputStreamRequest\x12\x0c\n\x04time\x18\x01 \x01(\t\x12\x15\n\x0b\x63lient_uuid\x18\x02 \x01(\tH\x00\x12I\n\tbroadcast\x18\x03 \x01(\x0e\x32\x34.upstream.grpc.service.OutputStreamRequest.BroadcastH\x00\x12\x36\n\tmulticast\x18\x06 \x01(\x0b\x32!.upstream.grpc.service.ClientListH\x00\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x41\n\x06\x61\x63tion\x18\x05 \x01(\x0e\x32\x31.upstream.grpc.service.OutputStreamRequest.Action\x12\x0c\n\x04\x61\x63ks\x18\x07 \x03(\x04\"N\n\tBroadcast\x12\x11\n\rBROADCAST_ALL\x10\x00\x12\x14\n\x10\x42ROADCAST_ACTIVE\x10\x01\x12\x18\n\x14\x42ROADCAST_NOT_ACTIVE\x10\x02\"0\n\x06\x41\x63tion\x12\x0f\n\x0b\x41\x43TION_SEND\x10\x00\x12\x15\n\x11\x41\x43TION_DISCONNECT\x10\x01\x42\x08\n\x06target2\x96\x02\n\x13UpstreamPeerService\x12s\n\x16\x62idirectionalStreaming\x12).upstream.grpc.service.InputStreamRequest\x1a*.upstream.grpc.service.OutputStreamRequest(\x01\x30\x01\x12\x43\n\x05ready\x12\x16.google.protobuf.Empty\x1a\".upstream.grpc.service.ReadyResult\x12\x45\n\x04live\x12\x16.google.protobuf.Empty\x1a!.upstream.grpc.service.LiveResult(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,19 +37,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LIVERESULT']._serialized_start=114
   _globals['_LIVERESULT']._serialized_end=154
   _globals['_INPUTSTREAMREQUEST']._serialized_start=157
-  _globals['_INPUTSTREAMREQUEST']._serialized_end=830
+  _globals['_INPUTSTREAMREQUEST']._serialized_end=861
   _globals['_INPUTSTREAMREQUEST_EVENT']._serialized_start=529
   _globals['_INPUTSTREAMREQUEST_EVENT']._serialized_end=600
   _globals['_INPUTSTREAMREQUEST_DISCONNECTREASON']._serialized_start=603
-  _globals['_INPUTSTREAMREQUEST_DISCONNECTREASON']._serialized_end=830
-  _globals['_CLIENTLIST']._serialized_start=832
-  _globals['_CLIENTLIST']._serialized_end=866
-  _globals['_OUTPUTSTREAMREQUEST']._serialized_start=869
-  _globals['_OUTPUTSTREAMREQUEST']._serialized_end=1296
-  _globals['_OUTPUTSTREAMREQUEST_BROADCAST']._serialized_start=1158
-  _globals['_OUTPUTSTREAMREQUEST_BROADCAST']._serialized_end=1236
-  _globals['_OUTPUTSTREAMREQUEST_ACTION']._serialized_start=1238
-  _globals['_OUTPUTSTREAMREQUEST_ACTION']._serialized_end=1286
-  _globals['_UPSTREAMPEERSERVICE']._serialized_start=1299
-  _globals['_UPSTREAMPEERSERVICE']._serialized_end=1577
+  _globals['_INPUTSTREAMREQUEST_DISCONNECTREASON']._serialized_end=861
+  _globals['_CLIENTLIST']._serialized_start=863
+  _globals['_CLIENTLIST']._serialized_end=897
+  _globals['_OUTPUTSTREAMREQUEST']._serialized_start=900
+  _globals['_OUTPUTSTREAMREQUEST']._serialized_end=1327
+  _globals['_OUTPUTSTREAMREQUEST_BROADCAST']._serialized_start=1189
+  _globals['_OUTPUTSTREAMREQUEST_BROADCAST']._serialized_end=1267
+  _globals['_OUTPUTSTREAMREQUEST_ACTION']._serialized_start=1269
+  _globals['_OUTPUTSTREAMREQUEST_ACTION']._serialized_end=1317
+  _globals['_UPSTREAMPEERSERVICE']._serialized_start=1330
+  _globals['_UPSTREAMPEERSERVICE']._serialized_end=1608
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,7 @@ class InputStreamRequest(_message.Message):
         DISCONNECT_DRAIN: _ClassVar[InputStreamRequest.DisconnectReason]
         DISCONNECT_UPSTREAM_ACTION: _ClassVar[InputStreamRequest.DisconnectReason]
         DISCONNECT_ERROR: _ClassVar[InputStreamRequest.DisconnectReason]
+        DISCONNECT_PROTOCOL_ERROR: _ClassVar[InputStreamRequest.DisconnectReason]
     DISCONNECT_REASON_UNSPECIFIED: InputStreamRequest.DisconnectReason
     DISCONNECT_CLIENT_CLOSED: InputStreamRequest.DisconnectReason
     DISCONNECT_KICKED: InputStreamRequest.DisconnectReason
@@ -52,6 +53,7 @@ class InputStreamRequest(_message.Message):
     DISCONNECT_DRAIN: InputStreamRequest.DisconnectReason
     DISCONNECT_UPSTREAM_ACTION: InputStreamRequest.DisconnectReason
     DISCONNECT_ERROR: InputStreamRequest.DisconnectReason
+    DISCONNECT_PROTOCOL_ERROR: InputStreamRequest.DisconnectReason
     TIME_FIELD_NUMBER: _ClassVar[int]
     CLIENT_UUID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]

@@ -70,6 +70,7 @@ def _error(status: int, message: str, fields: list[str] | None = None) -> tuple[
 
 def _upstream_view(upstream: Upstream) -> s.Upstream:
     config = upstream.config
+    unacked = upstream.outbox.unacked
     return s.Upstream(
         address=upstream.address,
         host=config.host,
@@ -89,6 +90,12 @@ def _upstream_view(upstream: Upstream) -> s.Upstream:
         messages_from_upstream=upstream.messages_received,
         messages_written=upstream.messages_written,
         queued=len(upstream.outbox),
+        acks=config.acks,
+        unacked=upstream.unacked,
+        acks_received=unacked.acks_received if unacked is not None else 0,
+        acks_unknown=unacked.acks_unknown if unacked is not None else 0,
+        redelivered=upstream.redelivered,
+        undeliverable=upstream.undeliverable,
     )
 
 
@@ -300,6 +307,13 @@ def create_app(
             config = attrs.evolve(config, live_interval=body.live_interval)
             if body.transport is not None:
                 config = attrs.evolve(config, transport=body.transport)
+            config = attrs.evolve(
+                config,
+                acks=body.acks,
+                max_unacked=body.max_unacked,
+                ack_timeout=body.ack_timeout,
+                max_deliveries=body.max_deliveries,
+            )
         if config.address in registry.upstreams:
             raise _Conflict(f"upstream {config.address} already exists")
         upstream = registry.start_upstream(config)
@@ -458,6 +472,11 @@ def create_app(
                 awaiting_upstream=stats.awaiting_upstream,
                 refused=stats.refused,
                 disconnects=stats.disconnects,
+                unacked=stats.unacked,
+                acks_received=stats.acks_received,
+                acks_unknown=stats.acks_unknown,
+                redelivered=stats.redelivered,
+                undeliverable=stats.undeliverable,
             ),
         )
 

@@ -42,6 +42,11 @@ class UpstreamIn(_Strict):
     live_interval: float = Field(default=5.0, gt=0, le=86400)
     #: the gRPC transport (default: the configured default)
     transport: Literal["native", "grpclib"] | None = None
+    #: acknowledgements (see docs/contract.md) and their limits
+    acks: bool = False
+    max_unacked: int = Field(default=10_000, ge=1, le=10_000_000)
+    ack_timeout: float = Field(default=30.0, gt=0, le=86400)
+    max_deliveries: int = Field(default=5, ge=1, le=1000)
 
 
 class LegacyUpstreamIn(_Strict):
@@ -74,6 +79,14 @@ class Upstream(BaseModel):
     #: messages written to its stream (failed-over ones included, requeued ones not)
     messages_written: int
     queued: int
+    #: with acks: written and not acknowledged; acks received and unknown
+    #: ones; requests redelivered elsewhere, and dropped after max_deliveries
+    acks: bool = False
+    unacked: int = 0
+    acks_received: int = 0
+    acks_unknown: int = 0
+    redelivered: int = 0
+    undeliverable: int = 0
 
 
 class UpstreamList(BaseModel):
@@ -180,6 +193,12 @@ class Stats(BaseModel):
     awaiting_upstream: int
     refused: int
     disconnects: dict[str, int]
+    #: acknowledgements, all upstreams together (see Upstream)
+    unacked: int = 0
+    acks_received: int = 0
+    acks_unknown: int = 0
+    redelivered: int = 0
+    undeliverable: int = 0
 
 
 class Runtime(BaseModel):

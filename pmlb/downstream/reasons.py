@@ -22,10 +22,13 @@ class DisconnectKind(enum.Enum):
     DRAIN = 5
     UPSTREAM_ACTION = 6
     ERROR = 7
+    PROTOCOL_ERROR = 8
 
 
 #: The reason pmlb gives when an upstream asks to disconnect a client.
 UPSTREAM_ACTION = "disconnected by an upstream"
+#: How the reason for a client that broke its protocol starts.
+PROTOCOL_ERROR = "protocol error"
 #: The reason when pmlb stops (or drains) and closes its clients.
 STOPPING = "pmlb is stopping"
 #: The reason a graceful drain gives a client it closes, once its queue is written.
@@ -34,6 +37,7 @@ DRAINING = "pmlb is draining"
 # Checked in order, against the lower-cased reason.
 _MARKERS: tuple[tuple[str, DisconnectKind], ...] = (
     (UPSTREAM_ACTION, DisconnectKind.UPSTREAM_ACTION),
+    (PROTOCOL_ERROR, DisconnectKind.PROTOCOL_ERROR),
     ("exceeds max_message_size", DisconnectKind.TOO_BIG),
     ("too big", DisconnectKind.TOO_BIG),
     ("slow client", DisconnectKind.SLOW),
@@ -68,4 +72,6 @@ WEBSOCKET_CLOSE_CODES = {
     DisconnectKind.DRAIN: 1001,
     DisconnectKind.UPSTREAM_ACTION: 1008,
     DisconnectKind.ERROR: 1011,
+    # 1007 for invalid UTF-8 is sent where the violation is found (websocket.py)
+    DisconnectKind.PROTOCOL_ERROR: 1002,
 }

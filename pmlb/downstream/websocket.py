@@ -28,11 +28,15 @@ pong does not come within ``ping_timeout``. Close codes say why: 1009 for a
 message over ``max_message_size``, 1001 when pmlb stops or drains, 1008
 (policy) for a limit (``max_clients``, ``idle_timeout``), a slow client or a
 disconnection ordered by an upstream or the admin, 1000 when the client
-closed, 1011 for a missing pong or anything else.
+closed, 1011 for a missing pong or anything else. A client that breaks RFC
+6455 (an unmasked frame, reserved bits, a bad length: 1002; invalid UTF-8 in
+a text message, fragmented or not: 1007) is told so with that code and
+counted as bad input; its disconnection is a protocol error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import time
@@ -41,11 +45,14 @@ from functools import partial
 
 import trio
 from trio_websocket import (
+    CloseReason,
     ConnectionClosed,
     WebSocketConnection,
     WebSocketRequest,
     wrap_server_stream,
 )
+from wsproto.connection import ConnectionState
+from wsproto.events import CloseConnection
 
 from pmlb._log import RateLimited
 from pmlb._proto import upstream_pb2 as pb
@@ -53,7 +60,13 @@ from pmlb._time import rfc3339_now
 from pmlb.config import ListenerConfig, format_address
 from pmlb.downstream.accept import serve_listeners
 from pmlb.downstream.client import Client
-from pmlb.downstream.reasons import DRAINING, STOPPING, WEBSOCKET_CLOSE_CODES, classify
+from pmlb.downstream.reasons import (
+    DRAINING,
+    PROTOCOL_ERROR,
+    STOPPING,
+    WEBSOCKET_CLOSE_CODES,
+    classify,
+)
 from pmlb.downstream.tcp import Gate, PrefixedStream, handshake, server_ssl_context
 from pmlb.registry import Registry
 
@@ -64,6 +77,9 @@ _refusal_log = RateLimited(log)
 DISCONNECT_TIMEOUT = 2.0
 #: close code for a limit or another policy (RFC 6455 section 7.4.1)
 POLICY_VIOLATION = 1008
+#: the close codes wsproto gives a frame RFC 6455 forbids: a protocol error,
+#: invalid UTF-8 in a text message
+VIOLATION_CODES = frozenset({1002, 1007})
 #: connections over ``max_clients`` that may be in their upgrade at once, to
 #: be told 1008; past that, more are closed at once, as on TCP
 MAX_COURTESY_CLOSES = 64
@@ -220,6 +236,7 @@ async def _handle_request(
         ws = await request.accept()
     except ConnectionClosed:
         return
+    corked.watch(ws)
     if refusal is not None:
         _refusal_log.warning(
             "connection refused", listener=config.name, peer=remote, reason=refusal
@@ -273,7 +290,7 @@ async def _run_client(
             texts = _TextState(config.websocket_reply)
             nursery.start_soon(_write, ws, corked, client, texts)
             nursery.start_soon(_keepalive, ws, client, config)
-            await _read(ws, client, config, registry, texts)
+            await _read(ws, corked, client, config, registry, texts)
     finally:
         if client is not None:
             counters = registry.connections
@@ -288,6 +305,22 @@ async def _run_client(
             log.info("client disconnected", extra=fields)
 
 
+def violation(ws: WebSocketConnection | None) -> CloseReason | None:
+    """The close reason if the client broke RFC 6455 and no close frame was exchanged.
+
+    wsproto reports a forbidden frame as a close with 1002 or 1007 that no
+    one sent: the connection is still open (a client that sends a close
+    frame with one of these codes moves it on). trio-websocket then closes
+    the stream without a word; :meth:`_Corked.aclose` tells the client.
+    """
+    reason = None if ws is None else ws.closed
+    if reason is None or reason.code not in VIOLATION_CODES:
+        return None
+    state = getattr(getattr(ws, "_wsproto", None), "state", None)
+    # Without the state (another trio-websocket), every 1002/1007 is one.
+    return reason if state in (ConnectionState.OPEN, None) else None
+
+
 class _Corked(trio.abc.Stream):
     """Holds what is sent while ``corked`` and sends it in one piece on :meth:`flush`.
 
@@ -295,6 +328,9 @@ class _Corked(trio.abc.Stream):
     corks the stream around a batch so that the batch goes out in one write.
     Anything sent while not corked (pongs, the close frame) goes out at once,
     after whatever is still held, so that the order on the wire is kept.
+
+    Also the stream trio-websocket closes when a client breaks the protocol:
+    the close frame saying so goes out first (see :func:`violation`).
     """
 
     def __init__(self, stream: trio.abc.Stream) -> None:
@@ -302,6 +338,21 @@ class _Corked(trio.abc.Stream):
         self._held: list[bytes] = []
         self._lock = trio.StrictFIFOLock()
         self.corked = False
+        self._ws: WebSocketConnection | None = None
+        self._violation: CloseReason | None = None
+
+    def watch(self, ws: WebSocketConnection) -> None:
+        """Report ``ws``'s protocol violations when it closes this stream."""
+        self._ws = ws
+
+    def violation(self) -> CloseReason | None:
+        """The client's protocol violation, if it made one (see :func:`violation`).
+
+        Kept once found: telling the client moves the connection on.
+        """
+        if self._violation is None:
+            self._violation = violation(self._ws)
+        return self._violation
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self.corked:
@@ -330,6 +381,16 @@ class _Corked(trio.abc.Stream):
         await self._stream.wait_send_all_might_not_block()
 
     async def aclose(self) -> None:
+        reason = self.violation()
+        protocol = getattr(self._ws, "_wsproto", None)
+        if reason is not None and protocol is not None and protocol.state is ConnectionState.OPEN:
+            farewell = protocol.send(CloseConnection(reason.code, _truncate(reason.reason or "")))
+            with trio.move_on_after(DISCONNECT_TIMEOUT):
+                async with self._lock:
+                    data = b"".join([*self._held, farewell])
+                    self._held.clear()
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await self._stream.send_all(data)
         await self._stream.aclose()
 
 
@@ -359,6 +420,7 @@ class _TextState:
 
 async def _read(
     ws: WebSocketConnection,
+    corked: _Corked,
     client: Client,
     config: ListenerConfig,
     registry: Registry,
@@ -381,6 +443,10 @@ async def _read(
             if reason is not None and reason.code == 1009:
                 registry.connections.bad_input += 1
                 client.close(f"bad input: message too big ({reason.reason})")
+            elif corked.violation() is not None:
+                assert reason is not None
+                registry.connections.bad_input += 1
+                client.close(f"{PROTOCOL_ERROR} ({reason.code}): {reason.reason}")
             elif reason is not None and reason.code == 1006:
                 client.close("connection lost")
             else:

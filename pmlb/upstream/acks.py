@@ -13,9 +13,8 @@ Pure bookkeeping: no I/O, no clock of its own (the caller passes the time).
 
 from __future__ import annotations
 
-import itertools
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.metrics import LatencyHistogram
@@ -32,11 +31,13 @@ class MessageIds:
     """
 
     def __init__(self, prefix: str | None = None) -> None:
-        self._prefix = prefix if prefix is not None else secrets.token_hex(8)
-        self._count = itertools.count(1)
+        self.prefix = (prefix if prefix is not None else secrets.token_hex(8)) + "-"
+        #: the number of the last id given
+        self.last = 0
 
     def __call__(self) -> str:
-        return f"{self._prefix}-{next(self._count):x}"
+        self.last += 1
+        return f"{self.prefix}{self.last:x}"
 
 
 #: The ids of every acknowledged stream of this process.
@@ -92,16 +93,23 @@ class Unacked:
 
     def stamp(self, requests: Iterable[pb.InputStreamRequest], now: float) -> None:
         """Number ``requests`` (about to be written, in this order) and keep them."""
+        # The data path: MessageIds() inlined, fields set once.
         pending = self._pending
         seq = self._next_seq
+        ids = self._ids
+        prefix, last = ids.prefix, ids.last
         for request in requests:
             request.seq = seq
-            if not request.message_id:
-                request.message_id = self._ids()
-            request.delivery_attempt += 1
+            if request.message_id:
+                request.delivery_attempt += 1
+            else:
+                last += 1
+                request.message_id = f"{prefix}{last:x}"
+                request.delivery_attempt = 1
             pending[seq] = (request, now)
             seq += 1
         self._next_seq = seq
+        ids.last = last
 
     def unstamp(self, requests: Iterable[pb.InputStreamRequest]) -> None:
         """Forget ``requests``, stamped but never written: they are as before :meth:`stamp`."""
@@ -113,17 +121,28 @@ class Unacked:
             if not request.delivery_attempt:
                 request.ClearField("message_id")
 
-    def ack(self, seqs: Iterable[int], now: float) -> None:
+    def ack(self, seqs: Sequence[int], now: float) -> None:
         """The upstream is done with these; unknown or repeated seqs are counted, no more."""
         pending = self._pending
-        observe = self.latency.observe
+        pop = pending.pop
+        before = len(pending)
+        # Requests written in one batch share their time: one histogram
+        # update per run of them, not one per ack.
+        run_written, run = 0.0, 0
         for seq in seqs:
-            entry = pending.pop(seq, None)
-            if entry is None:
-                self.acks_unknown += 1
-            else:
-                self.acks_received += 1
-                observe(now - entry[1])
+            entry = pop(seq, None)
+            if entry is not None:
+                written = entry[1]
+                if written != run_written:
+                    if run:
+                        self.latency.observe(now - run_written, run)
+                    run_written, run = written, 0
+                run += 1
+        if run:
+            self.latency.observe(now - run_written, run)
+        matched = before - len(pending)
+        self.acks_received += matched
+        self.acks_unknown += len(seqs) - matched
 
     def oldest(self) -> float | None:
         """When the oldest request still unacknowledged was written (``None``: none is)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Generic, TypeVar
 
 import trio
@@ -209,7 +209,7 @@ class Outbox(Generic[T]):
         """Requests written and not acknowledged (0 without acknowledgements)."""
         return 0 if self.unacked is None else len(self.unacked)
 
-    def ack(self, seqs: Iterable[int]) -> None:
+    def ack(self, seqs: Sequence[int]) -> None:
         """The upstream acknowledged these seqs (see :meth:`Unacked.ack`)."""
         unacked = self.unacked
         if unacked is None:

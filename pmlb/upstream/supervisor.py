@@ -203,14 +203,10 @@ async def _serve(upstream: Upstream, transport: Transport, registry: Registry) -
 
     def deliver_acked(replies: list[pb.OutputStreamRequest]) -> None:
         upstream.messages_received += len(replies)
-        acking = [reply for reply in replies if reply.acks]
-        if acking:
-            for reply in acking:
-                upstream.outbox.ack(reply.acks)
-            # An ack with no target is an ack and nothing else.
-            replies = [r for r in replies if not r.acks or r.WhichOneof("target") is not None]
-            if not replies:
-                return
+        seqs = [seq for reply in replies for seq in reply.acks]
+        if seqs:
+            upstream.outbox.ack(seqs)
+        # Acks alone (no target) are skipped there, not counted as targetless.
         registry.deliver(replies)
 
     async def run(what: str, fn: Callable[[], Awaitable[None]]) -> None:
@@ -253,7 +249,7 @@ async def _watch_acks(upstream: Upstream) -> None:
             # Nothing is waiting: look again soon, so that a request written
             # meanwhile is found at most a quarter of the timeout late.
             await trio.sleep(timeout / 4)
-        elif now - oldest >= timeout:
+        elif now >= oldest + timeout:  # the very sum slept until: no rounding gap
             raise UpstreamError(
                 f"no acknowledgement within ack_timeout ({timeout:g}s) for a request"
                 f" ({len(unacked)} unacknowledged)"

@@ -5,18 +5,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.helpers import ROOT, Processes, free_low_port, upstream_arg, wait_serving
+from tests.helpers import ROOT, Processes, admin_url, free_low_port, upstream_arg, wait_serving
 
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = ROOT / "examples"
 
 
-async def example_upstream(procs: Processes, name: str) -> int:
+async def example_upstream(procs: Processes, name: str, *extra: str) -> int:
     port = free_low_port()
-    proc = await procs.start(name, [sys.executable, str(EXAMPLES / name), "--port", str(port)])
+    proc = await procs.start(
+        name, [sys.executable, str(EXAMPLES / name), "--port", str(port), *extra]
+    )
     await proc.wait_for(rf"listening on 127\.0\.0\.1:{port}")
     return port
 
@@ -28,6 +31,22 @@ async def test_echo_upstream_example(procs: Processes) -> None:
     client = await procs.client(port)
     await client.send("hello", "again")
     assert await client.recv_many(2) == ["hello", "again"]
+
+
+async def test_echo_upstream_example_with_acks(procs: Processes, tmp_path: Path) -> None:
+    up_port = await example_upstream(procs, "echo_upstream.py", "--acks")
+    config = tmp_path / "pmlb.toml"
+    config.write_text(f'[[upstream]]\nhost = "127.0.0.1"\nport = {up_port}\nacks = true\n')
+    pmlb, port = await procs.pmlb("--framing", "line", "--config", str(config))
+    await wait_serving(pmlb, up_port)
+    client = await procs.client(port)
+    await client.send("hello", "again")
+    assert await client.recv_many(2) == ["hello", "again"]
+    async with httpx.AsyncClient() as http:
+        view = await http.get(f"{await admin_url(pmlb)}/api/v1/upstreams/127.0.0.1:{up_port}")
+    body = view.json()
+    assert (body["acks"], body["unacked"], body["acks_unknown"]) == (True, 0, 0)
+    assert body["acks_received"] >= 2  # the messages, and the connected event if any
 
 
 async def test_chat_upstream_example_broadcasts_to_everyone(procs: Processes) -> None:

@@ -7,7 +7,8 @@ implementation pmlb did not write: it prints ``LISTENING <port>`` once bound,
 ``ready`` answers false while started with ``--not-ready``, until SIGUSR1,
 SIGUSR2 makes it answer ``live`` and ``ready`` false from then on, and
 SIGTERM or SIGINT stops it with exit code 0. The payload ``reset <name>`` makes it
-end the stream with status INTERNAL.
+end the stream with status INTERNAL. With ``--acks`` it acknowledges each
+request once it has handled it: on its last reply, or alone when there is none.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class ScriptedUpstream:
         recorder: Recorder,
         malformed: bool = False,
         ready_hangs: bool = False,
+        acks: bool = False,
     ) -> None:
         self.name = name
         self.is_ready = ready
@@ -76,6 +78,7 @@ class ScriptedUpstream:
         self.recorder = recorder
         self.malformed = malformed
         self.ready_hangs = ready_hangs
+        self.acks = acks
 
     def go_bad(self) -> None:
         self.is_live = self.is_ready = False
@@ -100,12 +103,30 @@ class ScriptedUpstream:
                     detail=request.disconnect_detail,
                 )
                 print(line, flush=True)
+                if self.acks and request.seq:
+                    yield pb2.OutputStreamRequest(acks=[request.seq])
                 continue
             self.recorder.record(request.payload)
             if request.payload == b"reset " + self.name.encode():
                 await context.abort(grpc.StatusCode.INTERNAL, "reset on purpose")
-            for reply in respond(self.name, request.client_uuid, request.payload, request.time):
-                yield to_message(reply)
+            replies = [
+                to_message(reply)
+                for reply in respond(
+                    self.name,
+                    request.client_uuid,
+                    request.payload,
+                    request.time,
+                    request.delivery_attempt,
+                )
+            ]
+            if self.acks and request.seq:
+                # Handled: acknowledged on the last reply, or alone.
+                if replies:
+                    replies[-1].acks.append(request.seq)
+                else:
+                    replies.append(pb2.OutputStreamRequest(acks=[request.seq]))
+            for message in replies:
+                yield message
 
     async def ready(self, request: empty_pb2.Empty, context: Any) -> pb2.ReadyResult:
         if self.ready_hangs:
@@ -149,6 +170,7 @@ async def serve(args: argparse.Namespace) -> None:
         recorder=Recorder(args.record),
         malformed=args.malformed,
         ready_hangs=args.ready_hangs,
+        acks=args.acks,
     )
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -195,6 +217,9 @@ def main() -> None:
     parser = script.parser(__doc__.splitlines()[0])
     parser.add_argument(
         "--malformed", action="store_true", help="answer stream messages with invalid protobuf"
+    )
+    parser.add_argument(
+        "--acks", action="store_true", help="acknowledge each request once handled (pmlb acks)"
     )
     parser.add_argument(
         "--grpc-health",

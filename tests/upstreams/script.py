@@ -13,6 +13,8 @@ Commands (the payload decoded as UTF-8, one trailing ``\\r`` ignored):
   with ``n`` bytes of ``x`` (the others echo it).
 - ``reset <name>``: the upstream called ``<name>`` resets the stream (done by
   the servers, see there; the others echo it).
+- ``attempt <text>``: one reply to the sender, ``<name>:<text>:<n>``, ``n``
+  the request's ``delivery_attempt`` (0 unless pmlb's acks are on).
 - anything else: echo to the sender as ``<name>:`` + the original payload bytes.
 
 ``<text>`` is taken from the payload bytes, so it is forwarded byte for byte.
@@ -50,7 +52,9 @@ class Reply:
             raise ValueError(f"unknown broadcast target {self.broadcast!r}")
 
 
-def respond(name: str, client_uuid: str, payload: bytes, time: str = "") -> list[Reply]:
+def respond(
+    name: str, client_uuid: str, payload: bytes, time: str = "", attempt: int = 0
+) -> list[Reply]:
     """The replies the upstream called ``name`` sends for one client message."""
     line = payload.removesuffix(b"\r")
     if line == b"time":
@@ -67,6 +71,9 @@ def respond(name: str, client_uuid: str, payload: bytes, time: str = "") -> list
             return [Reply(None, target, words[2])]
     if command == "silent":
         return []
+    if command == "attempt" and len(words) >= 2:
+        text = line.split(b" ", 1)[1]
+        return [Reply(client_uuid, None, b"%s:%s:%d" % (name.encode(), text, attempt))]
     if command == "oversize" and len(words) == 3 and words[1] == name.encode():
         return [Reply(client_uuid, None, b"x" * int(words[2]))]
     if command == "multi" and len(words) == 3 and words[1]:

@@ -3,14 +3,16 @@
 Every message is echoed to its sender; a payload starting with ``!bcast`` is
 broadcast to every client instead. Each read is decoded whole and answered
 with one DATA write, the way pmlb's native transport talks. Prints
-``LISTENING <port>`` once bound.
+``LISTENING <port>`` once bound. With ``--acks``, every echo also
+acknowledges its request (pmlb's ``acks = true``, see docs/contract.md).
 
-    python tools/bench/echo_upstream.py [--port 0]
+    python tools/bench/echo_upstream.py [--port 0] [--acks]
 """
 
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import h2.config
 import h2.connection
@@ -25,7 +27,7 @@ _HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 _ALL = pb.OutputStreamRequest.BROADCAST_ALL
 
 
-async def serve_connection(stream: trio.SocketStream) -> None:
+async def serve_connection(stream: trio.SocketStream, acks: bool = False) -> None:
     config = h2.config.H2Configuration(
         client_side=False, header_encoding=None, validate_inbound_headers=False
     )
@@ -66,6 +68,8 @@ async def serve_connection(stream: trio.SocketStream) -> None:
                                 out.append(
                                     reply(client_uuid=request.client_uuid, payload=request.payload)
                                 )
+                            if acks and request.seq:
+                                out[-1].acks.append(request.seq)
                         encoded = encode_messages([m.SerializeToString() for m in out])
                     elif path.endswith(b"/live"):
                         live = pb.LiveResult(live=True).SerializeToString()
@@ -103,13 +107,15 @@ def _send(conn: h2.connection.H2Connection, sid: int, pending: dict[int, bytearr
     del buf[:pos]
 
 
-async def main(port: int) -> None:
+async def main(port: int, acks: bool) -> None:
     listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
     print(f"LISTENING {listeners[0].socket.getsockname()[1]}", flush=True)
-    await trio.serve_listeners(serve_connection, listeners)
+    await trio.serve_listeners(partial(serve_connection, acks=acks), listeners)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
-    trio.run(main, parser.parse_args().port)
+    parser.add_argument("--acks", action="store_true", help="acknowledge every request")
+    args = parser.parse_args()
+    trio.run(main, args.port, args.acks)

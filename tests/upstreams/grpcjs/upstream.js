@@ -17,6 +17,9 @@
 // - `goaway`: send GOAWAY on every connection (server.drain), which are
 //   closed after one second; the server keeps accepting new connections.
 // - `fail <code> <text>`: end the bidi stream with that gRPC status.
+//
+// With --acks it acknowledges each request once it has handled it, in a
+// message of acks only (pmlb's acknowledgements, see docs/contract.md).
 "use strict";
 
 const http2 = require("node:http2");
@@ -36,6 +39,7 @@ const { values: args } = parseArgs({
     host: { type: "string", default: "127.0.0.1" },
     port: { type: "string", default: "0" },
     "not-ready": { type: "boolean", default: false },
+    acks: { type: "boolean", default: false },
   },
   strict: true,
 });
@@ -76,7 +80,7 @@ function splitWords(line) {
 }
 
 // What ../script.py's respond() answers: a list of OutputStreamRequest.
-function respond(name, clientUuid, payload, time) {
+function respond(name, clientUuid, payload, time, attempt) {
   const line =
     payload.length && payload[payload.length - 1] === 0x0d ? payload.subarray(0, -1) : payload;
   const text = line.toString("utf8");
@@ -95,6 +99,11 @@ function respond(name, clientUuid, payload, time) {
     }
   }
   if (command === "silent") return [];
+  if (command === "attempt" && words.length >= 2) {
+    const text = line.subarray(line.indexOf(0x20) + 1);
+    const reply = Buffer.concat([Buffer.from(name + ":", "utf8"), text, Buffer.from(":" + attempt, "utf8")]);
+    return [toClient(clientUuid, reply)];
+  }
   if (command === "multi" && words.length === 3 && words[1].length) {
     const uuids = words[1].toString("utf8").split(",");
     return [{ time: now(), multicast: { client_uuids: uuids }, payload: words[2] }];
@@ -127,9 +136,14 @@ function resetStream(call) {
 }
 
 function bidirectionalStreaming(call) {
+  // Handled: acknowledged alone, after the replies.
+  const ack = (request) => {
+    if (args.acks && String(request.seq) !== "0") call.write({ acks: [request.seq] });
+  };
   call.on("data", (request) => {
     if (request.event !== "EVENT_MESSAGE") {
       console.log(eventLine(request));
+      ack(request);
       return;
     }
     const words = splitWords(request.payload);
@@ -146,9 +160,11 @@ function bidirectionalStreaming(call) {
       call.emit("error", { code: Number(words[1].toString("utf8")), details: words[2].toString("utf8") });
       return;
     }
-    for (const reply of respond(args.name, request.client_uuid, request.payload, request.time)) {
+    const attempt = request.delivery_attempt;
+    for (const reply of respond(args.name, request.client_uuid, request.payload, request.time, attempt)) {
       call.write(reply);
     }
+    ack(request);
   });
   call.on("end", () => call.end());
   call.on("error", () => {});

@@ -47,6 +47,7 @@ class InputStreamRequestDisconnectReason(betterproto.Enum):
     DISCONNECT_DRAIN = 5
     DISCONNECT_UPSTREAM_ACTION = 6
     DISCONNECT_ERROR = 7
+    DISCONNECT_PROTOCOL_ERROR = 8
 
 
 class OutputStreamRequestBroadcast(betterproto.Enum):
