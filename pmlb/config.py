@@ -44,6 +44,7 @@ An example using every table::
     ready_timeout = 5           # seconds
     alive_timeout = 30
     live_interval = 5
+    stall_timeout = 10          # seconds nothing may be written while messages wait
     transport = "native"        # "native" (default) or "grpclib"
     tls = true                  # default false
     tls_ca = "upstream-ca.pem"  # default: the system's CAs
@@ -132,6 +133,11 @@ An example using every table::
     (seconds to answer the readiness check, default 5), ``alive_timeout``
     (seconds to answer a liveness ping before it counts as unhealthy, default
     30), ``live_interval`` (seconds between liveness pings, default 5),
+    ``stall_timeout`` (seconds its writes may make no progress while messages
+    wait for it, a flow-control window held at 0, before it counts as failed
+    and its queued messages fail over, default 10; after one second it
+    already gets no new messages while another upstream has room; an upstream
+    with no other one to fail over to is never failed for a stall),
     ``transport``: ``"native"`` (default: pmlb's own HTTP/2 client on Trio,
     the faster) or ``"grpclib"`` (grpclib driven through trio-asyncio), the
     TLS keys of the example, and ``events`` (``true``: also send this upstream
@@ -318,6 +324,9 @@ class UpstreamConfig:
     ready_timeout: float = 5.0
     alive_timeout: float = 30.0
     live_interval: float = 5.0
+    #: seconds its writes may make no progress while messages wait before it
+    #: counts as failed (it gets no new traffic after STALL_AFTER already)
+    stall_timeout: float = 10.0
     transport: str = "native"
     #: TLS to the upstream: verified against ``tls_ca`` (else the system's
     #: CAs); ``tls_cert``/``tls_key`` present a client certificate (mutual TLS)
@@ -769,6 +778,7 @@ _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "ready_timeout": _seconds,
     "alive_timeout": _seconds,
     "live_interval": _seconds,
+    "stall_timeout": _seconds,
     "transport": _one_of(*_UPSTREAM_TRANSPORTS),
     "tls": _boolean,
     "tls_ca": _string,

@@ -159,6 +159,14 @@ class RegistryCollector(Collector):
         queued = GaugeMetricFamily(
             "pmlb_upstream_queued", "Messages waiting for each upstream.", labels=["upstream"]
         )
+        stalled = GaugeMetricFamily(
+            "pmlb_upstream_stalled",
+            "1 while an upstream's writes make no progress (it gets no new messages).",
+            labels=["upstream"],
+        )
+        stalls = CounterMetricFamily(
+            "pmlb_upstream_stalls", "Times each upstream stalled.", labels=["upstream"]
+        )
         upstream_messages = CounterMetricFamily(
             "pmlb_upstream_messages",
             "Messages to and from each upstream (to_upstream: dispatched to its queue;"
@@ -180,6 +188,8 @@ class RegistryCollector(Collector):
                     label = str(state).replace(" ", "_")
                     states.add_metric([address, label], float(upstream.state is state))
             queued.add_metric([address], len(upstream.outbox))
+            stalled.add_metric([address], float(upstream.stalled))
+            stalls.add_metric([address], upstream.stalls)
             upstream_messages.add_metric([address, "to_upstream"], upstream.messages_dispatched)
             upstream_messages.add_metric([address, "from_upstream"], upstream.messages_received)
             upstream_messages.add_metric(
@@ -187,6 +197,8 @@ class RegistryCollector(Collector):
             )
         yield states
         yield queued
+        yield stalled
+        yield stalls
         yield upstream_messages
         yield failures
         yield from _ack_metrics(registry)

@@ -117,6 +117,8 @@ class Registry:
         # The serving upstreams, in the order they started serving: the
         # policy's indexes point into this list.
         self._serving: list[Upstream] = []
+        # how many upstreams are stalled (see set_upstream_stalled)
+        self._stalled = 0
         self._serving_changed = trio.lowlevel.ParkingLot()
         self._state_changed = trio.lowlevel.ParkingLot()
         self._client_removed = trio.lowlevel.ParkingLot()
@@ -417,6 +419,15 @@ class Registry:
         client.end_input()
         scope.cancel()
 
+    def _balanced(self) -> list[Upstream]:
+        """The serving upstreams that get new messages: the stalled ones only if all are."""
+        serving = self._serving
+        if self._stalled and len(serving) > 1:
+            flowing = [u for u in serving if not u.stalled]
+            if flowing:
+                return flowing
+        return serving
+
     async def _dispatch(self, pending: list[pb.InputStreamRequest], *, wait: bool = True) -> bool:
         """Place ``pending`` in serving upstreams' outboxes, removing what is placed.
 
@@ -425,7 +436,7 @@ class Registry:
         it does when a wait is cancelled).
         """
         while pending:
-            serving = self._serving
+            serving = self._balanced()
             if not serving:
                 if not wait:
                     return False
@@ -572,6 +583,34 @@ class Registry:
         else:
             log.debug("upstream state", extra=fields)
 
+    def set_upstream_stalled(
+        self, upstream: Upstream, stalled: bool, *, waited: float | None = None
+    ) -> None:
+        """Mark an upstream whose writes make no progress (or do again); its supervisor does.
+
+        A stalled upstream gets no new messages while another serving one is
+        not stalled: the clients waiting for room in its queue go elsewhere.
+        What it has queued stays (it may recover) until its stall_timeout.
+        """
+        if stalled is upstream.stalled:
+            return
+        upstream.stalled = stalled
+        self._stalled += 1 if stalled else -1
+        fields: dict[str, object] = {"upstream": upstream.address, "stalled": stalled}
+        if stalled:
+            upstream.stalls += 1
+            fields["waited"] = f"{waited or 0:.1f}s"
+            fields["queued"] = len(upstream.outbox)
+            log.warning("upstream stalled: its writes make no progress", extra=fields)
+            upstream.outbox.turn_away()
+        else:
+            log.info("upstream writes progress again", extra=fields)
+        self.events.publish("upstream.stalled", upstream=upstream.address, stalled=stalled)
+
+    def others_flowing(self, upstream: Upstream) -> bool:
+        """Whether another serving upstream is not stalled (could take this one's messages)."""
+        return any(u is not upstream and not u.stalled for u in self._serving)
+
     async def wait_upstream_state(self, address: str, state: UpstreamState) -> None:
         """Return once the upstream at ``address`` is in ``state`` (``removed``: gone)."""
         while True:
@@ -629,7 +668,7 @@ class Registry:
         # Redeliveries (front) go ahead of newer messages.
         if not requests:
             return
-        serving = self._serving
+        serving = self._balanced()
         if not serving:
             self._orphan(requests, front=front)
             return

@@ -454,6 +454,11 @@ INVALID_FILES = [
         id="alive-timeout-inf",
     ),
     pytest.param(
+        '[[upstream]]\nhost = "a"\nport = 1\nstall_timeout = 0',
+        "pmlb.toml: upstream[0].stall_timeout: must be a number > 0, got 0",
+        id="stall-timeout-zero",
+    ),
+    pytest.param(
         '[[upstream]]\nhost = "a"\nport = 1\nlive_interval = 1979-05-27',
         "pmlb.toml: upstream[0].live_interval: must be a number > 0, got date/time 1979-05-27",
         id="live-interval-date",
@@ -1175,3 +1180,16 @@ def test_an_unknown_key_names_the_closest_known_one(text: str, problem: str) -> 
     with pytest.raises(ConfigError) as info:
         parse_config(tomllib.loads(text), "pmlb.toml")
     assert info.value.problems == (f"pmlb.toml: {problem}",)
+
+
+def test_stall_timeout_is_read_and_shown_by_check_config() -> None:
+    config = parse_config(
+        tomllib.loads('[[upstream]]\nhost = "a"\nport = 1\nstall_timeout = 2.5'),
+        source="pmlb.toml",
+    )
+    assert config.upstreams[0].stall_timeout == 2.5
+    assert "stall_timeout = 2.5" in render_config(config)
+    assert UpstreamConfig(host="a", port=1).stall_timeout == 10.0
+    assert "stall_timeout" not in render_config(
+        Config(upstreams=(UpstreamConfig(host="a", port=1),))
+    )

@@ -26,8 +26,10 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import hpack
 import pytest
 import trio
+import trio.testing
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -56,6 +58,10 @@ from pmlb.config import Config
 from pmlb.downstream.client import Client
 from pmlb.downstream.reasons import UPSTREAM_ACTION
 from pmlb.registry import Registry
+from pmlb.upstream.h2_transport import H2Transport
+from pmlb.upstream.outbox import Outbox
+from pmlb.upstream.transport import UpstreamError
+from tests.fake_h2_upstream import FakeUpstream, raw_frame
 
 EXAMPLES = int(os.environ.get("PMLB_FUZZ_EXAMPLES", "100"))
 REPORT = os.environ.get("PMLB_FUZZ_REPORT")
@@ -608,3 +614,130 @@ def test_upstream_bytes_decode_or_fail_as_the_transport_expects(
     except (GrpcMessageError, DecodeError):
         pass
     check_routing(parsed, active)
+
+
+# -- HTTP/2 from a hostile upstream, through the native transport -------------
+
+H2_PING, H2_SETTINGS, H2_PRIORITY, H2_WINDOW_UPDATE = 6, 4, 2, 8
+H2_DATA, H2_HEADERS, H2_CONTINUATION = 0, 1, 9
+
+
+@st.composite
+def h2_steps(draw: st.DrawFn) -> tuple[str, int, bytes]:
+    """One step of a script: (kind, count, payload) as :func:`h2_script` writes it."""
+    kind = draw(
+        st.sampled_from(
+            ["reply"] * 4
+            + ["malformed"] * 2
+            + ["ping", "settings", "priority", "window_update", "unknown", "empty_data"]
+            + ["header_block"]
+        )
+    )
+    if kind == "reply":
+        return kind, 1, draw(serialized_reply)
+    if kind == "header_block":
+        # CONTINUATION frames of up to 24 KiB: over 64 KiB in all now and then
+        return kind, draw(st.integers(0, 5)), b"\x00" * draw(st.integers(0, 24 * 1024))
+    return kind, draw(st.one_of(st.integers(1, 20), st.integers(100, 1200))), b""
+
+
+def h2_script(stream_id: int, steps: list[tuple[str, int, bytes]]) -> bytes:
+    """The bytes of ``steps`` after response headers, ended by an OK status."""
+    encoder = hpack.Encoder()  # the fake's own encoder sent no headers before
+    out = [
+        raw_frame(
+            H2_HEADERS,
+            0x4,
+            stream_id,
+            encoder.encode([(":status", "200"), ("content-type", "application/grpc")]),
+        )
+    ]
+    for kind, count, payload in steps:
+        if kind == "reply":
+            out.append(raw_frame(H2_DATA, 0, stream_id, encode_messages([payload])))
+        elif kind == "malformed":
+            out.append(raw_frame(H2_DATA, 0, stream_id, encode_messages([b"\x0a\x05ab"])))
+        elif kind == "header_block":
+            out.append(raw_frame(H2_HEADERS, 0, stream_id, b""))
+            out += [raw_frame(H2_CONTINUATION, 0, stream_id, payload)] * count
+            out.append(raw_frame(H2_CONTINUATION, 0x4, stream_id, b""))
+        else:
+            one = {
+                "ping": raw_frame(H2_PING, 0, 0, b"12345678"),
+                "settings": raw_frame(H2_SETTINGS, 0, 0),
+                "priority": raw_frame(H2_PRIORITY, 0, stream_id, b"\x00\x00\x00\x00\x10"),
+                "window_update": raw_frame(H2_WINDOW_UPDATE, 0, 0, b"\x00\x00\x00\x01"),
+                "unknown": raw_frame(0x42, 0, 0, b"x"),
+                "empty_data": raw_frame(H2_DATA, 0, stream_id),
+            }[kind]
+            out.append(one * count)
+    out.append(raw_frame(H2_HEADERS, 0x5, stream_id, encoder.encode([("grpc-status", "0")])))
+    return b"".join(out)
+
+
+def h2_within_limits(steps: list[tuple[str, int, bytes]]) -> bool:
+    """Whether the script stays within every limit and h2's rules (malformed messages aside)."""
+    counts: Counter[str] = Counter()
+    for kind, count, _ in steps:
+        counts[kind] += max(count, 1)
+    # A header block after the response headers is trailers without
+    # END_STREAM: always refused (by the guard when over 64 KiB, else by h2).
+    control = sum(counts[k] for k in ("ping", "settings", "priority", "unknown", "empty_data"))
+    # the transport writes the outbox as one DATA frame: 100 + 10 WINDOW_UPDATEs
+    return not counts["header_block"] and control <= 1000 and counts["window_update"] <= 110
+
+
+@FUZZ
+@given(
+    steps=st.lists(h2_steps(), max_size=8),
+    # often none: then all of it comes in one read, as from a fast upstream
+    h2_cuts=st.one_of(st.just([]), st.lists(st.integers(0, 1 << 20), max_size=8)),
+)
+@counted
+def test_hostile_h2_frames_through_the_native_transport(
+    steps: list[tuple[str, int, bytes]], h2_cuts: list[int]
+) -> None:
+    # Whatever the upstream sends, cut anywhere: the stream ends with an
+    # UpstreamError and nothing else, soon; the replies delivered are the
+    # valid ones, in order, up to the first bad thing; all of them if there
+    # was none (then the stream ends with the upstream's status).
+    valid = []
+    for kind, _, payload in steps:
+        if kind == "malformed":
+            break
+        if kind == "reply":
+            valid.append(pb.OutputStreamRequest.FromString(payload))
+    delivered: list[pb.OutputStreamRequest] = []
+
+    async def run() -> str:
+        upstream = FakeUpstream(attack=lambda sid: chunks(h2_script(sid, steps), h2_cuts))
+        outbox: Outbox[pb.InputStreamRequest] = Outbox(10)
+        outbox.open()
+        outbox.put_nowait([pb.InputStreamRequest(client_uuid="c", payload=b"go")])
+        async with trio.open_nursery() as nursery:
+
+            async def open_stream() -> trio.abc.Stream:
+                ours, theirs = trio.testing.memory_stream_pair()
+                nursery.start_soon(upstream.serve, theirs)
+                return ours
+
+            transport = H2Transport("upstream.test", 1, open_stream=open_stream)
+            try:
+                with trio.fail_after(10):
+                    await transport.run_stream(outbox, delivered.extend)
+            except UpstreamError as exc:
+                return str(exc)
+            finally:
+                await transport.aclose()
+                nursery.cancel_scope.cancel()
+        raise AssertionError("run_stream returned")
+
+    error = trio.run(run)
+    assert delivered == valid[: len(delivered)]
+    if h2_within_limits(steps):
+        # every valid reply before a malformed one, even in the same read
+        assert delivered == valid
+        if any(kind == "malformed" for kind, _, _ in steps):
+            assert error.startswith("malformed message from the upstream"), error
+        else:
+            assert error == "the upstream ended the stream", error

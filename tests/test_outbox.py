@@ -100,7 +100,7 @@ def test_capacity_must_be_positive() -> None:
         Outbox(0)
 
 
-def test_taken_counts_what_the_writer_keeps_not_failover() -> None:
+async def test_taken_counts_what_the_writer_keeps_not_failover() -> None:
     box: Outbox[int] = Outbox(capacity=10)
     box.open()
     box.put_nowait([1, 2, 3])

@@ -74,6 +74,8 @@ def _upstream_view(upstream: Upstream) -> s.Upstream:
         port=config.port,
         state=str(upstream.state),
         draining=upstream.draining,
+        stalled=upstream.stalled,
+        stalls=upstream.stalls,
         last_error=upstream.last_error,
         ready_at=rfc3339_from(upstream.ready_at),
         alive_at=rfc3339_from(upstream.alive_at),

@@ -64,6 +64,9 @@ class Upstream(BaseModel):
     port: int
     state: str
     draining: bool
+    #: its writes make no progress: it gets no new messages (see stall_timeout)
+    stalled: bool
+    stalls: int
     last_error: str | None
     ready_at: str | None
     alive_at: str | None

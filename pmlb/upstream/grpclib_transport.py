@@ -247,6 +247,7 @@ async def _send_loop(
             for message in batch:
                 sent += 1
                 await stream.send_message(message)
+                outbox.progressed()
         except BaseException:
             # batch[sent - 1] was being written when the stream broke: it may
             # have reached the upstream, so it is not sent again. The rest

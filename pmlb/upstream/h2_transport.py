@@ -50,6 +50,8 @@ _READ_SIZE = 256 * 1024
 #: so a large window only saves round trips.
 _RECEIVE_WINDOW = 8 * 1024 * 1024
 _MAX_FRAME_SIZE = 1024 * 1024
+#: bytes of a stream's data written at most in one socket write
+_WRITE_CHUNK = 256 * 1024
 
 _STATUS_NAMES = {
     0: "OK",
@@ -355,11 +357,19 @@ class _Connection:
         if h2_stream is not None and not h2_stream.closed:
             self._reset(stream.stream_id, h2.errors.ErrorCodes.CANCEL)
 
-    async def send(self, stream: _Stream, data: bytes, *, end: bool = False) -> None:
+    async def send(
+        self,
+        stream: _Stream,
+        data: bytes,
+        *,
+        end: bool = False,
+        progress: Callable[[], None] | None = None,
+    ) -> None:
         """Write ``data`` on ``stream``, waiting for flow-control window as needed.
 
         However it ends, ``stream.written`` says how many bytes of ``data``
         were handed to h2 (and so may have reached the upstream).
+        ``progress`` is called each time some of them were written.
         """
         h2conn = self.h2
         stream_id = stream.stream_id
@@ -384,8 +394,11 @@ class _Connection:
                     )
                     continue
                 frame = min(window, h2conn.max_outbound_frame_size)
-                # Hand everything the window allows to h2 before one socket write.
+                # Hand what the window allows to h2 before one socket write, up
+                # to _WRITE_CHUNK: a slow upstream then shows its progress
+                # (one write of megabytes may take it seconds).
                 frames = 0
+                window = min(window, _WRITE_CHUNK)
                 while pos < total and window > 0:
                     size = min(frame, window, total - pos)
                     h2conn.send_data(stream_id, view[pos : pos + size].tobytes())
@@ -395,6 +408,8 @@ class _Connection:
                     frames += 1
                 self._guard.sent_data_frames(frames)
                 await self.flush()
+                if progress is not None:
+                    progress()
             if end:
                 h2conn.end_stream(stream_id)
                 await self.flush()
@@ -590,7 +605,7 @@ class H2Transport:
                 continue
             encoded = [message.SerializeToString() for message in batch]
             try:
-                await connection.send(stream, encode_messages(encoded))
+                await connection.send(stream, encode_messages(encoded), progress=outbox.progressed)
             except BaseException:
                 outbox.requeue(_unwritten(batch, encoded, stream.written))
                 raise

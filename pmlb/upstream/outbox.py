@@ -40,6 +40,12 @@ class Outbox(Generic[T]):
     the writer takes only as much as it has room for: a full table stops
     the writing, the outbox fills up, and putters wait as for a slow
     upstream. An outbox of ``pb.InputStreamRequest`` only, then.
+
+    :meth:`busy_since` tells since when the writer has had work and made no
+    progress (no take, no bytes written: the transport reports writes with
+    :meth:`progressed`): an upstream that holds its flow-control window at 0
+    shows there. :meth:`turn_away` sends the putters waiting for room
+    elsewhere.
     """
 
     def __init__(self, capacity: int, unacked: Unacked | None = None) -> None:
@@ -57,6 +63,12 @@ class Outbox(Generic[T]):
         #: with acknowledgements: what was written and not acknowledged yet
         self.unacked = unacked
         self._acked = trio.lowlevel.ParkingLot()
+        # trio.current_time() of the writer's last progress (a take, bytes
+        # written), or of the put that gave an idle writer something to do
+        self._busy_from = 0.0
+        self._progress = trio.lowlevel.ParkingLot()
+        # bumped by turn_away(): a putter that sees it change returns False
+        self._turned_away = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -78,6 +90,34 @@ class Outbox(Generic[T]):
         """Start accepting puts (the upstream serves)."""
         self._accepting = True
 
+    def busy_since(self) -> float | None:
+        """Since when the writer has had work without progress; None if it has none.
+
+        Waiting for acknowledgements (a full table) is not counted: that
+        wait has its own limits (see :mod:`pmlb.upstream.acks`).
+        """
+        if not self._items and not self._in_flight:
+            return None
+        if self.unacked is not None and self.unacked.room <= 0:
+            return None
+        return self._busy_from
+
+    def progressed(self) -> None:
+        """The writer wrote some bytes of what it took (the transport calls this)."""
+        self._busy_from = trio.current_time()
+        if self._progress:
+            self._progress.unpark_all()
+
+    def turn_away(self) -> None:
+        """Make the putters waiting for room return ``False`` (to go elsewhere), now."""
+        self._turned_away += 1
+        self._space.unpark_all()
+
+    def _busy(self) -> None:
+        # Called before adding items: an idle writer has work from now on.
+        if not self._items and not self._in_flight:
+            self._busy_from = trio.current_time()
+
     def close(self) -> None:
         """Stop accepting puts; blocked putters return ``False``."""
         self._accepting = False
@@ -86,9 +126,12 @@ class Outbox(Generic[T]):
         self._space.unpark_all()
 
     async def put(self, items: list[T]) -> bool:
-        """Add ``items`` once there is room; ``False`` if the outbox closed first."""
+        """Add ``items`` once there is room; ``False`` if closed or turned away first."""
         if self._accepting and len(self._items) >= self.capacity:
+            turned_away = self._turned_away
             await self._space.park()
+            if self._turned_away != turned_away:
+                return False
         if not self._accepting:
             return False
         self.put_nowait(items)
@@ -96,12 +139,14 @@ class Outbox(Generic[T]):
 
     def put_nowait(self, items: Iterable[T]) -> None:
         """Add ``items`` whatever the fill (failover of already accepted messages)."""
+        self._busy()
         self._items.extend(items)
         if self._data:
             self._data.unpark_all()
 
     def put_front(self, items: list[T]) -> None:
         """Add ``items`` ahead of everything queued (redelivery), whatever the fill."""
+        self._busy()
         self._items.extendleft(reversed(items))
         if self._data:
             self._data.unpark_all()
@@ -111,6 +156,7 @@ class Outbox(Generic[T]):
         self.taken -= len(items)
         if self.unacked is not None:
             self.unacked.unstamp(items)  # type: ignore[arg-type]
+        self._busy()
         self._items.extendleft(reversed(items))
         if self._data:
             self._data.unpark_all()
@@ -129,6 +175,7 @@ class Outbox(Generic[T]):
             items = self._take(unacked.room)
             if items:
                 unacked.stamp(items, trio.current_time())  # type: ignore[arg-type]
+        self.progressed()
         if items:
             self._in_flight = True
             self.taken += len(items)
@@ -196,6 +243,10 @@ class Outbox(Generic[T]):
         """Return once everything queued is taken and written, or the outbox closed."""
         while self._accepting and (self._items or self._in_flight):
             await self._space.park()
+
+    async def wait_progress(self) -> None:
+        """Return at the writer's next progress (see :meth:`progressed`)."""
+        await self._progress.park()
 
     async def wait_nonempty(self) -> None:
         """Return once something is queued (and, with acknowledgements, there is room)."""

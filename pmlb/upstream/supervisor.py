@@ -35,6 +35,11 @@ BACKOFF_MAX = 5.0
 #: The backoff starts again from BACKOFF_MIN only after the upstream served
 #: this long: one that fails right after each reconnect keeps backing off.
 STABLE_AFTER = 10.0
+#: An upstream whose writer has made no progress (taken nothing, written no
+#: byte) this long while messages wait (its flow-control window held at 0,
+#: say) is stalled: it gets no new messages while another upstream can take
+#: them; its ``stall_timeout`` makes it failed.
+STALL_AFTER = 1.0
 
 
 class UpstreamState(enum.StrEnum):
@@ -69,6 +74,10 @@ class Upstream:
     undeliverable: int = 0
     #: being drained: gets no new messages, removed once it has finished
     draining: bool = False
+    #: its writes are not progressing (see STALL_AFTER): no new messages
+    stalled: bool = False
+    #: times it stalled
+    stalls: int = 0
     #: cancelling it removes the upstream (its supervisor ends)
     cancel_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     #: set once the supervisor has ended and the upstream is removed
@@ -219,6 +228,7 @@ async def _serve(upstream: Upstream, transport: Transport, registry: Registry) -
                 transport.run_stream, upstream.outbox, deliver_acked if config.acks else deliver
             ),
         )
+        nursery.start_soon(run, "stream", partial(_watch_writes, upstream, registry))
         nursery.start_soon(
             run,
             "liveness",
@@ -248,3 +258,42 @@ async def _watch_acks(upstream: Upstream) -> None:
             )
         else:
             await trio.sleep_until(oldest + timeout)
+
+
+async def _watch_writes(upstream: Upstream, registry: Registry) -> None:
+    """Report the upstream stalled while its writes make no progress; raise past stall_timeout.
+
+    Liveness runs on a stream of its own, so an upstream that holds the bidi
+    stream's window at 0 still answers it: only the writes show the stall.
+    """
+    outbox, timeout = upstream.outbox, upstream.config.stall_timeout
+    mark_after = min(STALL_AFTER, timeout)
+    try:
+        while True:
+            since = outbox.busy_since()
+            if since is None:
+                registry.set_upstream_stalled(upstream, False)
+                await outbox.wait_nonempty()
+                continue
+            waited = trio.current_time() - since
+            # Failing it helps only if its messages have somewhere to go: a
+            # lone upstream stays (stalled, its clients held back), since
+            # failing it would lose what it was written and not answered.
+            if waited >= timeout and registry.others_flowing(upstream):
+                raise UpstreamError(
+                    f"stalled: nothing written for {timeout:g}s while messages waited"
+                    " (stall_timeout)"
+                )
+            if waited < mark_after:
+                registry.set_upstream_stalled(upstream, False)
+                # A healthy writer progresses many times meanwhile: look again then.
+                await trio.sleep_until(since + mark_after)
+            else:
+                registry.set_upstream_stalled(upstream, True, waited=waited)
+                deadline = since + timeout
+                if waited >= timeout:
+                    deadline = trio.current_time() + mark_after  # look for another again
+                with trio.move_on_at(deadline):
+                    await outbox.wait_progress()
+    finally:
+        registry.set_upstream_stalled(upstream, False)
