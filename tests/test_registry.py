@@ -440,6 +440,9 @@ async def test_awaiting_upstream_counts_batches_readers_hold() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert registry.statistics().awaiting_upstream == 2  # no upstream serves
         registry.set_upstream_state(up, UpstreamState.SERVING)
+        # The first batch is placed before the second reader comes (Trio
+        # runs woken tasks in random order).
+        await trio.testing.wait_all_tasks_blocked()
         nursery.start_soon(registry.dispatch, [request(3)])
         await trio.testing.wait_all_tasks_blocked()
         assert registry.statistics().awaiting_upstream == 3  # 2 queued, 1 waiting for room
