@@ -6,6 +6,7 @@ import pytest
 import trio
 
 from tests.helpers import Processes
+from tests.redis_server import RedisServer
 
 UPSTREAM_TRANSPORTS = ("native", "grpclib")
 
@@ -25,3 +26,14 @@ async def procs(nursery: trio.Nursery, request: pytest.FixtureRequest) -> AsyncI
         yield processes
     finally:
         await processes.aclose()
+
+
+@pytest.fixture
+async def redis(procs: Processes) -> AsyncIterator[RedisServer]:
+    """A redis-server of the test's own (unix socket, no persistence)."""
+    server = RedisServer(procs)
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()

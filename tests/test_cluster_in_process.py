@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import coredis
-import pytest
 import trio
 
 import pmlb
@@ -15,16 +14,6 @@ from tests.helpers import TIMEOUT, LineClient, Processes
 from tests.redis_server import RedisServer, needs_redis
 
 pytestmark = needs_redis
-
-
-@pytest.fixture
-async def redis(procs: Processes) -> AsyncIterator[RedisServer]:
-    server = RedisServer(procs)
-    await server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
 
 
 def node_config(

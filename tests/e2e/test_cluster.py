@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -22,16 +21,6 @@ from tests.redis_server import RedisServer, needs_redis
 pytestmark = [pytest.mark.e2e, needs_redis]
 
 UNKNOWN = "11111111-2222-4333-8444-555555555555"
-
-
-@pytest.fixture
-async def redis(procs: Processes) -> AsyncIterator[RedisServer]:
-    server = RedisServer(procs)
-    await server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
 
 
 async def start_node(
