@@ -73,7 +73,7 @@ class RegistryCollector(Collector):
         self._registry = registry
 
     def collect(self) -> Iterator[Metric]:
-        from pmlb.upstream.supervisor import UpstreamState
+        from pmlb.upstream.supervisor import AdminState, UpstreamState
 
         registry = self._registry
         stats = registry.statistics()
@@ -156,6 +156,11 @@ class RegistryCollector(Collector):
             "1 for each upstream's current state.",
             labels=["upstream", "state"],
         )
+        admin_states = GaugeMetricFamily(
+            "pmlb_upstream_admin_state",
+            "1 for the state an operator set on each upstream (ready, drain, maint).",
+            labels=["upstream", "state"],
+        )
         queued = GaugeMetricFamily(
             "pmlb_upstream_queued", "Messages waiting for each upstream.", labels=["upstream"]
         )
@@ -187,6 +192,10 @@ class RegistryCollector(Collector):
                     # Label values without spaces: "checking readiness" is checking_readiness.
                     label = str(state).replace(" ", "_")
                     states.add_metric([address, label], float(upstream.state is state))
+            for admin_state in AdminState:
+                admin_states.add_metric(
+                    [address, str(admin_state)], float(upstream.admin_state is admin_state)
+                )
             queued.add_metric([address], len(upstream.outbox))
             stalled.add_metric([address], float(upstream.stalled))
             stalls.add_metric([address], upstream.stalls)
@@ -196,6 +205,7 @@ class RegistryCollector(Collector):
                 [address, "written_to_upstream"], upstream.messages_written
             )
         yield states
+        yield admin_states
         yield queued
         yield stalled
         yield stalls

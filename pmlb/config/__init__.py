@@ -220,7 +220,7 @@ The package is split by job: :mod:`~pmlb.config.schema` (the records and
 from pmlb.config.checks import host_problem as host_problem
 from pmlb.config.checks import redis_url_problem as redis_url_problem
 from pmlb.config.overrides import apply_overrides
-from pmlb.config.parse import load_config, parse_config
+from pmlb.config.parse import UpstreamError, load_config, parse_config, parse_upstream
 from pmlb.config.render import render_config
 from pmlb.config.schema import _POLICIES as _POLICIES
 from pmlb.config.schema import (
@@ -246,8 +246,10 @@ __all__ = [
     "ManagementConfig",
     "ManagementTLSConfig",
     "UpstreamConfig",
+    "UpstreamError",
     "apply_overrides",
     "load_config",
     "parse_config",
+    "parse_upstream",
     "render_config",
 ]

@@ -37,9 +37,11 @@ class _Problems:
     def __init__(self, source: str) -> None:
         self.source = source
         self.found: list[str] = []
+        self.keyed: list[tuple[str, str]] = []
 
     def add(self, key: str, problem: str) -> None:
         self.found.append(f"{self.source}: {key}: {problem}")
+        self.keyed.append((key, problem))
 
     def raise_if_any(self) -> None:
         if self.found:
@@ -163,11 +165,9 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
 
     upstreams = []
     for key, table in _array_of_tables(problems, data, "upstream"):
-        _require(problems, table, key, ["host", "port"])
-        values = _read(problems, table, key, _UPSTREAM_CHECKS)
-        _check_upstream_tls(problems, key, values)
-        if "host" in values and "port" in values:
-            upstreams.append((key, UpstreamConfig(**values)))
+        upstream = _upstream(problems, key, table)
+        if upstream is not None:
+            upstreams.append((key, upstream))
     _check_unique_upstreams(problems, upstreams)
 
     management = _table(problems, data, "", "management_server")
@@ -227,14 +227,48 @@ def _check_listener_tls(problems: _Problems, key: str, values: Mapping[str, Any]
             problems.add(f"{key}.{name}", 'only applies when transport = "tls" or "websocket"')
 
 
+def _upstream(problems: _Problems, key: str, table: Mapping[str, object]) -> UpstreamConfig | None:
+    _require(problems, table, key, ["host", "port"])
+    values = _read(problems, table, key, _UPSTREAM_CHECKS)
+    _check_upstream_tls(problems, key, values)
+    if "host" in values and "port" in values:
+        return UpstreamConfig(**values)
+    return None
+
+
+class UpstreamError(ValueError):
+    """An upstream described by a mapping (an API body) that cannot be used.
+
+    ``problems`` lists ``(key, problem)`` pairs, checked as a file's
+    ``[[upstream]]`` table is.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{key}: {problem}" for key, problem in problems))
+
+
+def parse_upstream(table: Mapping[str, object]) -> UpstreamConfig:
+    """The upstream an ``[[upstream]]`` table (or a JSON object like it) describes.
+
+    Raises :class:`UpstreamError` with every problem, found by the checks
+    :func:`parse_config` runs on a file's ``[[upstream]]`` tables.
+    """
+    problems = _Problems("")
+    upstream = _upstream(problems, "", table)
+    if problems.keyed or upstream is None:
+        raise UpstreamError(problems.keyed)
+    return upstream
+
+
 def _check_upstream_tls(problems: _Problems, key: str, values: Mapping[str, Any]) -> None:
     for name in ("tls_ca", "tls_cert", "tls_key", "tls_server_name"):
         if values.get(name) and not values.get("tls"):
-            problems.add(f"{key}.{name}", "only applies when tls = true")
+            problems.add(_key(key, name), "only applies when tls = true")
     if values.get("tls_cert") and not values.get("tls_key"):
-        problems.add(f"{key}.tls_key", "must be set when tls_cert is set")
+        problems.add(_key(key, "tls_key"), "must be set when tls_cert is set")
     if values.get("tls_key") and not values.get("tls_cert"):
-        problems.add(f"{key}.tls_cert", "must be set when tls_key is set")
+        problems.add(_key(key, "tls_cert"), "must be set when tls_key is set")
 
 
 def _unique_listeners(

@@ -50,6 +50,21 @@ class UpstreamState(enum.StrEnum):
     REMOVED = "removed"
 
 
+class AdminState(enum.StrEnum):
+    """What an operator set, apart from health (HAProxy's ``set server state``).
+
+    ``ready``: in rotation while it serves. ``drain``: no new messages; what
+    is queued is still written, replies and acknowledgements still flow.
+    ``maint``: out of rotation; what is queued moves to other upstreams at
+    once, while its connection stays (replies and acknowledgements to what
+    it was written still flow). Either is undone by setting ``ready``.
+    """
+
+    READY = "ready"
+    DRAIN = "drain"
+    MAINT = "maint"
+
+
 @attrs.define(eq=False)
 class Upstream:
     """One upstream as the registry and the admin see it."""
@@ -74,6 +89,8 @@ class Upstream:
     undeliverable: int = 0
     #: being drained: gets no new messages, removed once it has finished
     draining: bool = False
+    #: set by an operator (see :class:`AdminState`); changed by the registry only
+    admin_state: AdminState = AdminState.READY
     #: its writes are not progressing (see STALL_AFTER): no new messages
     stalled: bool = False
     #: times it stalled
@@ -96,6 +113,11 @@ class Upstream:
     def unacked(self) -> int:
         """Requests written to its stream and not acknowledged (0 without acks)."""
         return self.outbox.unacked_count
+
+    @property
+    def in_rotation(self) -> bool:
+        """Whether it gets new messages when it serves (not drained, nor in maintenance)."""
+        return self.admin_state is AdminState.READY and not self.draining
 
     @property
     def queued(self) -> int:
