@@ -206,6 +206,7 @@ class RegistryCollector(Collector):
             )
         yield states
         yield admin_states
+        yield from _health_latency(registry)
         yield queued
         yield stalled
         yield stalls
@@ -263,6 +264,27 @@ class RegistryCollector(Collector):
             from pmlb.cluster.metrics import collect
 
             yield from collect(registry.cluster)
+
+
+def _health_latency(registry: Registry) -> Iterator[Metric]:
+    """Per upstream: liveness ping round trips and readiness check latency."""
+    ping = HistogramMetricFamily(
+        "pmlb_upstream_ping_seconds",
+        "Round trip of each upstream's liveness pings (to the answer).",
+        labels=["upstream"],
+    )
+    ready = HistogramMetricFamily(
+        "pmlb_upstream_ready_check_seconds",
+        "Time each upstream's readiness checks took to answer (ready or not).",
+        labels=["upstream"],
+    )
+    for address, upstream in list(registry.upstreams.items()):
+        ping.add_metric([address], upstream.ping_latency.cumulative(), upstream.ping_latency.total)
+        ready.add_metric(
+            [address], upstream.ready_latency.cumulative(), upstream.ready_latency.total
+        )
+    yield ping
+    yield ready
 
 
 def _ack_metrics(registry: Registry) -> Iterator[Metric]:

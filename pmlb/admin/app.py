@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 from quart import Response, request, websocket
 from quart_schema import (
     QuartSchema,
@@ -62,6 +63,26 @@ def _version() -> str:
     return pmlb_version()
 
 
+def _wants_openmetrics(accept: str) -> bool:
+    """Whether an ``Accept`` header prefers OpenMetrics (as Prometheus sends it) to text."""
+    best_open = best_text = 0.0
+    for part in accept.split(","):
+        kind, *params = (p.strip() for p in part.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if kind.lower() == "application/openmetrics-text":
+            best_open = max(best_open, quality)
+        elif kind.lower() in ("text/plain", "text/*", "*/*"):
+            best_text = max(best_text, quality)
+    return best_open > 0 and best_open >= best_text
+
+
 def _error(status: int, message: str, fields: list[str] | None = None) -> tuple[Response, int]:
     body = s.Error(error=message, fields=fields or []).model_dump()
     return Response(json.dumps(body), content_type="application/json"), status
@@ -82,6 +103,7 @@ def _upstream_view(upstream: Upstream) -> s.Upstream:
         last_error=upstream.last_error,
         ready_at=rfc3339_from(upstream.ready_at),
         alive_at=rfc3339_from(upstream.alive_at),
+        ping_seconds=upstream.last_ping,
         ready_timeout=config.ready_timeout,
         alive_timeout=config.alive_timeout,
         live_interval=config.live_interval,
@@ -325,7 +347,12 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics_text() -> Response:
-        """Prometheus text format."""
+        """Prometheus text format, or OpenMetrics when the ``Accept`` header asks for it."""
+        if _wants_openmetrics(request.headers.get("Accept", "")):
+            return Response(
+                openmetrics.generate_latest(metrics),  # type: ignore[no-untyped-call]
+                content_type=openmetrics.CONTENT_TYPE_LATEST,
+            )
         return Response(generate_latest(metrics), content_type=CONTENT_TYPE_LATEST)
 
     # -- upstreams --------------------------------------------------------

@@ -93,6 +93,8 @@ class Upstream(BaseModel):
     last_error: str | None
     ready_at: str | None
     alive_at: str | None
+    #: seconds the last liveness ping took to be answered
+    ping_seconds: float | None = None
     ready_timeout: float
     alive_timeout: float
     live_interval: float

@@ -19,6 +19,7 @@ import trio
 
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.config import UpstreamConfig
+from pmlb.metrics import LatencyHistogram
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.transport import Transport, UpstreamError
 
@@ -95,6 +96,12 @@ class Upstream:
     stalled: bool = False
     #: times it stalled
     stalls: int = 0
+    #: seconds from each liveness ping to its answer, and the last one
+    ping_latency: LatencyHistogram = attrs.Factory(LatencyHistogram)
+    last_ping: float | None = None
+    #: seconds each readiness check took to answer (ready or not; not the
+    #: checks that got no answer within ready_timeout)
+    ready_latency: LatencyHistogram = attrs.Factory(LatencyHistogram)
     #: cancelling it removes the upstream (its supervisor ends)
     cancel_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     #: set once the supervisor has ended and the upstream is removed
@@ -196,11 +203,13 @@ async def _wait_ready(upstream: Upstream, transport: Transport, backoff: Backoff
     while True:
         ready, problem = False, f"no answer within ready_timeout ({config.ready_timeout:g}s)"
         with trio.move_on_after(config.ready_timeout):
+            started = time.perf_counter()
             try:
                 ready = await transport.check_ready()
                 problem = "the upstream answered ready = false"
             except UpstreamError as exc:
                 problem = str(exc)
+            upstream.ready_latency.observe(time.perf_counter() - started)
         if ready:
             upstream.ready_at = time.time()
             return
@@ -216,8 +225,11 @@ async def _serve(upstream: Upstream, transport: Transport, registry: Registry) -
     config = upstream.config
     reason = "stopped"
 
-    def alive() -> None:
+    def alive(round_trip: float | None) -> None:
         upstream.alive_at = time.time()
+        if round_trip is not None:
+            upstream.ping_latency.observe(round_trip)
+            upstream.last_ping = round_trip
 
     cluster = config.reply_scope == "cluster"
 
