@@ -65,6 +65,7 @@ An example using every table::
     ready_requires_upstream = false     # true: /readyz is 503 while no upstream serves
     allowed_hosts = ["pmlb.internal"]   # more names the admin may be reached by (Host)
     allowed_origins = ["https://ops.example.com"]   # web origins that may change state
+    trusted_proxies = ["10.0.0.0/8"]    # proxies whose X-Forwarded-For the audit log names
 
     [management_server.tls]
     cert_path = ""
@@ -184,7 +185,12 @@ An example using every table::
     ``localhost`` on a loopback address): other names are refused (DNS
     rebinding). ``allowed_origins`` (default empty) lists web origins
     (``scheme://host[:port]``) whose pages may change state or open the event
-    WebSocket besides the admin's own dashboard. ``cert_path`` and
+    WebSocket besides the admin's own dashboard. ``trusted_proxies``
+    (default empty) lists IP addresses or networks (``"10.0.0.0/8"``) of
+    reverse proxies in front of the admin: a request from one of them has
+    the client its ``X-Forwarded-For`` or ``Forwarded`` header names logged
+    beside the proxy's address (as ``forwarded_for``) in the admin's audit
+    and access lines; from anyone else those headers are ignored. ``cert_path`` and
     ``key_path`` in the ``tls`` table name a PEM certificate and its key; both
     empty means no TLS.
 
@@ -387,6 +393,8 @@ class ManagementConfig:
     allowed_hosts: tuple[str, ...] = ()
     #: web origins that may change state and open the event WebSocket
     allowed_origins: tuple[str, ...] = ()
+    #: reverse proxies (IP networks) whose forwarded-for headers are believed
+    trusted_proxies: tuple[str, ...] = ()
     tls: ManagementTLSConfig | None = None
     #: serve /metrics without the token (for a Prometheus that has none)
     public_metrics: bool = False
@@ -721,6 +729,14 @@ def _origin(value: object) -> str:
     return text.lower()
 
 
+def _network(value: object) -> str:
+    text = _string(value)
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise _Bad(f"must be an IP address or network (e.g. '10.0.0.0/8'), got {text!r}") from None
+
+
 def _one_of(*choices: str) -> Callable[[object], str]:
     want = "must be one of " + ", ".join(repr(choice) for choice in choices)
 
@@ -808,6 +824,7 @@ _MANAGEMENT_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "ready_requires_upstream": _boolean,
     "allowed_hosts": _list_of(_host),
     "allowed_origins": _list_of(_origin),
+    "trusted_proxies": _list_of(_network),
 }
 _TLS_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "cert_path": _string,
@@ -1427,7 +1444,7 @@ def render_config(config: Config) -> str:
         management["token"] = config.management.token
     management["public_metrics"] = config.management.public_metrics
     management["ready_requires_upstream"] = config.management.ready_requires_upstream
-    for name in ("allowed_hosts", "allowed_origins"):
+    for name in ("allowed_hosts", "allowed_origins", "trusted_proxies"):
         if getattr(config.management, name):
             management[name] = list(getattr(config.management, name))
     if config.management.tls is not None:
