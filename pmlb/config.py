@@ -14,6 +14,8 @@ An example using every table::
     max_message_size = 65536    # bytes; a client sending more is disconnected
     activity_window = 60        # seconds a client counts as active after its last message
     client_queue_size = 1024
+    client_queue_bytes = 4194304        # bytes queued towards one client before it is slow
+    client_queue_bytes_total = 268435456    # bytes held for all clients together
     upstream_queue_size = 4096
     max_clients_total = 10000   # over all listeners; 0 (default): no limit
     slow_client_policy = "disconnect"   # or "drop_oldest"
@@ -94,7 +96,13 @@ An example using every table::
     It also holds settings for the whole server: ``activity_window`` (seconds a
     client counts as active after its last message, default 60),
     ``client_queue_size`` (messages queued towards one client before it counts
-    as a slow client, default 1024), ``upstream_queue_size`` (messages queued
+    as a slow client, default 1024), ``client_queue_bytes`` (bytes of the
+    messages queued towards one client before it counts as a slow client,
+    whichever of the two comes first, default 4 MiB; 0: no byte limit),
+    ``client_queue_bytes_total`` (bytes queued for, or being written to, all
+    clients together, default 256 MiB; past it the slow-client policy applies
+    to the clients holding the most, whatever ``slow_client_timeout``, until
+    they hold 7/8 of it; 0: no limit), ``upstream_queue_size`` (messages queued
     towards one upstream before pmlb stops reading from clients, default 4096),
     ``balancing``, the policy that picks an upstream for each message:
     ``"round_robin"`` (default), ``"sticky"``, ``"hash"`` or ``"least_loaded"``
@@ -436,7 +444,9 @@ class Config:
 
     ``activity_window`` is how many seconds a client counts as active after its
     last message. ``client_queue_size`` is how many outbound messages may wait
-    for one client before it counts as a slow client; ``upstream_queue_size``
+    for one client before it counts as a slow client, ``client_queue_bytes``
+    how many bytes (whichever comes first), ``client_queue_bytes_total`` how
+    many bytes all clients together may hold; ``upstream_queue_size``
     how many may wait for one upstream before pmlb stops reading from clients.
     ``source`` names the file the configuration came from; it does not take
     part in comparisons.
@@ -446,6 +456,10 @@ class Config:
     upstreams: tuple[UpstreamConfig, ...] = ()
     activity_window: float = 60.0
     client_queue_size: int = 1024
+    #: bytes queued towards one client before it counts as slow (0: no limit)
+    client_queue_bytes: int = 4 * 1024 * 1024
+    #: bytes queued for or being written to all clients together (0: no limit)
+    client_queue_bytes_total: int = 256 * 1024 * 1024
     upstream_queue_size: int = 4096
     #: the balancing policy pmlb starts with (see pmlb.balancer)
     balancing: str = "round_robin"
@@ -762,6 +776,8 @@ _SERVER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     **_LISTENER_CHECKS,
     "activity_window": _seconds,
     "client_queue_size": _queue_size,
+    "client_queue_bytes": _integer(0),
+    "client_queue_bytes_total": _integer(0),
     "upstream_queue_size": _queue_size,
     "balancing": _one_of(*_POLICIES),
     "max_clients_total": _integer(0),
@@ -1363,6 +1379,8 @@ def render_config(config: Config) -> str:
         server.update(_as_table(config.listeners[0]))
     server["activity_window"] = config.activity_window
     server["client_queue_size"] = config.client_queue_size
+    server["client_queue_bytes"] = config.client_queue_bytes
+    server["client_queue_bytes_total"] = config.client_queue_bytes_total
     server["upstream_queue_size"] = config.upstream_queue_size
     server["balancing"] = config.balancing
     # Every server-wide setting, default or not: this is what pmlb runs on.
