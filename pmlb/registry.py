@@ -678,7 +678,7 @@ class Registry:
         fields: dict[str, object] = {"upstream": upstream.address, "stalled": stalled}
         if stalled:
             upstream.stalls += 1
-            fields["waited"] = f"{waited or 0:.1f}s"
+            fields["waited"] = round(waited or 0.0, 3)  # seconds, a number in JSON logs
             fields["queued"] = len(upstream.outbox)
             log.warning("upstream stalled: its writes make no progress", extra=fields)
             upstream.outbox.turn_away()

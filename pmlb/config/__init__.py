@@ -67,6 +67,7 @@ An example using every table::
     ready_requires_upstream = false     # true: /readyz is 503 while no upstream serves
     allowed_hosts = ["pmlb.internal"]   # more names the admin may be reached by (Host)
     allowed_origins = ["https://ops.example.com"]   # web origins that may change state
+    trusted_proxies = ["10.0.0.0/8"]    # proxies whose X-Forwarded-For the audit log names
 
     [management_server.tls]
     cert_path = ""
@@ -192,7 +193,12 @@ An example using every table::
     ``localhost`` on a loopback address): other names are refused (DNS
     rebinding). ``allowed_origins`` (default empty) lists web origins
     (``scheme://host[:port]``) whose pages may change state or open the event
-    WebSocket besides the admin's own dashboard. ``cert_path`` and
+    WebSocket besides the admin's own dashboard. ``trusted_proxies``
+    (default empty) lists IP addresses or networks (``"10.0.0.0/8"``) of
+    reverse proxies in front of the admin: a request from one of them has
+    the client its ``X-Forwarded-For`` or ``Forwarded`` header names logged
+    beside the proxy's address (as ``forwarded_for``) in the admin's audit
+    and access lines; from anyone else those headers are ignored. ``cert_path`` and
     ``key_path`` in the ``tls`` table name a PEM certificate and its key; both
     empty means no TLS.
 

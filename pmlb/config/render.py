@@ -135,7 +135,7 @@ def render_config(config: Config) -> str:
         management["token"] = config.management.token
     management["public_metrics"] = config.management.public_metrics
     management["ready_requires_upstream"] = config.management.ready_requires_upstream
-    for name in ("allowed_hosts", "allowed_origins"):
+    for name in ("allowed_hosts", "allowed_origins", "trusted_proxies"):
         if getattr(config.management, name):
             management[name] = list(getattr(config.management, name))
     if config.management.tls is not None:

@@ -153,6 +153,8 @@ class ManagementConfig:
     allowed_hosts: tuple[str, ...] = ()
     #: web origins that may change state and open the event WebSocket
     allowed_origins: tuple[str, ...] = ()
+    #: reverse proxies (IP networks) whose forwarded-for headers are believed
+    trusted_proxies: tuple[str, ...] = ()
     tls: ManagementTLSConfig | None = None
     #: serve /metrics without the token (for a Prometheus that has none)
     public_metrics: bool = False
