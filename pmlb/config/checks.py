@@ -297,6 +297,8 @@ _SERVER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     **_LISTENER_CHECKS,
     "activity_window": _seconds,
     "client_queue_size": _queue_size,
+    "client_queue_bytes": _integer(0),
+    "client_queue_bytes_total": _integer(0),
     "upstream_queue_size": _queue_size,
     "balancing": _one_of(*_POLICIES),
     "max_clients_total": _integer(0),
