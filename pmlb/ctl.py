@@ -50,10 +50,20 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add.add_argument("--alive-timeout", type=float)
     add.add_argument("--live-interval", type=float)
     add.set_defaults(run=_upstreams_add)
-    for verb, run in (("remove", _upstreams_remove), ("drain", _upstreams_drain)):
-        sub = verbs.add_parser(verb, help=f"{verb} HOST:PORT")
+    for verb, run, text in (
+        ("remove", _upstreams_remove, "remove HOST:PORT"),
+        ("drain", _upstreams_drain, "drain HOST:PORT, then remove it"),
+    ):
+        sub = verbs.add_parser(verb, help=text)
         sub.add_argument("address", metavar="HOST:PORT")
         sub.set_defaults(run=run)
+    state = verbs.add_parser(
+        "state",
+        help="set HOST:PORT ready, drain (no new messages) or maint (out of rotation)",
+    )
+    state.add_argument("address", metavar="HOST:PORT")
+    state.add_argument("state", choices=["ready", "drain", "maint"])
+    state.set_defaults(run=_upstreams_state)
 
     clients = what.add_parser("clients", help="list (the default), get, kick or send to")
     clients.set_defaults(run=_clients_list, state=None, listener=None, limit=100, all=False)
@@ -173,12 +183,20 @@ def _upstreams_list(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
         {
             **u,
             "state": "draining" if u["draining"] else u["state"],
+            "admin": u.get("admin_state", "ready"),
             "to": u["messages_to_upstream"],
             "from": u["messages_from_upstream"],
         }
         for u in answer["upstreams"]
     ]
-    return answer, _table(rows, ["address", "state", "to", "from", "queued", "last_error"])
+    return answer, _table(rows, ["address", "state", "admin", "to", "from", "queued", "last_error"])
+
+
+def _upstreams_state(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
+    answer = api.call(
+        "PUT", f"/api/v1/upstreams/{_quote(args.address)}/state", {"state": args.state}
+    )
+    return answer, f"{answer['address']}: {answer['admin_state']} ({answer['state']})"
 
 
 def _split_address(text: str) -> tuple[str, int]:

@@ -73,7 +73,7 @@ class RegistryCollector(Collector):
         self._registry = registry
 
     def collect(self) -> Iterator[Metric]:
-        from pmlb.upstream.supervisor import UpstreamState
+        from pmlb.upstream.supervisor import AdminState, UpstreamState
 
         registry = self._registry
         stats = registry.statistics()
@@ -156,6 +156,11 @@ class RegistryCollector(Collector):
             "1 for each upstream's current state.",
             labels=["upstream", "state"],
         )
+        admin_states = GaugeMetricFamily(
+            "pmlb_upstream_admin_state",
+            "1 for the state an operator set on each upstream (ready, drain, maint).",
+            labels=["upstream", "state"],
+        )
         queued = GaugeMetricFamily(
             "pmlb_upstream_queued", "Messages waiting for each upstream.", labels=["upstream"]
         )
@@ -187,6 +192,10 @@ class RegistryCollector(Collector):
                     # Label values without spaces: "checking readiness" is checking_readiness.
                     label = str(state).replace(" ", "_")
                     states.add_metric([address, label], float(upstream.state is state))
+            for admin_state in AdminState:
+                admin_states.add_metric(
+                    [address, str(admin_state)], float(upstream.admin_state is admin_state)
+                )
             queued.add_metric([address], len(upstream.outbox))
             stalled.add_metric([address], float(upstream.stalled))
             stalls.add_metric([address], upstream.stalls)
@@ -196,6 +205,8 @@ class RegistryCollector(Collector):
                 [address, "written_to_upstream"], upstream.messages_written
             )
         yield states
+        yield admin_states
+        yield from _health_latency(registry)
         yield queued
         yield stalled
         yield stalls
@@ -253,6 +264,27 @@ class RegistryCollector(Collector):
             from pmlb.cluster.metrics import collect
 
             yield from collect(registry.cluster)
+
+
+def _health_latency(registry: Registry) -> Iterator[Metric]:
+    """Per upstream: liveness ping round trips and readiness check latency."""
+    ping = HistogramMetricFamily(
+        "pmlb_upstream_ping_seconds",
+        "Round trip of each upstream's liveness pings (to the answer).",
+        labels=["upstream"],
+    )
+    ready = HistogramMetricFamily(
+        "pmlb_upstream_ready_check_seconds",
+        "Time each upstream's readiness checks took to answer (ready or not).",
+        labels=["upstream"],
+    )
+    for address, upstream in list(registry.upstreams.items()):
+        ping.add_metric([address], upstream.ping_latency.cumulative(), upstream.ping_latency.total)
+        ready.add_metric(
+            [address], upstream.ready_latency.cumulative(), upstream.ready_latency.total
+        )
+    yield ping
+    yield ready
 
 
 def _ack_metrics(registry: Registry) -> Iterator[Metric]:

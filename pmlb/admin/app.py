@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 from quart import Response, request, websocket
 from quart_schema import (
     QuartSchema,
     RequestSchemaValidationError,
+    document_request,
     document_response,
     validate_querystring,
     validate_request,
@@ -43,11 +45,12 @@ from pmlb.admin import schemas as s
 from pmlb.admin.guard import Guard, HostCheck
 from pmlb.balancer import POLICIES
 from pmlb.cluster.ops import BusDown, NoAnswer, encode_payload
-from pmlb.config import UpstreamConfig
+from pmlb.config import UpstreamError, parse_upstream
 from pmlb.downstream.client import Client
 from pmlb.metrics import metrics_registry
 from pmlb.registry import Registry
-from pmlb.upstream.supervisor import Upstream
+from pmlb.upstream.discovery import Discovery
+from pmlb.upstream.supervisor import AdminState, Upstream
 
 if TYPE_CHECKING:
     from pmlb.cluster.bus import Bus
@@ -68,6 +71,26 @@ def _version() -> str:
     return pmlb_version()
 
 
+def _wants_openmetrics(accept: str) -> bool:
+    """Whether an ``Accept`` header prefers OpenMetrics (as Prometheus sends it) to text."""
+    best_open = best_text = 0.0
+    for part in accept.split(","):
+        kind, *params = (p.strip() for p in part.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if kind.lower() == "application/openmetrics-text":
+            best_open = max(best_open, quality)
+        elif kind.lower() in ("text/plain", "text/*", "*/*"):
+            best_text = max(best_text, quality)
+    return best_open > 0 and best_open >= best_text
+
+
 def _error(status: int, message: str, fields: list[str] | None = None) -> tuple[Response, int]:
     body = s.Error(error=message, fields=fields or []).model_dump()
     return Response(json.dumps(body), content_type="application/json"), status
@@ -81,16 +104,22 @@ def _upstream_view(upstream: Upstream) -> s.Upstream:
         host=config.host,
         port=config.port,
         state=str(upstream.state),
+        admin_state=str(upstream.admin_state),  # type: ignore[arg-type]
         draining=upstream.draining,
         stalled=upstream.stalled,
         stalls=upstream.stalls,
         last_error=upstream.last_error,
         ready_at=rfc3339_from(upstream.ready_at),
         alive_at=rfc3339_from(upstream.alive_at),
+        ping_seconds=upstream.last_ping,
         ready_timeout=config.ready_timeout,
         alive_timeout=config.alive_timeout,
         live_interval=config.live_interval,
+        stall_timeout=config.stall_timeout,
         transport=config.transport,
+        tls=config.tls,
+        events=config.events,
+        health=config.health,
         messages_to_upstream=upstream.messages_dispatched,
         messages_from_upstream=upstream.messages_received,
         messages_written=upstream.messages_written,
@@ -101,6 +130,17 @@ def _upstream_view(upstream: Upstream) -> s.Upstream:
         acks_unknown=unacked.acks_unknown if unacked is not None else 0,
         redelivered=upstream.redelivered,
         undeliverable=upstream.undeliverable,
+    )
+
+
+def _discovery_view(entry: Discovery) -> s.Discovery:
+    config = entry.config
+    return s.Discovery(
+        address=entry.address,
+        host=config.host,
+        port=config.port,
+        resolve_interval=config.resolve_interval,
+        upstreams=sorted(entry.addresses),
     )
 
 
@@ -125,6 +165,14 @@ class _Invalid(Exception):
     def __init__(self, message: str, field: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class _InvalidFields(Exception):
+    """A body with problems in several fields (400)."""
+
+    def __init__(self, message: str, fields: list[str]) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 class _Request(TrioRequest):
@@ -254,6 +302,10 @@ def create_app(
     async def invalid(error: _Invalid) -> tuple[Response, int]:
         return _error(400, str(error), [error.field])
 
+    @app.errorhandler(_InvalidFields)
+    async def invalid_fields(error: _InvalidFields) -> tuple[Response, int]:
+        return _error(400, str(error), error.fields)
+
     # -- health -----------------------------------------------------------
 
     @app.get("/healthz")
@@ -297,7 +349,12 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics_text() -> Response:
-        """Prometheus text format."""
+        """Prometheus text format, or OpenMetrics when the ``Accept`` header asks for it."""
+        if _wants_openmetrics(request.headers.get("Accept", "")):
+            return Response(
+                openmetrics.generate_latest(metrics),  # type: ignore[no-untyped-call]
+                content_type=openmetrics.CONTENT_TYPE_LATEST,
+            )
         return Response(generate_latest(metrics), content_type=CONTENT_TYPE_LATEST)
 
     # -- upstreams --------------------------------------------------------
@@ -320,49 +377,56 @@ def create_app(
     async def conflict(error: _Conflict) -> tuple[Response, int]:
         return _error(409, str(error))
 
-    def add_upstream(body: s.UpstreamIn | s.LegacyUpstreamIn) -> s.Upstream:
-        config = UpstreamConfig(
-            host=body.host,
-            port=body.port,
-            ready_timeout=body.ready_timeout,
-            alive_timeout=body.alive_timeout,
-        )
-        if isinstance(body, s.UpstreamIn):
-            config = attrs.evolve(config, live_interval=body.live_interval)
-            if body.transport is not None:
-                config = attrs.evolve(config, transport=body.transport)
-            config = attrs.evolve(
-                config,
-                acks=body.acks,
-                max_unacked=body.max_unacked,
-                ack_timeout=body.ack_timeout,
-                max_deliveries=body.max_deliveries,
-            )
-        if config.address in registry.upstreams:
+    def add_upstream(body: object) -> tuple[s.Upstream | s.Discovery, int]:
+        # Checked by the file's own checks, so that the API takes exactly
+        # what a file's [[upstream]] takes, with the same messages.
+        if not isinstance(body, dict):
+            raise _Invalid("invalid request: the body must be a JSON object", "body")
+        try:
+            config = parse_upstream(body)
+        except UpstreamError as exc:
+            raise _InvalidFields(
+                "invalid request: " + "; ".join(f"{k}: {p}" for k, p in exc.problems),
+                [key for key, _ in exc.problems],
+            ) from None
+        if config.address in registry.upstreams or config.address in registry.discoveries:
             raise _Conflict(f"upstream {config.address} already exists")
+        if config.discovery == "dns":
+            entry = registry.start_discovery(config)
+            action("discovery_added", upstream=config.address)
+            return _discovery_view(entry), 202
         upstream = registry.start_upstream(config)
         action("upstream_added", upstream=config.address)
-        return _upstream_view(upstream)
+        return _upstream_view(upstream), 201
 
     @app.get("/api/v1/upstreams")
     @validate_response(s.UpstreamList)
     async def list_upstreams() -> s.UpstreamList:
         """Every upstream with its state, timings and traffic."""
-        return s.UpstreamList(upstreams=[_upstream_view(u) for u in registry.upstreams.values()])
+        return s.UpstreamList(
+            upstreams=[_upstream_view(u) for u in registry.upstreams.values()],
+            discoveries=[_discovery_view(d) for d in registry.discoveries.values()],
+        )
 
     @app.post("/api/v1/upstreams")
-    @validate_request(s.UpstreamIn)
+    @document_request(s.UpstreamIn)
     @validate_response(s.Upstream, 201)
-    async def create_upstream(data: s.UpstreamIn) -> tuple[s.Upstream, int]:
-        """Add an upstream and start supervising it (409 if its address is taken)."""
-        return add_upstream(data), 201
+    @validate_response(s.Discovery, 202)
+    async def create_upstream() -> tuple[s.Upstream | s.Discovery, int]:
+        """Add an upstream and start supervising it (409 if its address is taken).
+
+        Takes every key of a file's ``[[upstream]]``, checked the same way.
+        With ``discovery = "dns"`` it starts resolving the name instead (202):
+        each address found becomes an upstream.
+        """
+        return add_upstream(await request.get_json())
 
     @app.post("/upstream/add")
     @validate_request(s.LegacyUpstreamIn)
     @validate_response(s.Upstream, 201)
-    async def legacy_add_upstream(data: s.LegacyUpstreamIn) -> tuple[s.Upstream, int]:
+    async def legacy_add_upstream(data: s.LegacyUpstreamIn) -> tuple[s.Upstream | s.Discovery, int]:
         """The original project's route, kept for its callers."""
-        return add_upstream(data), 201
+        return add_upstream(data.model_dump())
 
     @app.get("/api/v1/upstreams/<address>")
     @validate_response(s.Upstream)
@@ -378,6 +442,12 @@ def create_app(
         202 with ``pending`` if its connection takes long to close: it is
         removed from the list once closed.
         """
+        if address in registry.discoveries:
+            action("discovery_removed", upstream=address)
+            with trio.move_on_after(REMOVE_WAIT):
+                await registry.stop_discovery(address)
+                return s.Removed(removed=address), 200
+            return s.Removed(removed=address, pending=True), 202
         find_upstream(address)
         action("upstream_removed", upstream=address)
         with trio.move_on_after(REMOVE_WAIT):
@@ -401,6 +471,32 @@ def create_app(
             left = await registry.drain_upstream(address, grace=data.timeout)
             return s.Drained(upstream=address, failed_over=left), 200
         return s.Drained(upstream=address, failed_over=0, pending=True), 202
+
+    async def set_state(address: str, data: s.UpstreamStateIn) -> s.Upstream:
+        upstream = find_upstream(address)
+        moved = registry.set_upstream_admin_state(upstream, AdminState(data.state))
+        action("upstream_state", upstream=address, admin_state=data.state, moved=moved)
+        return _upstream_view(upstream)
+
+    @app.put("/api/v1/upstreams/<address>/state")
+    @validate_request(s.UpstreamStateIn)
+    @validate_response(s.Upstream)
+    async def put_upstream_state(address: str, data: s.UpstreamStateIn) -> s.Upstream:
+        """Set an upstream's state as an operator: ``ready``, ``drain`` or ``maint``.
+
+        Reversible, unlike ``/drain`` (which removes it): ``drain`` sends it
+        no new messages while its queue is written and its replies and
+        acknowledgements still flow; ``maint`` moves its queue to the other
+        upstreams at once; ``ready`` puts it back in rotation.
+        """
+        return await set_state(address, data)
+
+    @app.post("/api/v1/upstreams/<address>/state")
+    @validate_request(s.UpstreamStateIn)
+    @validate_response(s.Upstream)
+    async def post_upstream_state(address: str, data: s.UpstreamStateIn) -> s.Upstream:
+        """The same as ``PUT``, for clients that only POST."""
+        return await set_state(address, data)
 
     # -- clients ----------------------------------------------------------
 

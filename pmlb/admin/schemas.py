@@ -35,18 +35,39 @@ class Error(BaseModel):
 
 
 class UpstreamIn(_Strict):
-    host: Host
-    port: int = Field(ge=1, le=65535)
-    ready_timeout: float = Field(default=5.0, gt=0, le=86400)
-    alive_timeout: float = Field(default=30.0, gt=0, le=86400)
-    live_interval: float = Field(default=5.0, gt=0, le=86400)
-    #: the gRPC transport (default: the configured default)
-    transport: Literal["native", "grpclib"] | None = None
+    """An upstream to add: every key of a file's ``[[upstream]]`` table.
+
+    The body is checked as the file is (pmlb.config.parse_upstream): a bad
+    value, an unknown key or a TLS key without ``tls`` is a 400 naming it.
+    """
+
+    host: str
+    port: int
+    ready_timeout: float = 5.0
+    alive_timeout: float = 30.0
+    live_interval: float = 5.0
+    stall_timeout: float = 10.0
+    #: the gRPC transport
+    transport: Literal["native", "grpclib"] = "native"
+    tls: bool = False
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_server_name: str = ""
+    #: send it clients' connected and disconnected events
+    events: bool = False
     #: acknowledgements (see docs/contract.md) and their limits
     acks: bool = False
-    max_unacked: int = Field(default=10_000, ge=1, le=10_000_000)
-    ack_timeout: float = Field(default=30.0, gt=0, le=86400)
-    max_deliveries: int = Field(default=5, ge=1, le=1000)
+    max_unacked: int = 10_000
+    ack_timeout: float = 30.0
+    max_deliveries: int = 5
+    health: Literal["contract", "grpc"] = "contract"
+    health_service: str = ""
+    #: "dns": ``host`` is a name whose addresses become upstreams
+    discovery: Literal["static", "dns"] = "static"
+    resolve_interval: float = 10.0
+    nameserver: str = ""
+    reply_scope: Literal["local", "cluster"] = "local"
 
 
 class LegacyUpstreamIn(_Strict):
@@ -63,6 +84,8 @@ class Upstream(BaseModel):
     host: str
     port: int
     state: str
+    #: what an operator set: ready (in rotation while serving), drain or maint
+    admin_state: Literal["ready", "drain", "maint"] = "ready"
     draining: bool
     #: its writes make no progress: it gets no new messages (see stall_timeout)
     stalled: bool
@@ -70,10 +93,16 @@ class Upstream(BaseModel):
     last_error: str | None
     ready_at: str | None
     alive_at: str | None
+    #: seconds the last liveness ping took to be answered
+    ping_seconds: float | None = None
     ready_timeout: float
     alive_timeout: float
     live_interval: float
+    stall_timeout: float = 10.0
     transport: str
+    tls: bool = False
+    events: bool = False
+    health: str = "contract"
     messages_to_upstream: int
     messages_from_upstream: int
     #: messages written to its stream (failed-over ones included, requeued ones not)
@@ -89,8 +118,27 @@ class Upstream(BaseModel):
     undeliverable: int = 0
 
 
+class Discovery(BaseModel):
+    """A ``discovery = "dns"`` entry: a name whose addresses are upstreams."""
+
+    address: str
+    host: str
+    port: int
+    resolve_interval: float
+    #: the addresses of the upstreams it found
+    upstreams: list[str]
+
+
 class UpstreamList(BaseModel):
     upstreams: list[Upstream]
+    discoveries: list[Discovery] = []
+
+
+class UpstreamStateIn(_Strict):
+    """ready: back in rotation; drain: no new messages, replies and acks still
+    flow; maint: out of rotation, what is queued moves to the others."""
+
+    state: Literal["ready", "drain", "maint"]
 
 
 class DrainIn(_Strict):

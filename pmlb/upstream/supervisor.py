@@ -19,6 +19,7 @@ import trio
 
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.config import UpstreamConfig
+from pmlb.metrics import LatencyHistogram
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.transport import Transport, UpstreamError
 
@@ -50,6 +51,21 @@ class UpstreamState(enum.StrEnum):
     REMOVED = "removed"
 
 
+class AdminState(enum.StrEnum):
+    """What an operator set, apart from health (HAProxy's ``set server state``).
+
+    ``ready``: in rotation while it serves. ``drain``: no new messages; what
+    is queued is still written, replies and acknowledgements still flow.
+    ``maint``: out of rotation; what is queued moves to other upstreams at
+    once, while its connection stays (replies and acknowledgements to what
+    it was written still flow). Either is undone by setting ``ready``.
+    """
+
+    READY = "ready"
+    DRAIN = "drain"
+    MAINT = "maint"
+
+
 @attrs.define(eq=False)
 class Upstream:
     """One upstream as the registry and the admin see it."""
@@ -74,10 +90,18 @@ class Upstream:
     undeliverable: int = 0
     #: being drained: gets no new messages, removed once it has finished
     draining: bool = False
+    #: set by an operator (see :class:`AdminState`); changed by the registry only
+    admin_state: AdminState = AdminState.READY
     #: its writes are not progressing (see STALL_AFTER): no new messages
     stalled: bool = False
     #: times it stalled
     stalls: int = 0
+    #: seconds from each liveness ping to its answer, and the last one
+    ping_latency: LatencyHistogram = attrs.Factory(LatencyHistogram)
+    last_ping: float | None = None
+    #: seconds each readiness check took to answer (ready or not; not the
+    #: checks that got no answer within ready_timeout)
+    ready_latency: LatencyHistogram = attrs.Factory(LatencyHistogram)
     #: cancelling it removes the upstream (its supervisor ends)
     cancel_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     #: set once the supervisor has ended and the upstream is removed
@@ -96,6 +120,11 @@ class Upstream:
     def unacked(self) -> int:
         """Requests written to its stream and not acknowledged (0 without acks)."""
         return self.outbox.unacked_count
+
+    @property
+    def in_rotation(self) -> bool:
+        """Whether it gets new messages when it serves (not drained, nor in maintenance)."""
+        return self.admin_state is AdminState.READY and not self.draining
 
     @property
     def queued(self) -> int:
@@ -174,11 +203,13 @@ async def _wait_ready(upstream: Upstream, transport: Transport, backoff: Backoff
     while True:
         ready, problem = False, f"no answer within ready_timeout ({config.ready_timeout:g}s)"
         with trio.move_on_after(config.ready_timeout):
+            started = time.perf_counter()
             try:
                 ready = await transport.check_ready()
                 problem = "the upstream answered ready = false"
             except UpstreamError as exc:
                 problem = str(exc)
+            upstream.ready_latency.observe(time.perf_counter() - started)
         if ready:
             upstream.ready_at = time.time()
             return
@@ -194,8 +225,11 @@ async def _serve(upstream: Upstream, transport: Transport, registry: Registry) -
     config = upstream.config
     reason = "stopped"
 
-    def alive() -> None:
+    def alive(round_trip: float | None) -> None:
         upstream.alive_at = time.time()
+        if round_trip is not None:
+            upstream.ping_latency.observe(round_trip)
+            upstream.last_ping = round_trip
 
     cluster = config.reply_scope == "cluster"
 

@@ -523,7 +523,7 @@ async def test_pmlb_ctl(procs: Processes) -> None:
         listed = await ctl(admin, "upstreams", "list")
         assert listed.returncode == 0, listed.stderr
         header, row = listed.stdout.splitlines()
-        assert header.split()[:3] == ["ADDRESS", "STATE", "TO"]
+        assert header.split()[:4] == ["ADDRESS", "STATE", "ADMIN", "TO"]
         assert row.split()[:2] == [a, "serving"]
         assert (await ctl(admin, "upstreams")).stdout == listed.stdout  # list: the default
         assert json.loads((await ctl(admin, "upstreams", "--json")).stdout)["upstreams"]
