@@ -226,6 +226,12 @@ class RegistryCollector(Collector):
             "Messages waiting to be written to clients, all clients together.",
             value=stats.queued_to_clients,
         )
+        yield GaugeMetricFamily(
+            "pmlb_client_queued_bytes",
+            "Bytes queued for or being written to clients, all clients together"
+            " (bounded by client_queue_bytes_total).",
+            value=stats.queued_bytes_to_clients,
+        )
 
         latency = registry.dispatch_latency
         yield HistogramMetricFamily(

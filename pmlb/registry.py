@@ -24,7 +24,7 @@ from pmlb._proto import upstream_pb2 as pb
 from pmlb._time import rfc3339_now
 from pmlb.balancer import Policy, make_policy
 from pmlb.config import Config, UpstreamConfig
-from pmlb.downstream.client import Client
+from pmlb.downstream.client import Client, QueueBudget
 from pmlb.downstream.limits import ConnectionCounters
 from pmlb.downstream.reasons import STOPPING, UPSTREAM_ACTION, classify
 from pmlb.events import EventBus
@@ -83,6 +83,8 @@ class Statistics:
     disconnects: dict[str, int] = attrs.Factory(dict)
     #: messages queued for clients, all clients together
     queued_to_clients: int = 0
+    #: bytes queued for or being written to clients (client_queue_bytes_total)
+    queued_bytes_to_clients: int = 0
     accepting: bool = True
     policy: str = "round_robin"
     #: with acks: requests written and not acknowledged, all upstreams together;
@@ -155,6 +157,10 @@ class Registry:
         self.unknown_client = 0
         self.invalid_target = 0
         self.connections = ConnectionCounters()
+        #: the bytes held for all clients, against client_queue_bytes_total
+        self.client_queues = QueueBudget(
+            config.client_queue_bytes_total, lambda: self.clients.values()
+        )
         self.broadcast_recipients = 0
         self.refused = 0
         self._closed_bytes_in = 0
@@ -672,7 +678,7 @@ class Registry:
         fields: dict[str, object] = {"upstream": upstream.address, "stalled": stalled}
         if stalled:
             upstream.stalls += 1
-            fields["waited"] = f"{waited or 0:.1f}s"
+            fields["waited"] = round(waited or 0.0, 3)  # seconds, a number in JSON logs
             fields["queued"] = len(upstream.outbox)
             log.warning("upstream stalled: its writes make no progress", extra=fields)
             upstream.outbox.turn_away()
@@ -1058,6 +1064,7 @@ class Registry:
             clients_total_by_listener=dict(self._total_by_listener),
             disconnects=dict(self._disconnects),
             queued_to_clients=sum(c.queued for c in self.clients.values()),
+            queued_bytes_to_clients=self.client_queues.held,
             accepting=self.accepting,
             policy=self.policy.name,
             unacked=sum(u.unacked for u in self.upstreams.values()),

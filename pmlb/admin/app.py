@@ -41,6 +41,7 @@ from werkzeug.exceptions import HTTPException
 
 from pmlb._time import rfc3339_from
 from pmlb._version import pmlb_version
+from pmlb.admin import audit
 from pmlb.admin import schemas as s
 from pmlb.admin.guard import Guard, HostCheck
 from pmlb.balancer import POLICIES
@@ -204,6 +205,7 @@ def create_app(
     log_level: Callable[[], str] | None = None,
     public_metrics: bool = False,
     ready_requires_upstream: bool = False,
+    trusted_proxies: tuple[str, ...] = (),
 ) -> QuartTrio:
     """The admin app for ``registry``.
 
@@ -215,7 +217,9 @@ def create_app(
     request's ``Host`` must be an address of ``bind_host`` (the admin's
     configured host) or one of ``allowed_hosts``; a state change or event
     WebSocket from a web page must come from the admin's own origin or one of
-    ``allowed_origins`` (see :mod:`pmlb.admin.guard`).
+    ``allowed_origins`` (see :mod:`pmlb.admin.guard`). Audit lines name
+    the caller, and the client a proxy in ``trusted_proxies`` forwarded for
+    (see :mod:`pmlb.admin.audit`).
     """
     app = QuartTrio(__name__)
     app.request_class = _Request
@@ -250,7 +254,15 @@ def create_app(
         # compare_digest on bytes: constant time whatever the given length
         return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), expected)
 
+    trusted = audit.networks(trusted_proxies)
+
     def action(what: str, **fields: Any) -> None:
+        # The audit line names who asked (see pmlb.admin.audit).
+        fields.update(
+            audit.caller_fields(
+                request.scope.get("client"), audit.scope_headers(request.scope), trusted
+            )
+        )
         registry.events.publish(f"admin.{what}", **fields)
         log.info(f"admin: {what}", extra=fields)
 

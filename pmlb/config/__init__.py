@@ -14,6 +14,8 @@ An example using every table::
     max_message_size = 65536    # bytes; a client sending more is disconnected
     activity_window = 60        # seconds a client counts as active after its last message
     client_queue_size = 1024
+    client_queue_bytes = 4194304        # bytes queued towards one client before it is slow
+    client_queue_bytes_total = 268435456    # bytes held for all clients together
     upstream_queue_size = 4096
     max_clients_total = 10000   # over all listeners; 0 (default): no limit
     slow_client_policy = "disconnect"   # or "drop_oldest"
@@ -65,6 +67,7 @@ An example using every table::
     ready_requires_upstream = false     # true: /readyz is 503 while no upstream serves
     allowed_hosts = ["pmlb.internal"]   # more names the admin may be reached by (Host)
     allowed_origins = ["https://ops.example.com"]   # web origins that may change state
+    trusted_proxies = ["10.0.0.0/8"]    # proxies whose X-Forwarded-For the audit log names
 
     [management_server.tls]
     cert_path = ""
@@ -94,7 +97,13 @@ An example using every table::
     It also holds settings for the whole server: ``activity_window`` (seconds a
     client counts as active after its last message, default 60),
     ``client_queue_size`` (messages queued towards one client before it counts
-    as a slow client, default 1024), ``upstream_queue_size`` (messages queued
+    as a slow client, default 1024), ``client_queue_bytes`` (bytes of the
+    messages queued towards one client before it counts as a slow client,
+    whichever of the two comes first, default 4 MiB; 0: no byte limit),
+    ``client_queue_bytes_total`` (bytes queued for, or being written to, all
+    clients together, default 256 MiB; past it the slow-client policy applies
+    to the clients holding the most, whatever ``slow_client_timeout``, until
+    they hold 7/8 of it; 0: no limit), ``upstream_queue_size`` (messages queued
     towards one upstream before pmlb stops reading from clients, default 4096),
     ``balancing``, the policy that picks an upstream for each message:
     ``"round_robin"`` (default), ``"sticky"``, ``"hash"`` or ``"least_loaded"``
@@ -184,7 +193,12 @@ An example using every table::
     ``localhost`` on a loopback address): other names are refused (DNS
     rebinding). ``allowed_origins`` (default empty) lists web origins
     (``scheme://host[:port]``) whose pages may change state or open the event
-    WebSocket besides the admin's own dashboard. ``cert_path`` and
+    WebSocket besides the admin's own dashboard. ``trusted_proxies``
+    (default empty) lists IP addresses or networks (``"10.0.0.0/8"``) of
+    reverse proxies in front of the admin: a request from one of them has
+    the client its ``X-Forwarded-For`` or ``Forwarded`` header names logged
+    beside the proxy's address (as ``forwarded_for``) in the admin's audit
+    and access lines; from anyone else those headers are ignored. ``cert_path`` and
     ``key_path`` in the ``tls`` table name a PEM certificate and its key; both
     empty means no TLS.
 

@@ -242,6 +242,14 @@ def _origin(value: object) -> str:
     return text.lower()
 
 
+def _network(value: object) -> str:
+    text = _string(value)
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise _Bad(f"must be an IP address or network (e.g. '10.0.0.0/8'), got {text!r}") from None
+
+
 def _one_of(*choices: str) -> Callable[[object], str]:
     want = "must be one of " + ", ".join(repr(choice) for choice in choices)
 
@@ -289,6 +297,8 @@ _SERVER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     **_LISTENER_CHECKS,
     "activity_window": _seconds,
     "client_queue_size": _queue_size,
+    "client_queue_bytes": _integer(0),
+    "client_queue_bytes_total": _integer(0),
     "upstream_queue_size": _queue_size,
     "balancing": _one_of(*_POLICIES),
     "max_clients_total": _integer(0),
@@ -333,6 +343,7 @@ _MANAGEMENT_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "ready_requires_upstream": _boolean,
     "allowed_hosts": _list_of(_host),
     "allowed_origins": _list_of(_origin),
+    "trusted_proxies": _list_of(_network),
 }
 _TLS_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "cert_path": _string,

@@ -105,6 +105,8 @@ def render_config(config: Config) -> str:
         server.update(_as_table(config.listeners[0]))
     server["activity_window"] = config.activity_window
     server["client_queue_size"] = config.client_queue_size
+    server["client_queue_bytes"] = config.client_queue_bytes
+    server["client_queue_bytes_total"] = config.client_queue_bytes_total
     server["upstream_queue_size"] = config.upstream_queue_size
     server["balancing"] = config.balancing
     # Every server-wide setting, default or not: this is what pmlb runs on.
@@ -133,7 +135,7 @@ def render_config(config: Config) -> str:
         management["token"] = config.management.token
     management["public_metrics"] = config.management.public_metrics
     management["ready_requires_upstream"] = config.management.ready_requires_upstream
-    for name in ("allowed_hosts", "allowed_origins"):
+    for name in ("allowed_hosts", "allowed_origins", "trusted_proxies"):
         if getattr(config.management, name):
             management[name] = list(getattr(config.management, name))
     if config.management.tls is not None:

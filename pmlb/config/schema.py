@@ -153,6 +153,8 @@ class ManagementConfig:
     allowed_hosts: tuple[str, ...] = ()
     #: web origins that may change state and open the event WebSocket
     allowed_origins: tuple[str, ...] = ()
+    #: reverse proxies (IP networks) whose forwarded-for headers are believed
+    trusted_proxies: tuple[str, ...] = ()
     tls: ManagementTLSConfig | None = None
     #: serve /metrics without the token (for a Prometheus that has none)
     public_metrics: bool = False
@@ -204,7 +206,9 @@ class Config:
 
     ``activity_window`` is how many seconds a client counts as active after its
     last message. ``client_queue_size`` is how many outbound messages may wait
-    for one client before it counts as a slow client; ``upstream_queue_size``
+    for one client before it counts as a slow client, ``client_queue_bytes``
+    how many bytes (whichever comes first), ``client_queue_bytes_total`` how
+    many bytes all clients together may hold; ``upstream_queue_size``
     how many may wait for one upstream before pmlb stops reading from clients.
     ``source`` names the file the configuration came from; it does not take
     part in comparisons.
@@ -214,6 +218,10 @@ class Config:
     upstreams: tuple[UpstreamConfig, ...] = ()
     activity_window: float = 60.0
     client_queue_size: int = 1024
+    #: bytes queued towards one client before it counts as slow (0: no limit)
+    client_queue_bytes: int = 4 * 1024 * 1024
+    #: bytes queued for or being written to all clients together (0: no limit)
+    client_queue_bytes_total: int = 256 * 1024 * 1024
     upstream_queue_size: int = 4096
     #: the balancing policy pmlb starts with (see pmlb.balancer)
     balancing: str = "round_robin"
