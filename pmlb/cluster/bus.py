@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("pmlb.cluster")
 
 
-
 #: replies queued for other nodes before more are dropped (and counted)
 QUEUE_LIMIT = 65536
 #: clients registered again per flush after a reconnection
