@@ -28,9 +28,14 @@ from pmlb.downstream.tcp import (
 )
 from pmlb.downstream.websocket import serve_websocket_listener
 from pmlb.registry import Registry
-from pmlb.reload import Plan, ReloadUnavailable, plan, upstream_key
+from pmlb.reload import Plan, ReloadUnavailable, plan
 from pmlb.sdnotify import Notifier
-from pmlb.upstream.discovery import nameserver_resolver, run_dns_discovery, system_resolve
+from pmlb.upstream.discovery import (
+    Discovery,
+    nameserver_resolver,
+    run_dns_discovery,
+    system_resolve,
+)
 from pmlb.upstream.grpc_health import GrpcHealthTransport
 from pmlb.upstream.grpclib_transport import GrpclibTransport
 from pmlb.upstream.h2_transport import H2Transport
@@ -187,6 +192,9 @@ async def serve(
                 )
             )
 
+            registry.attach_discovery(
+                lambda entry: upstreams.start_soon(_run_discovery, entry, registry)
+            )
             runtime = _Runtime(registry, upstreams, load, notifier or Notifier({}))
             for upstream_config in config.upstreams:
                 runtime.start_upstream(upstream_config)
@@ -253,15 +261,6 @@ class _Listening:
     done: trio.Event = attrs.Factory(trio.Event)
 
 
-@attrs.define(eq=False)
-class _Discovery:
-    """A ``discovery = "dns"`` entry's task, and the upstreams it started."""
-
-    config: UpstreamConfig
-    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-    found: set[str] = attrs.Factory(set)
-
-
 class _Runtime:
     """What a reload changes while pmlb runs: its listeners, upstreams and settings."""
 
@@ -282,7 +281,6 @@ class _Runtime:
         #: bound addresses by listener name (the admin and Server read this one dict)
         self.addresses: dict[str, list[str]] = {}
         self.listening: dict[str, _Listening] = {}
-        self.discoveries: dict[tuple[str, int], _Discovery] = {}
         self.lock = trio.Lock()
 
     # -- listeners --
@@ -332,42 +330,25 @@ class _Runtime:
     # -- upstreams --
 
     def start_upstream(self, config: UpstreamConfig) -> None:
-        if config.discovery != "dns":
+        if config.discovery == "dns":
+            self.registry.start_discovery(config)
+        else:
             self.registry.start_upstream(config)
-            return
-        discovery = _Discovery(config)
-        self.discoveries[upstream_key(config)] = discovery
-        self.upstreams.start_soon(self._discover, discovery)
-
-    async def _discover(self, discovery: _Discovery) -> None:
-        config = discovery.config
-        resolve = nameserver_resolver(config.nameserver) if config.nameserver else system_resolve
-
-        def add(upstream: UpstreamConfig) -> Upstream:
-            started = self.registry.start_upstream(upstream)
-            discovery.found.add(upstream.address)
-            return started
-
-        async def remove(address: str) -> None:
-            discovery.found.discard(address)
-            await self.registry.remove_upstream(address)
-
-        with discovery.scope:
-            await run_dns_discovery(config, add, remove, resolve)
 
     async def retire_upstream(self, config: UpstreamConfig) -> None:
         """Drain and remove the upstream(s) ``config`` started (an entry gone from the file)."""
-        if config.discovery == "dns":
-            discovery = self.discoveries.pop(upstream_key(config), None)
-            if discovery is None:
-                return
-            discovery.scope.cancel()
-            addresses = sorted(discovery.found)
-        else:
-            addresses = [config.address]
+        if config.discovery != "dns":
+            await self._drain_upstream(config.address)
+            return
+        entry = self.registry.discoveries.get(config.address)
+        if entry is None:
+            return  # removed meanwhile (through the admin API)
+        entry.cancel_scope.cancel()  # no more lookups: it finds nothing new meanwhile
         async with trio.open_nursery() as nursery:
-            for address in addresses:
+            for address in sorted(entry.addresses):
                 nursery.start_soon(self._drain_upstream, address)
+        with contextlib.suppress(KeyError):
+            await self.registry.stop_discovery(config.address)
 
     async def _drain_upstream(self, address: str) -> None:
         if address not in self.registry.upstreams:
@@ -499,6 +480,22 @@ def _summary(change: Plan) -> str:
     if change.restart_required:
         text += "; needs a restart: " + ", ".join(change.restart_required)
     return text
+
+
+async def _run_discovery(entry: Discovery, registry: Registry) -> None:
+    config = entry.config
+    resolve = nameserver_resolver(config.nameserver) if config.nameserver else system_resolve
+
+    def add(upstream: UpstreamConfig) -> None:
+        registry.start_upstream(upstream)
+        entry.addresses.add(upstream.address)
+
+    async def remove(address: str) -> None:
+        entry.addresses.discard(address)
+        await registry.remove_upstream(address)
+
+    with entry.cancel_scope:
+        await run_dns_discovery(config, add, remove, resolve)
 
 
 async def _start_admin(
