@@ -101,6 +101,8 @@ def _upstream_view(upstream: Upstream) -> s.Upstream:
         draining=upstream.draining,
         stalled=upstream.stalled,
         stalls=upstream.stalls,
+        failures=upstream.failures,
+        ready_failures=upstream.ready_failures,
         last_error=upstream.last_error,
         ready_at=rfc3339_from(upstream.ready_at),
         alive_at=rfc3339_from(upstream.alive_at),
@@ -518,6 +520,7 @@ def create_app(
             limit=query_args.limit,
             state=query_args.state,
             listener=query_args.listener,
+            search=query_args.q,
         )
         now, wall, window = time.monotonic(), time.time(), registry.config.activity_window
         return s.ClientPage(
@@ -595,6 +598,7 @@ def create_app(
                 broadcast_recipients=stats.broadcast_recipients,
                 unknown_client=stats.unknown_client,
                 invalid_target=stats.invalid_target,
+                dispatch_latency_mean=registry.dispatch_latency.mean(),
                 awaiting_upstream=stats.awaiting_upstream,
                 refused=stats.refused,
                 disconnects=stats.disconnects,
