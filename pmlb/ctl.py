@@ -91,6 +91,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     broadcast.add_argument("--kind", choices=["all", "active", "inactive"], default="all")
     broadcast.set_defaults(run=_broadcast)
 
+    cluster = what.add_parser("cluster", help="the nodes of the cluster")
+    cluster.set_defaults(run=_cluster)
+
     change = what.add_parser("set", help="change the log level, policy or accepting")
     change.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     change.add_argument("--policy")
@@ -271,14 +274,20 @@ def _clients_list(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
         "clients": clients,
         "next_cursor": page["next_cursor"],
         "connected": page["connected"],
+        "partial": page.get("partial"),
     }
     rows = [
         {**c, "in": c["messages_in"], "out": c["messages_out"], "active": _readable(c["active"])}
         for c in clients
     ]
-    text = _table(rows, ["uuid", "remote", "listener", "active", "in", "out", "connected_at"])
+    columns = ["uuid", "remote", "listener", "active", "in", "out", "connected_at"]
+    if any(c.get("node") for c in clients):
+        columns.insert(1, "node")
+    text = _table(rows, columns)
     if page["next_cursor"] is not None:
         text += f"\n(more: --all, or {page['connected']} connected in all)"
+    if page.get("partial"):
+        text += f"\nPARTIAL: {page['partial']}"
     return answer, text
 
 
@@ -311,7 +320,33 @@ def _broadcast(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
     answer = api.call("POST", "/api/v1/broadcast", {"kind": args.kind, "payload": args.message})
     count = answer["recipients"]
     kind = "" if args.kind == "all" else f"{args.kind} "
-    return answer, f"sent to {count} {kind}client{'' if count == 1 else 's'}"
+    text = f"sent to {count} {kind}client{'' if count == 1 else 's'}"
+    if answer.get("nodes_asked", 1) > 1 or answer.get("partial"):
+        text += f" on {answer['nodes']} of {answer['nodes_asked']} nodes"
+    if answer.get("partial"):
+        text += f" ({answer['partial']})"
+    return answer, text
+
+
+def _cluster(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
+    answer = api.call("GET", "/api/v1/cluster")
+    if not answer["enabled"]:
+        return answer, "not in a cluster ([cluster] redis_url is not set)"
+    rows = [
+        {
+            **n,
+            "node": n["name"] + (" *" if n["this"] else ""),
+            "serving": f"{n['upstreams_serving']}/{n['upstreams']}",
+            "heartbeat": "" if n["heartbeat_age"] is None else f"{n['heartbeat_age']:.1f} s ago",
+        }
+        for n in answer["nodes"]
+    ]
+    text = _table(rows, ["node", "admin", "clients", "serving", "heartbeat", "version"])
+    count = len(answer["nodes"])
+    text += f"\n{count} node{'' if count == 1 else 's'}, {answer['clients']} clients (* this one)"
+    if answer["degraded"]:
+        text += f"\nDEGRADED: {answer['degraded']}"
+    return answer, text
 
 
 def _set(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
