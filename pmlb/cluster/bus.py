@@ -29,7 +29,6 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 import anyio
@@ -58,18 +57,18 @@ class NodeCounts(Protocol):
     def clients(self) -> int: ...
 
     @property
+    def upstreams(self) -> int: ...
+
+    @property
     def upstreams_serving(self) -> int: ...
 
 
-class Hub(Protocol):
+class Hub(ops.Core, Protocol):
     """What the bus needs from the core: the narrow port it calls.
 
     :class:`pmlb.registry.Registry` implements it; the bus never imports the
     registry, so the cluster layer stays below the core.
     """
-
-    @property
-    def clients(self) -> Mapping[str, object]: ...
 
     def statistics(self) -> NodeCounts: ...
 
