@@ -110,6 +110,8 @@ def _upstream_view(upstream: Upstream) -> s.Upstream:
         draining=upstream.draining,
         stalled=upstream.stalled,
         stalls=upstream.stalls,
+        failures=upstream.failures,
+        ready_failures=upstream.ready_failures,
         last_error=upstream.last_error,
         ready_at=rfc3339_from(upstream.ready_at),
         alive_at=rfc3339_from(upstream.alive_at),
@@ -530,6 +532,7 @@ def create_app(
             limit=query_args.limit,
             state=query_args.state,
             listener=query_args.listener,
+            search=query_args.q,
         )
         now, wall, window = time.monotonic(), time.time(), registry.config.activity_window
         return s.ClientPage(
@@ -552,7 +555,11 @@ def create_app(
             want = query.limit - len(clients)
             if name == bus.node:
                 page, cursor = registry.client_page(
-                    after=here, limit=want, state=query.state, listener=query.listener
+                    after=here,
+                    limit=want,
+                    state=query.state,
+                    listener=query.listener,
+                    search=query.q,
                 )
                 now, wall, window = time.monotonic(), time.time(), registry.config.activity_window
                 clients += [_client_view(c, now, wall, window, bus.node) for c in page]
@@ -563,6 +570,7 @@ def create_app(
                     "limit": want,
                     "state": query.state,
                     "listener": query.listener,
+                    "q": query.q,
                 }
                 try:
                     answer = await bus.ask_node(name, request, ASK_TIMEOUT)
@@ -769,6 +777,7 @@ def create_app(
                 broadcast_recipients=stats.broadcast_recipients,
                 unknown_client=stats.unknown_client,
                 invalid_target=stats.invalid_target,
+                dispatch_latency_mean=registry.dispatch_latency.mean(),
                 awaiting_upstream=stats.awaiting_upstream,
                 refused=stats.refused,
                 disconnects=stats.disconnects,
