@@ -36,6 +36,7 @@ from pmlb.upstream.supervisor import AdminState, Upstream, UpstreamState
 
 if TYPE_CHECKING:
     from pmlb.cluster import Bus
+    from pmlb.reload import Plan
 
 log = logging.getLogger("pmlb.registry")
 
@@ -170,6 +171,9 @@ class Registry:
         self._disconnects: Counter[str] = Counter()
         #: the cluster bus, when this pmlb is a node of a cluster (see pmlb.cluster)
         self.cluster: Bus | None = None
+        #: reloads the configuration (set by the server when it has one to
+        #: reload from; see pmlb.reload): returns the plan it applied
+        self.reloader: Callable[[], Awaitable[Plan]] | None = None
 
     # -- clients --------------------------------------------------------
 

@@ -46,10 +46,11 @@ from pmlb.admin import schemas as s
 from pmlb.admin.guard import Guard, HostCheck
 from pmlb.balancer import POLICIES
 from pmlb.cluster.ops import BusDown, NoAnswer, encode_payload
-from pmlb.config import UpstreamError, parse_upstream
+from pmlb.config import ConfigError, UpstreamError, parse_upstream
 from pmlb.downstream.client import Client
 from pmlb.metrics import metrics_registry
 from pmlb.registry import Registry
+from pmlb.reload import ReloadUnavailable
 from pmlb.upstream.discovery import Discovery
 from pmlb.upstream.supervisor import AdminState, Upstream
 
@@ -812,6 +813,31 @@ def create_app(
             registry.set_accepting(data.accepting)
             action("accepting", accepting=data.accepting)
         return runtime_view()
+
+    @app.post("/api/v1/runtime/reload")
+    @validate_response(s.Reloaded)
+    @validate_response(s.ReloadRefused, 422)
+    @validate_response(s.ReloadRefused, 409)
+    async def reload() -> s.Reloaded | tuple[s.ReloadRefused, int]:
+        """Load the configuration file again and apply what changed (as SIGHUP does).
+
+        A file with problems is refused with 422 and every problem; nothing
+        changes then. 409 when there is no file to reload or pmlb drains.
+        """
+        action("reload")
+        if registry.reloader is None:
+            return s.ReloadRefused(error="this pmlb has no configuration file to reload"), 409
+        try:
+            change = await registry.reloader()
+        except ConfigError as error:
+            refused = s.ReloadRefused(
+                error="the configuration is unusable; nothing changed",
+                problems=list(error.problems),
+            )
+            return refused, 422
+        except ReloadUnavailable as error:
+            return s.ReloadRefused(error=str(error)), 409
+        return s.Reloaded(reloaded=True, source=change.config.source, **change.summary())
 
     @app.post("/api/v1/runtime/drain")
     @validate_response(s.Draining, 202)

@@ -323,6 +323,30 @@ class Draining(BaseModel):
     draining: bool
 
 
+class Reloaded(BaseModel):
+    """What a reload changed (names of listeners, addresses of upstreams)."""
+
+    reloaded: bool
+    source: str | None
+    upstreams_added: list[str]
+    upstreams_removed: list[str]
+    upstreams_changed: list[str]
+    listeners_added: list[str]
+    listeners_removed: list[str]
+    listeners_changed: list[str]
+    #: settings applied, as server.KEY or log.level
+    settings: list[str]
+    #: keys changed in the file that keep their old values until a restart
+    restart_required: list[str]
+
+
+class ReloadRefused(BaseModel):
+    """A reload refused: nothing changed. ``problems`` lists each, as FILE: KEY: PROBLEM."""
+
+    error: str
+    problems: list[str] = []
+
+
 class Health(BaseModel):
     status: str
 
