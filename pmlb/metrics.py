@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import platform
 import time
-from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -23,47 +22,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from pmlb._version import pmlb_version
+from pmlb.histogram import LATENCY_BUCKETS as LATENCY_BUCKETS
+from pmlb.histogram import LatencyHistogram as LatencyHistogram
 
 if TYPE_CHECKING:
     from pmlb.registry import Registry
-
-#: Upper bounds in seconds; a batch that waits for an upstream to serve can
-#: take seconds, a healthy one microseconds.
-LATENCY_BUCKETS = (
-    0.00001,
-    0.00005,
-    0.0001,
-    0.0005,
-    0.001,
-    0.005,
-    0.01,
-    0.05,
-    0.1,
-    0.5,
-    1.0,
-    5.0,
-)
-
-
-class LatencyHistogram:
-    """A cumulative histogram cheap enough for the data path (no locks, one bisect)."""
-
-    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
-        self.total = 0.0
-
-    def observe(self, seconds: float, count: int = 1) -> None:
-        """Record ``count`` events that each took ``seconds``."""
-        self.counts[bisect_left(self.buckets, seconds)] += count
-        self.total += seconds * count
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        running, out = 0, []
-        for bound, count in zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True):
-            running += count
-            out.append((bound, running))
-        return out
 
 
 class RegistryCollector(Collector):

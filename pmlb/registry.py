@@ -28,7 +28,7 @@ from pmlb.downstream.client import Client, QueueBudget
 from pmlb.downstream.limits import ConnectionCounters
 from pmlb.downstream.reasons import STOPPING, UPSTREAM_ACTION, classify
 from pmlb.events import EventBus
-from pmlb.metrics import LatencyHistogram
+from pmlb.histogram import LatencyHistogram
 from pmlb.upstream.acks import Unacked, strip
 from pmlb.upstream.discovery import Discovery
 from pmlb.upstream.outbox import Outbox

@@ -442,8 +442,7 @@ INVALID_FILES = [
     ),
     pytest.param(
         '[server]\nclient_queue_bytes_total = "256MiB"',
-        "pmlb.toml: server.client_queue_bytes_total: must be an integer >= 0,"
-        " got string '256MiB'",
+        "pmlb.toml: server.client_queue_bytes_total: must be an integer >= 0, got string '256MiB'",
         id="client-queue-bytes-total-string",
     ),
     pytest.param(

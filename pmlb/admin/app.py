@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -30,6 +30,7 @@ from quart_schema import (
     QuartSchema,
     RequestSchemaValidationError,
     document_request,
+    document_response,
     validate_querystring,
     validate_request,
     validate_response,
@@ -44,6 +45,7 @@ from pmlb.admin import audit
 from pmlb.admin import schemas as s
 from pmlb.admin.guard import Guard, HostCheck
 from pmlb.balancer import POLICIES
+from pmlb.cluster.ops import BusDown, NoAnswer, encode_payload
 from pmlb.config import UpstreamError, parse_upstream
 from pmlb.downstream.client import Client
 from pmlb.metrics import metrics_registry
@@ -51,10 +53,16 @@ from pmlb.registry import Registry
 from pmlb.upstream.discovery import Discovery
 from pmlb.upstream.supervisor import AdminState, Upstream
 
+if TYPE_CHECKING:
+    from pmlb.cluster.bus import Bus
+
 log = logging.getLogger("pmlb.admin")
 
 #: Seconds a DELETE of an upstream waits for its connection to close.
 REMOVE_WAIT = 10.0
+
+#: Seconds a route waits for another node of the cluster to answer
+ASK_TIMEOUT = 5.0
 
 #: Paths anyone may read: what a load balancer, a kubelet or a browser asks for
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
@@ -137,23 +145,10 @@ def _discovery_view(entry: Discovery) -> s.Discovery:
     )
 
 
-def _client_view(client: Client, now: float, wall: float, window: float) -> s.Client:
-    last = client.last_active
-    return s.Client(
-        uuid=client.uuid,
-        remote=client.remote,
-        listener=client.listener,
-        transport=client.transport,
-        connected_at=rfc3339_from(client.connected_at) or "",
-        last_active_at=None if last is None else rfc3339_from(wall - (now - last)),
-        active=client.is_active(now, window),
-        messages_in=client.messages_in,
-        messages_out=client.messages_out,
-        bytes_in=client.bytes_in,
-        bytes_out=client.bytes_out,
-        queued=client.queued,
-        dropped=client.dropped,
-    )
+def _client_view(
+    client: Client, now: float, wall: float, window: float, node: str | None = None
+) -> s.Client:
+    return s.Client(**client.view(now, wall, window), node=node)
 
 
 def _payload(message: s.Message) -> bytes:
@@ -332,9 +327,9 @@ def create_app(
         return s.Health(status="ok")
 
     @app.get("/readyz")
-    @validate_response(s.Ready, 200)
-    @validate_response(s.Ready, 503)
-    async def readyz() -> tuple[s.Ready, int]:
+    @document_response(s.Ready, 200)
+    @document_response(s.Ready, 503)
+    async def readyz() -> Response:
         """Whether pmlb accepts clients (no token needed); the upstream counts in the body.
 
         An upstream outage leaves pmlb ready by default: it holds clients
@@ -349,13 +344,20 @@ def create_app(
             reason = "not accepting clients"
         elif ready_requires_upstream and stats.upstreams_serving == 0:
             reason = "no upstream is serving"
+        bus = registry.cluster
         answer = s.Ready(
             ready=reason is None,
             reason=reason,
             upstreams=stats.upstreams,
             upstreams_serving=stats.upstreams_serving,
+            # Degraded is not unready: local traffic goes on without Redis.
+            cluster=None if bus is None else "ok" if bus.connected else "degraded",
+            cluster_reason=None if bus is None or bus.connected else _degraded(bus),
         )
-        return answer, 200 if reason is None else 503
+        # Outside a cluster the body stays as it was (no cluster fields).
+        body = answer.model_dump(exclude={"cluster", "cluster_reason"} if bus is None else None)
+        status = 200 if reason is None else 503
+        return Response(json.dumps(body), status, content_type="application/json")
 
     @app.get("/metrics")
     async def metrics_text() -> Response:
@@ -378,6 +380,10 @@ def create_app(
     @app.errorhandler(_NotFound)
     async def not_found(error: _NotFound) -> tuple[Response, int]:
         return _error(404, str(error))
+
+    @app.errorhandler(_Unavailable)
+    async def unavailable(error: _Unavailable) -> tuple[Response, int]:
+        return _error(error.status, str(error))
 
     @app.errorhandler(_Conflict)
     async def conflict(error: _Conflict) -> tuple[Response, int]:
@@ -513,8 +519,13 @@ def create_app(
         """Connected clients, oldest first, ``limit`` at a time from ``cursor``."""
         if query_args.listener is not None and query_args.listener not in listeners:
             raise _NotFound(f"no listener {query_args.listener!r}")
+        node, _, after = query_args.cursor.rpartition("/")
+        if registry.cluster is not None:
+            return await cluster_page(query_args, node, int(after))
+        if node:
+            raise _Invalid("cursor: NODE/NUMBER is for a cluster; this pmlb is alone", "cursor")
         page, cursor = registry.client_page(
-            after=query_args.cursor,
+            after=int(after),
             limit=query_args.limit,
             state=query_args.state,
             listener=query_args.listener,
@@ -526,45 +537,207 @@ def create_app(
             connected=len(registry.clients),
         )
 
-    def find_client(uuid: str) -> Client:
-        client = registry.clients.get(uuid)
-        if client is None:
+    async def cluster_page(query: s.ClientQuery, start: str, after: int) -> s.ClientPage:
+        # Pages go over the nodes in name order, each node's clients oldest
+        # first; a cursor NODE/N goes on after client N of NODE (or at the
+        # next name, if NODE is gone).
+        bus = registry.cluster
+        assert bus is not None
+        names = sorted({bus.node, *bus.nodes}) if bus.connected else [bus.node]
+        clients: list[s.Client] = []
+        missing: list[str] = []
+        for name in (n for n in names if n >= start):
+            here = after if name == start else -1
+            want = query.limit - len(clients)
+            if name == bus.node:
+                page, cursor = registry.client_page(
+                    after=here, limit=want, state=query.state, listener=query.listener
+                )
+                now, wall, window = time.monotonic(), time.time(), registry.config.activity_window
+                clients += [_client_view(c, now, wall, window, bus.node) for c in page]
+            else:
+                request = {
+                    "op": "clients",
+                    "after": here,
+                    "limit": want,
+                    "state": query.state,
+                    "listener": query.listener,
+                }
+                try:
+                    answer = await bus.ask_node(name, request, ASK_TIMEOUT)
+                except (BusDown, NoAnswer) as exc:
+                    missing.append(f"{name}: {exc}")
+                    continue
+                if answer is None:  # it left since the last heartbeat
+                    continue
+                clients += [s.Client(**c, node=name) for c in answer["clients"]]
+                cursor = answer["next_cursor"]
+            if cursor is not None:
+                next_cursor: str | None = f"{name}/{cursor}"
+                break
+            later = [n for n in names if n > name]
+            if len(clients) >= query.limit and later:
+                next_cursor = f"{later[0]}/-1"
+                break
+        else:
+            next_cursor = None
+        if not bus.connected:
+            missing.insert(0, f"the other nodes: {_degraded(bus)}")
+        return s.ClientPage(
+            clients=clients,
+            next_cursor=next_cursor,
+            connected=bus.cluster_clients if bus.connected else len(registry.clients),
+            partial="; ".join(missing) or None,
+        )
+
+    async def remote(uuid: str, request: dict[str, Any]) -> dict[str, Any]:
+        """The answer of the node holding ``uuid`` (not this one); 404, 503, 504 else."""
+        bus = registry.cluster
+        if bus is None:
             raise _NotFound(f"no client {uuid}")
-        return client
+        try:
+            answer = await bus.ask_owner(uuid, {**request, "uuid": uuid}, ASK_TIMEOUT)
+        except BusDown as exc:
+            raise _Unavailable(
+                f"no client {uuid} on this node, and the other nodes cannot be asked: {exc}"
+            ) from None
+        except NoAnswer as exc:
+            raise _Unavailable(f"client {uuid}: {exc}", 504) from None
+        if answer is None or answer.get("status") != 200:
+            raise _NotFound(f"no client {uuid} in the cluster")
+        return answer
+
+    def this_node() -> str | None:
+        return None if registry.cluster is None else registry.cluster.node
 
     @app.get("/api/v1/clients/<uuid>")
     @validate_response(s.Client)
     async def get_client(uuid: str) -> s.Client:
-        client = find_client(uuid)
-        return _client_view(client, time.monotonic(), time.time(), registry.config.activity_window)
+        """One client, on this node or (in a cluster) any other."""
+        client = registry.clients.get(uuid)
+        if client is None:
+            answer = await remote(uuid, {"op": "client"})
+            return s.Client(**answer["client"], node=answer["node"])
+        window = registry.config.activity_window
+        return _client_view(client, time.monotonic(), time.time(), window, this_node())
 
     @app.delete("/api/v1/clients/<uuid>")
     @validate_response(s.Disconnected)
     async def kick_client(uuid: str) -> s.Disconnected:
-        """Disconnect a client."""
-        find_client(uuid)
+        """Disconnect a client, on this node or (in a cluster) any other."""
+        if uuid not in registry.clients:
+            answer = await remote(uuid, {"op": "kick"})
+            action("client_kicked", client=uuid, node=answer["node"])
+            return s.Disconnected(disconnected=uuid, node=answer["node"])
         registry.kick(uuid)
         action("client_kicked", client=uuid)
-        return s.Disconnected(disconnected=uuid)
+        return s.Disconnected(disconnected=uuid, node=this_node())
 
     @app.post("/api/v1/clients/<uuid>/messages")
     @validate_request(s.Message)
     @validate_response(s.Queued, 202)
     async def send_to_client(uuid: str, data: s.Message) -> tuple[s.Queued, int]:
-        """Queue a message for one client, as an upstream would."""
-        find_client(uuid)
-        queued = registry.send_to(uuid, _payload(data))
+        """Queue a message for one client, as an upstream would; any node's in a cluster."""
+        payload = _payload(data)
+        if uuid not in registry.clients:
+            answer = await remote(uuid, {"op": "send", "payload": encode_payload(payload)})
+            queued = bool(answer["queued"])
+            action("client_message", client=uuid, queued=queued, node=answer["node"])
+            return s.Queued(client=uuid, queued=queued, node=answer["node"]), 202
+        queued = registry.send_to(uuid, payload)
         action("client_message", client=uuid, queued=queued)
-        return s.Queued(client=uuid, queued=queued), 202
+        return s.Queued(client=uuid, queued=queued, node=this_node()), 202
 
     @app.post("/api/v1/broadcast")
     @validate_request(s.BroadcastIn)
     @validate_response(s.BroadcastOut)
     async def broadcast(data: s.BroadcastIn) -> s.BroadcastOut:
-        """Send a message to all, active or inactive clients."""
-        recipients = registry.broadcast(data.kind, _payload(data))
-        action("broadcast", kind=data.kind, recipients=recipients)
-        return s.BroadcastOut(kind=data.kind, recipients=recipients)
+        """Send a message to all, active or inactive clients (of every node, in a cluster).
+
+        ``nodes`` says how many nodes answered of ``nodes_asked``; a node
+        that did not answer in time may still have delivered it.
+        """
+        payload = _payload(data)
+        recipients = registry.broadcast(data.kind, payload)
+        answered = asked = 1
+        partial = None
+        bus = registry.cluster
+        if bus is not None:
+            request = {"op": "broadcast", "kind": data.kind, "payload": encode_payload(payload)}
+            try:
+                answers, others = await bus.ask_all(request, ASK_TIMEOUT)
+            except BusDown as exc:
+                partial = f"this node only: {exc}"
+            else:
+                recipients += sum(int(a.get("recipients", 0)) for a in answers)
+                answered, asked = 1 + len(answers), 1 + others
+                if len(answers) < others:
+                    partial = (
+                        f"{others - len(answers)} node(s) did not answer within {ASK_TIMEOUT:g} s"
+                    )
+        action("broadcast", kind=data.kind, recipients=recipients, nodes=answered)
+        return s.BroadcastOut(
+            kind=data.kind,
+            recipients=recipients,
+            nodes=answered,
+            nodes_asked=asked,
+            partial=partial,
+        )
+
+    # -- cluster ----------------------------------------------------------
+
+    @app.get("/api/v1/cluster")
+    @validate_response(s.Cluster)
+    async def cluster() -> s.Cluster:
+        """The nodes of the cluster, as their last heartbeats described them.
+
+        Redis down: ``degraded`` says why, and the nodes are this one only.
+        """
+        bus = registry.cluster
+        if bus is None:
+            return s.Cluster(enabled=False)
+        stats = registry.statistics()
+        wall = time.time()
+        peers = bus.peers if bus.connected else {}
+        nodes = []
+        for name in sorted({bus.node, *peers}):
+            info = peers.get(name)
+            if name == bus.node:  # now, not as of the last heartbeat
+                nodes.append(
+                    s.ClusterNode(
+                        name=name,
+                        admin=bus.admin_url,
+                        clients=stats.clients,
+                        upstreams=stats.upstreams,
+                        upstreams_serving=stats.upstreams_serving,
+                        last_heartbeat=rfc3339_from(info.heartbeat_at) if info else None,
+                        heartbeat_age=max(0.0, wall - info.heartbeat_at) if info else None,
+                        version=_version(),
+                        this=True,
+                    )
+                )
+            elif info is not None:
+                nodes.append(
+                    s.ClusterNode(
+                        name=name,
+                        admin=info.admin,
+                        clients=info.clients,
+                        upstreams=info.upstreams,
+                        upstreams_serving=info.upstreams_serving,
+                        last_heartbeat=rfc3339_from(info.heartbeat_at),
+                        heartbeat_age=max(0.0, wall - info.heartbeat_at),
+                        version=info.version,
+                        this=False,
+                    )
+                )
+        return s.Cluster(
+            enabled=True,
+            node=bus.node,
+            connected=bus.connected,
+            degraded=None if bus.connected else _degraded(bus),
+            clients=bus.cluster_clients if bus.connected else stats.clients,
+            nodes=nodes,
+        )
 
     # -- runtime ----------------------------------------------------------
 
@@ -672,6 +845,10 @@ def create_app(
     return app
 
 
+def _degraded(bus: Bus) -> str:
+    return f"Redis unreachable: {bus.last_error or 'not connected yet'}"
+
+
 async def _stream_events(registry: Registry, send: Callable[[str], Awaitable[None]]) -> None:
     with registry.events.subscribe() as subscription:
         await send(json.dumps({"type": "hello", "recent": list(registry.events.recent)}))
@@ -684,6 +861,14 @@ async def _stream_events(registry: Registry, send: Callable[[str], Awaitable[Non
 
 class _NotFound(Exception):
     pass
+
+
+class _Unavailable(Exception):
+    """The cluster cannot be asked now (503), or a node did not answer (504)."""
+
+    def __init__(self, message: str, status: int = 503) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class _Conflict(Exception):

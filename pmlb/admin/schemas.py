@@ -163,7 +163,8 @@ class Removed(BaseModel):
 class ClientQuery(_Strict):
     state: Literal["active", "inactive"] | None = None
     listener: str | None = None
-    cursor: int = Field(default=-1, ge=-1)
+    #: a ``next_cursor`` from the page before: a number, or in a cluster NODE/NUMBER
+    cursor: str = Field(default="-1", pattern=r"^(?:[A-Za-z0-9._-]{1,100}/)?(?:-1|[0-9]{1,18})$")
     limit: int = Field(default=100, ge=1, le=1000)
 
 
@@ -182,14 +183,21 @@ class Client(BaseModel):
     queued: int
     #: messages dropped by the ``drop_oldest`` slow-client policy
     dropped: int = 0
+    #: in a cluster: the node that holds it
+    node: str | None = None
 
 
 class ClientPage(BaseModel):
     clients: list[Client]
-    #: pass as ``cursor`` to get the next page; null on the last page
-    next_cursor: int | None
-    #: clients connected now, whatever the filters
+    #: pass as ``cursor`` to get the next page; null on the last page (in a
+    #: cluster a string, NODE/NUMBER: the pages go over every node)
+    next_cursor: int | str | None
+    #: clients connected now, whatever the filters (in a cluster: all its
+    #: clients, as its directory counted them at the last heartbeat)
     connected: int
+    #: in a cluster: why clients of some nodes are missing (Redis down, a
+    #: node not answering); null when the page is whole
+    partial: str | None = None
 
 
 class Message(_Strict):
@@ -200,10 +208,13 @@ class Message(_Strict):
 class Queued(BaseModel):
     client: str
     queued: bool
+    #: in a cluster: the node that holds the client
+    node: str | None = None
 
 
 class Disconnected(BaseModel):
     disconnected: str
+    node: str | None = None
 
 
 class BroadcastIn(Message):
@@ -212,7 +223,45 @@ class BroadcastIn(Message):
 
 class BroadcastOut(BaseModel):
     kind: str
+    #: clients it was queued for (in a cluster: on every node that answered)
     recipients: int
+    #: nodes that answered, this one included, of the nodes asked (1 and 1
+    #: outside a cluster)
+    nodes: int = 1
+    nodes_asked: int = 1
+    #: why some nodes are not counted (Redis down, a node not answering)
+    partial: str | None = None
+
+
+# -- cluster --------------------------------------------------------------
+
+
+class ClusterNode(BaseModel):
+    name: str
+    #: this node's admin URL (null: no admin API)
+    admin: str | None
+    clients: int
+    upstreams: int
+    upstreams_serving: int
+    #: its last heartbeat (the node's own clock) and how many seconds ago
+    last_heartbeat: str | None
+    heartbeat_age: float | None
+    version: str
+    #: the node that answers this request
+    this: bool
+
+
+class Cluster(BaseModel):
+    #: whether this pmlb is in a cluster ([cluster] redis_url)
+    enabled: bool
+    node: str | None = None
+    #: connected to Redis now
+    connected: bool = False
+    #: why the cluster is degraded (null: it is not); nodes then lists this one only
+    degraded: str | None = None
+    #: clients in the cluster's directory at the last heartbeat
+    clients: int = 0
+    nodes: list[ClusterNode] = []
 
 
 # -- runtime --------------------------------------------------------------
@@ -277,3 +326,7 @@ class Ready(BaseModel):
     #: upstreams known and serving (counts only: the probe needs no token)
     upstreams: int = 0
     upstreams_serving: int = 0
+    #: in a cluster: "ok", or "degraded" (Redis unreachable: local traffic goes
+    #: on, replies to other nodes are dropped; pmlb stays ready)
+    cluster: Literal["ok", "degraded"] | None = None
+    cluster_reason: str | None = None

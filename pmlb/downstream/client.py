@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 
+from pmlb._time import rfc3339_from
 from pmlb.codecs import frame
 from pmlb.downstream.reasons import CLIENT_CLOSED, DRAINING
 
@@ -190,6 +191,26 @@ class Client:
             "messages_out": self.messages_out,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
+        }
+
+    def view(self, now: float, wall: float, window: float) -> dict[str, Any]:
+        """What the admin API shows of this client (JSON-ready), at ``now`` (monotonic) and
+        ``wall`` (``time.time()``), with activity ``window`` seconds."""
+        last = self.last_active
+        return {
+            "uuid": self.uuid,
+            "remote": self.remote,
+            "listener": self.listener,
+            "transport": self.transport,
+            "connected_at": rfc3339_from(self.connected_at) or "",
+            "last_active_at": None if last is None else rfc3339_from(wall - (now - last)),
+            "active": self.is_active(now, window),
+            "messages_in": self.messages_in,
+            "messages_out": self.messages_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "queued": self.queued,
+            "dropped": self.dropped,
         }
 
     def is_active(self, now: float, window: float) -> bool:

@@ -12,19 +12,16 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 import trio
 
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.config import UpstreamConfig
-from pmlb.metrics import LatencyHistogram
+from pmlb.histogram import LatencyHistogram
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.transport import Transport, UpstreamError
-
-if TYPE_CHECKING:
-    from pmlb.registry import Registry
 
 log = logging.getLogger("pmlb.upstream")
 
@@ -150,9 +147,29 @@ class Backoff:
         return delay
 
 
+class Hub(Protocol):
+    """What a supervisor needs from the core: the narrow port it reports through.
+
+    :class:`pmlb.registry.Registry` implements it; the supervisor never imports
+    the registry, so the upstream layer stays below the core.
+    """
+
+    def set_upstream_state(
+        self, upstream: Upstream, state: UpstreamState, *, reason: str | None = None
+    ) -> None: ...
+
+    def set_upstream_stalled(
+        self, upstream: Upstream, stalled: bool, *, waited: float | None = None
+    ) -> None: ...
+
+    def others_flowing(self, upstream: Upstream) -> bool: ...
+
+    def deliver(self, replies: list[pb.OutputStreamRequest], *, cluster: bool = False) -> None: ...
+
+
 async def supervise(
     upstream: Upstream,
-    registry: Registry,
+    registry: Hub,
     transport_factory: Callable[[UpstreamConfig], Transport],
 ) -> None:
     """Keep ``upstream`` connected and serving until cancelled or removed."""
@@ -166,7 +183,7 @@ async def supervise(
 
 async def _supervise(
     upstream: Upstream,
-    registry: Registry,
+    registry: Hub,
     transport_factory: Callable[[UpstreamConfig], Transport],
 ) -> None:
     config = upstream.config
@@ -220,7 +237,7 @@ async def _wait_ready(upstream: Upstream, transport: Transport, backoff: Backoff
         await trio.sleep(backoff.next())
 
 
-async def _serve(upstream: Upstream, transport: Transport, registry: Registry) -> str:
+async def _serve(upstream: Upstream, transport: Transport, registry: Hub) -> str:
     """Run the stream and the liveness prober until one fails; return why."""
     config = upstream.config
     reason = "stopped"
@@ -294,7 +311,7 @@ async def _watch_acks(upstream: Upstream) -> None:
             await trio.sleep_until(oldest + timeout)
 
 
-async def _watch_writes(upstream: Upstream, registry: Registry) -> None:
+async def _watch_writes(upstream: Upstream, registry: Hub) -> None:
     """Report the upstream stalled while its writes make no progress; raise past stall_timeout.
 
     Liveness runs on a stream of its own, so an upstream that holds the bidi
