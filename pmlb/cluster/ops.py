@@ -10,7 +10,7 @@ admin API makes them (:mod:`pmlb.admin.app`).
 Ops: ``client`` (``uuid``: its view), ``kick`` (``uuid``), ``send``
 (``uuid``, ``payload``: ``queued``), ``broadcast`` (``kind``, ``payload``:
 ``recipients``) and ``clients`` (``after``, ``limit``, ``state``,
-``listener``: a page of this node's clients, ``next_cursor``,
+``listener``, ``q``: a page of this node's clients, ``next_cursor``,
 ``connected``).
 """
 
@@ -118,7 +118,11 @@ def _page(registry: Core, request: dict[str, Any]) -> dict[str, Any]:
     if limit < 1 or limit > 1000:
         raise ValueError(f"limit must be 1 to 1000, got {limit}")
     page, cursor = registry.client_page(
-        after=after, limit=limit, state=request.get("state"), listener=request.get("listener")
+        after=after,
+        limit=limit,
+        state=request.get("state"),
+        listener=request.get("listener"),
+        search=str(request.get("q") or "") or None,
     )
     now, wall, window = time.monotonic(), time.time(), registry.config.activity_window
     return {
