@@ -170,6 +170,11 @@ async def test_two_node_cluster_example_chats_across_nodes(
     await bob.expect_closed()
     assert await alice.recv() == "* bob left (kicked)"
 
+    # a's admin lists both nodes once a's heartbeat (every 2 s here) saw b's
     async with httpx.AsyncClient(base_url=await admin_url(a)) as http:
-        cluster = (await http.get("/api/v1/cluster")).json()
+        for _ in range(200):
+            cluster = (await http.get("/api/v1/cluster")).json()
+            if len(cluster["nodes"]) == 2:
+                break
+            await trio.sleep(0.05)
     assert [node["name"] for node in cluster["nodes"]] == ["a", "b"]
