@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
@@ -10,7 +11,7 @@ import signal
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import trio
@@ -29,6 +30,7 @@ from pmlb.config import (
     render_config,
 )
 from pmlb.downstream.tcp import ListenError
+from pmlb.reload import ReloadUnavailable
 from pmlb.server import Server, serve
 
 log = logging.getLogger("pmlb.server")
@@ -150,10 +152,24 @@ def _config(args: argparse.Namespace, path: str | None) -> Config:
 
 
 async def _serve_then_cancel(
-    config: Config, cancel_scope: trio.CancelScope, *, task_status: trio.TaskStatus[Server]
+    config: Config,
+    cancel_scope: trio.CancelScope,
+    load: Callable[[], Config] | None,
+    notifier: sdnotify.Notifier,
+    *,
+    task_status: trio.TaskStatus[Server],
 ) -> None:
-    await serve(config, task_status=task_status)
+    await serve(config, load=load, notifier=notifier, task_status=task_status)
     cancel_scope.cancel()
+
+
+async def _reload(server: Server) -> None:
+    # The reloader logs what it did, or why it refused: nothing more to say here.
+    with contextlib.suppress(ConfigError):
+        try:
+            await server.reload()
+        except ReloadUnavailable as exc:
+            log.warning("SIGHUP: nothing reloaded", extra={"reason": str(exc)})
 
 
 #: seconds between the STATUS= lines a serving pmlb sends systemd
@@ -192,25 +208,35 @@ async def _notify_status(server: Server, notifier: sdnotify.Notifier) -> None:
     notifier.stopping("draining: closing listeners and clients")
 
 
-async def run_until_signalled(config: Config, notifier: sdnotify.Notifier | None = None) -> None:
+async def run_until_signalled(
+    config: Config,
+    notifier: sdnotify.Notifier | None = None,
+    load: Callable[[], Config] | None = None,
+) -> None:
     """Serve until SIGINT or SIGTERM: the first stops gracefully, a second at once.
 
-    ``notifier`` tells systemd (``Type=notify``) when pmlb is ready and when
-    it stops; by default one reading ``$NOTIFY_SOCKET``.
+    SIGHUP reloads the configuration with ``load`` (see :mod:`pmlb.reload`).
+    ``notifier`` tells systemd (``Type=notify``) when pmlb is ready, reloads
+    and stops; by default one reading ``$NOTIFY_SOCKET``.
     """
     notifier = notifier or sdnotify.Notifier()
     # Signals are taken over before anything starts: under trio-asyncio the
     # default KeyboardInterrupt can land anywhere, so pmlb cancels itself.
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            server: Server = await nursery.start(_serve_then_cancel, config, nursery.cancel_scope)
+            server: Server = await nursery.start(
+                _serve_then_cancel, config, nursery.cancel_scope, load, notifier
+            )
             # Every listener and the admin are bound and accepting now.
             notifier.ready(_listening(server))
             nursery.start_soon(_notify_status, server, notifier)
             nursery.start_soon(notifier.run_watchdog)
             async for signum in signals:
                 name = signal.Signals(signum).name
-                if server.stopping:
+                if signum == signal.SIGHUP:
+                    log.info("signal received: reloading", extra={"signal": name})
+                    nursery.start_soon(_reload, server)
+                elif server.stopping:
                     log.warning("second signal: stopping now", extra={"signal": name})
                     nursery.cancel_scope.cancel()
                 else:
@@ -235,11 +261,11 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _run(config: Config) -> int:
+def _run(config: Config, load: Callable[[], Config] | None = None) -> int:
     code = 0
     tune_gc()
     try:
-        trio.run(run_until_signalled, config)
+        trio.run(run_until_signalled, config, None, load)
     except* ListenError as group:
         for exc in _leaves(group):
             print(f"pmlb: {exc}", file=sys.stderr)
@@ -259,7 +285,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args, args.config)
     check_admin_exposure(config)
     _log.configure(config.log.level, config.log.format)
-    return _run(config)
+
+    def load() -> Config:
+        # The file again, with the same flags on top: they keep precedence.
+        return _config(args, args.config)
+
+    return _run(config, load)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ admin API makes them (:mod:`pmlb.admin.app`).
 Ops: ``client`` (``uuid``: its view), ``kick`` (``uuid``), ``send``
 (``uuid``, ``payload``: ``queued``), ``broadcast`` (``kind``, ``payload``:
 ``recipients``) and ``clients`` (``after``, ``limit``, ``state``,
-``listener``: a page of this node's clients, ``next_cursor``,
+``listener``, ``q``: a page of this node's clients, ``next_cursor``,
 ``connected``).
 """
 
@@ -57,6 +57,7 @@ class Core(Protocol):
         limit: int = 100,
         state: str | None = None,
         listener: str | None = None,
+        search: str | None = None,
     ) -> tuple[list[Client], int | None]: ...
 
 
@@ -118,7 +119,11 @@ def _page(registry: Core, request: dict[str, Any]) -> dict[str, Any]:
     if limit < 1 or limit > 1000:
         raise ValueError(f"limit must be 1 to 1000, got {limit}")
     page, cursor = registry.client_page(
-        after=after, limit=limit, state=request.get("state"), listener=request.get("listener")
+        after=after,
+        limit=limit,
+        state=request.get("state"),
+        listener=request.get("listener"),
+        search=str(request.get("q") or "") or None,
     )
     now, wall, window = time.monotonic(), time.time(), registry.config.activity_window
     return {
