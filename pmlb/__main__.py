@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any
 
 import attrs
 import trio
@@ -71,6 +73,12 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         "--cluster-redis",
         metavar="URL",
         help="join a cluster through this Redis (redis://HOST:PORT/DB or unix:///PATH)",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes sharing the listeners (0: one per core; default 1)",
     )
     _add_admin_flags(group)
 
@@ -146,23 +154,41 @@ def _config(args: argparse.Namespace, path: str | None) -> Config:
         admin=args.admin,
         admin_token=os.environ.get(TOKEN_ENV) or None,
         cluster_redis=args.cluster_redis,
+        workers=getattr(args, "workers", None),
     )
 
 
 async def _serve_then_cancel(
-    config: Config, cancel_scope: trio.CancelScope, *, task_status: trio.TaskStatus[Server]
+    config: Config,
+    cancel_scope: trio.CancelScope,
+    options: dict[str, Any],
+    *,
+    task_status: trio.TaskStatus[Server],
 ) -> None:
-    await serve(config, task_status=task_status)
+    await serve(config, task_status=task_status, **options)
     cancel_scope.cancel()
 
 
-async def run_until_signalled(config: Config) -> None:
-    """Serve until SIGINT or SIGTERM: the first stops gracefully, a second at once."""
+#: a task run beside the server that may stop it (a worker's orders from its parent)
+Control = Callable[[Server, trio.CancelScope], Awaitable[None]]
+
+
+async def run_until_signalled(
+    config: Config, *, control: Control | None = None, **options: Any
+) -> None:
+    """Serve until SIGINT or SIGTERM: the first stops gracefully, a second at once.
+
+    ``options`` go to :func:`pmlb.serve`; ``control`` runs beside it.
+    """
     # Signals are taken over before anything starts: under trio-asyncio the
     # default KeyboardInterrupt can land anywhere, so pmlb cancels itself.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            server: Server = await nursery.start(_serve_then_cancel, config, nursery.cancel_scope)
+            server: Server = await nursery.start(
+                _serve_then_cancel, config, nursery.cancel_scope, options
+            )
+            if control is not None:
+                nursery.start_soon(control, server, nursery.cancel_scope)
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if server.stopping:
@@ -190,11 +216,12 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _run(config: Config) -> int:
+def run(config: Config, *, control: Control | None = None, **options: Any) -> int:
+    """Serve ``config`` until signalled; the exit code (1: a listener cannot bind)."""
     code = 0
     tune_gc()
     try:
-        trio.run(run_until_signalled, config)
+        trio.run(partial(run_until_signalled, config, control=control, **options))
     except* ListenError as group:
         for exc in _leaves(group):
             print(f"pmlb: {exc}", file=sys.stderr)
@@ -214,7 +241,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args, args.config)
     check_admin_exposure(config)
     _log.configure(config.log.level, config.log.format)
-    return _run(config)
+    if config.workers != 1:
+        # Imported here: a single pmlb does not load the supervisor.
+        from pmlb.workers.parent import run_workers
+
+        return run_workers(config)
+    return run(config)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -267,7 +299,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        return _run(config)
+        return run(config)
     finally:
         upstream.terminate()
         try:

@@ -22,6 +22,7 @@ An example using every table::
     drain_period = 10           # seconds to spread client closes over when draining
     drain_timeout = 20          # seconds a drain may take before pmlb stops at once
     drain_upstream_wait = 5     # seconds a drain waits for an upstream when none serves
+    workers = 1                 # processes serving the listeners; 0: one per core
 
     [[listener]]                # more listeners, as many as needed
     name = "binary"
@@ -108,6 +109,16 @@ An example using every table::
     ``drain_timeout`` (default 20, under Kubernetes' default grace period of
     30 s) and ``drain_upstream_wait`` (seconds a drain waits for an upstream
     to serve when messages wait for one and none serves, default 5).
+
+    ``workers`` (default 1) runs that many worker processes under a small
+    parent (``0``: one per core this process may run on): the parent binds
+    every listener once per worker with ``SO_REUSEPORT``, so the kernel
+    spreads new connections evenly, and serves the one admin address for
+    all of them (see :mod:`pmlb.workers`). Each worker is a full pmlb with
+    its own upstream streams; with a ``[cluster]`` each worker is a node
+    named ``NODE-wI`` (I from 0), so that replies reach a client held by
+    another worker; without one, a worker's replies reach its own clients
+    only.
 
     A WebSocket listener ignores ``framing`` (each WebSocket message is one
     message) and reads five more keys: ``path`` (the URL path clients connect
@@ -247,6 +258,8 @@ _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _LOG_FORMATS: Final = ("text", "json")
 _UPSTREAM_TRANSPORTS: Final = ("native", "grpclib")
 _MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
+#: the most worker processes ``[server] workers`` may ask for
+MAX_WORKERS: Final = 256
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:
@@ -467,6 +480,8 @@ class Config:
     #: messages kept while no upstream serves wait this long for one to
     #: serve during a drain; then pmlb stops without them (logged)
     drain_upstream_wait: float = 5.0
+    #: worker processes (0: one per core); see pmlb.workers
+    workers: int = 1
     management: ManagementConfig = ManagementConfig()
     log: LogConfig = LogConfig()
     cluster: ClusterConfig = ClusterConfig()
@@ -771,6 +786,7 @@ _SERVER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "drain_period": _non_negative,
     "drain_timeout": _seconds,
     "drain_upstream_wait": _non_negative,
+    "workers": _integer(0, MAX_WORKERS),
 }
 _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "host": _host,
@@ -1166,6 +1182,7 @@ def apply_overrides(
     admin: bool | None = None,
     admin_token: str | None = None,
     cluster_redis: str | None = None,
+    workers: int | None = None,
 ) -> Config:
     """``config`` with command-line flags applied; ``None`` leaves a setting as it is.
 
@@ -1191,6 +1208,7 @@ def apply_overrides(
         [
             ("--activity-window", "activity_window", activity_window, _seconds),
             ("--balancing", "balancing", balancing, _one_of(*_POLICIES)),
+            ("--workers", "workers", workers, _integer(0, MAX_WORKERS)),
         ],
     )
     log_changes = _checked(
@@ -1374,6 +1392,7 @@ def render_config(config: Config) -> str:
         "drain_period",
         "drain_timeout",
         "drain_upstream_wait",
+        "workers",
     ):
         server[name] = getattr(config, name)
     document: dict[str, object] = {"server": server}
