@@ -29,8 +29,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
@@ -48,36 +47,10 @@ from pmlb.config import ClusterConfig
 from pmlb.histogram import LatencyHistogram
 from pmlb.upstream.supervisor import Backoff
 
+if TYPE_CHECKING:
+    from pmlb.registry import Registry
+
 log = logging.getLogger("pmlb.cluster")
-
-
-class NodeCounts(Protocol):
-    """The figures a heartbeat publishes (the registry's :class:`Statistics` has them)."""
-
-    @property
-    def clients(self) -> int: ...
-
-    @property
-    def upstreams_serving(self) -> int: ...
-
-
-class Hub(Protocol):
-    """What the bus needs from the core: the narrow port it calls.
-
-    :class:`pmlb.registry.Registry` implements it; the bus never imports the
-    registry, so the cluster layer stays below the core.
-    """
-
-    @property
-    def clients(self) -> Mapping[str, object]: ...
-
-    def statistics(self) -> NodeCounts: ...
-
-    def deliver_from_node(self, replies: list[pb.OutputStreamRequest]) -> None: ...
-
-    def clients_lost_elsewhere(self, uuids: list[str], node: str) -> None: ...
-
-    def count_unknown(self, count: int, why: str) -> None: ...
 
 
 #: replies queued for other nodes before more are dropped (and counted)
@@ -192,7 +165,7 @@ class BusStatistics:
 class Bus:
     """This node on the cluster bus; see the module docstring."""
 
-    def __init__(self, config: ClusterConfig, registry: Hub) -> None:
+    def __init__(self, config: ClusterConfig, registry: Registry) -> None:
         self.config = config
         self.node = config.node or default_node_name()
         self._registry = registry
