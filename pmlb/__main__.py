@@ -290,7 +290,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _log.configure(config.log.level, config.log.format)
     if config.workers != 1:
         # Imported here: a single pmlb does not load the supervisor.
-        from pmlb.workers.parent import run_workers
+        from pmlb.workers.run import run_workers
 
         return run_workers(config)
     return run(config)

@@ -1,6 +1,6 @@
 """A worker of ``pmlb serve --workers N``: one full pmlb on sockets its parent bound.
 
-Started as ``python -m pmlb.workers.child`` with the listening sockets
+Started as ``python -m pmlb._worker`` with the listening sockets
 inherited; its first line on stdin is the :class:`Setup` (JSON). stdin then
 carries the parent's orders, one per line: ``drain`` (a graceful drain, as
 SIGTERM) and ``stop`` (stop at once, as a second SIGTERM). End of stdin
@@ -17,15 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
-import sys
-import tomllib
 
 import attrs
 import trio
 
-from pmlb import _log
-from pmlb.config import parse_config
 from pmlb.server import Server
 
 log = logging.getLogger("pmlb.server")
@@ -51,7 +46,7 @@ class Setup:
         return cls(**json.loads(line))
 
 
-async def _orders(server: Server, cancel_scope: trio.CancelScope) -> None:
+async def follow_orders(server: Server, cancel_scope: trio.CancelScope) -> None:
     stdin = trio.lowlevel.FdStream(os.dup(0))
     buffer = b""
     async with stdin:
@@ -68,17 +63,3 @@ async def _orders(server: Server, cancel_scope: trio.CancelScope) -> None:
     if not server.stopping:
         log.warning("parent gone: stopping")
         server.stop()
-
-
-def main() -> None:
-    from pmlb.__main__ import run
-
-    setup = Setup.decode(sys.stdin.buffer.readline())
-    config = parse_config(tomllib.loads(setup.config), f"worker {setup.index}")
-    _log.configure(config.log.level, config.log.format, fields={"worker": setup.index})
-    sockets = {name: [socket.socket(fileno=fd) for fd in fds] for name, fds in setup.fds.items()}
-    sys.exit(run(config, sockets=sockets, admin_bind=f"unix:{setup.admin_socket}", control=_orders))
-
-
-if __name__ == "__main__":
-    main()

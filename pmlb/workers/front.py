@@ -13,8 +13,11 @@ the token, ``Host`` and origins as a single pmlb's admin does (the same
 - ``/api/v1/clients``: pages worker by worker (each worker's clients
   oldest first), every client with its ``worker``; a client's routes
   (``GET``/``DELETE``, ``messages``) go to every worker and the one holding
-  it answers;
-- ``/api/v1/broadcast``: to every worker, recipients summed;
+  it answers; ``/api/v1/broadcast`` goes to every worker, recipients summed.
+  With a ``[cluster]`` every worker is a node whose admin sees the whole
+  cluster already (see :mod:`pmlb.admin.app`): these routes then go to one
+  running worker, and the front adds ``worker`` to the clients of its own
+  workers;
 - ``/api/v1/upstreams`` and ``/api/v1/runtime``: every worker's view merged
   (counters summed, each upstream's state per worker in ``workers``); a
   change (add, remove, drain an upstream, ``PATCH`` runtime) goes to every
@@ -24,8 +27,6 @@ the token, ``Host`` and origins as a single pmlb's admin does (the same
 - any other route: a ``GET`` is answered by the first running worker, a
   change is sent to every worker and the first answer returned.
 
-Requests to a worker carry ``pmlb-scope: node``: a worker's admin answers
-for its own process only when it sees it.
 """
 
 from __future__ import annotations
@@ -62,8 +63,6 @@ log = logging.getLogger("pmlb.admin")
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
 #: a front cursor is (worker cursor + 1) * CURSOR_SPAN + worker index
 CURSOR_SPAN = 1024
-#: the header that tells a worker's admin to answer for its own process
-SCOPE_HEADER = {"pmlb-scope": "node"}
 #: seconds the front waits for a worker's answer
 WORKER_TIMEOUT = 10.0
 
@@ -108,7 +107,7 @@ class Front:
     async def ask(
         self, worker: Worker, method: str, target: str, body: bytes = b""
     ) -> _http.Answer | None:
-        headers = dict(SCOPE_HEADER)
+        headers = {}
         if body:
             headers["content-type"] = "application/json"
         try:
@@ -137,6 +136,21 @@ class Front:
             for index, worker in enumerate(workers):
                 nursery.start_soon(one, index, worker)
         return [(w, a) for w, a in zip(workers, answers, strict=True) if a is not None]
+
+    async def one(self, method: str, target: str, body: bytes = b"") -> _http.Answer | None:
+        """The first running worker's answer (the next one's if it does not answer)."""
+        for worker in self.running():
+            answer = await self.ask(worker, method, target, body)
+            if answer is not None:
+                return answer
+        return None
+
+    def with_worker(self, client: dict[str, Any]) -> dict[str, Any]:
+        """``client`` (a cluster's, with its ``node``) with ``worker`` if a worker here holds it."""
+        for worker in self.supervisor.workers:
+            if worker.node is not None and worker.node == client.get("node"):
+                return {**client, "worker": worker.index}
+        return client
 
     def workers_view(self) -> list[dict[str, object]]:
         return [
@@ -206,7 +220,7 @@ def _merge_runtime(front: Front, answers: list[tuple[Worker, _http.Answer]]) -> 
                 stats[name] = max(stats[name], value)
             elif name == "upstreams_serving":
                 stats[name] = min(stats[name], value)
-            elif isinstance(value, int):
+            elif isinstance(value, int) and not isinstance(value, bool):
                 stats[name] += value
         merged["accepting"] = merged["accepting"] and other["accepting"]
     merged["stopping"] = front.supervisor.stopping
@@ -313,8 +327,22 @@ def create_front(supervisor: Supervisor, management: ManagementConfig) -> QuartT
     async def workers() -> Reply:
         return _json({"workers": front.workers_view(), "restarts": supervisor.restarts})
 
+    clustered = supervisor.config.cluster.enabled
+
+    async def through_one_worker(adapt: Any = None) -> Reply:
+        answer = await front.one(request.method, _target(), await _body())
+        if answer is None:
+            return _error(503, "no worker answered")
+        if adapt is None or answer.status != 200:
+            return _passed(answer)
+        return _json(adapt(_load(answer)))
+
     @app.get("/api/v1/clients")
     async def clients() -> Reply:
+        if clustered:
+            return await through_one_worker(
+                lambda page: {**page, "clients": [front.with_worker(c) for c in page["clients"]]}
+            )
         query = dict(urllib.parse.parse_qsl(request.query_string.decode("latin-1")))
         try:
             cursor = int(query.pop("cursor", "-1"))
@@ -357,6 +385,8 @@ def create_front(supervisor: Supervisor, management: ManagementConfig) -> QuartT
         return _json({"clients": page, "next_cursor": next_cursor, "connected": connected})
 
     async def one_client(worker_field: bool) -> Reply:
+        if clustered:
+            return await through_one_worker(front.with_worker if worker_field else None)
         body = await _body()
         answers = await front.each(request.method, _target(), body)
         for worker, answer in answers:
@@ -377,6 +407,8 @@ def create_front(supervisor: Supervisor, management: ManagementConfig) -> QuartT
 
     @app.post("/api/v1/broadcast")
     async def broadcast() -> Reply:
+        if clustered:
+            return await through_one_worker()
         answers = await front.each("POST", _target(), await _body())
         if not answers:
             return _error(503, "no worker answered")

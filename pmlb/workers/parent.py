@@ -2,7 +2,7 @@
 
 It binds every listener once per worker (see :mod:`pmlb.workers.sockets`)
 and the one admin address (see :mod:`pmlb.workers.front`), then starts the
-workers, each a ``python -m pmlb.workers.child`` in a process group of its
+workers, each a ``python -m pmlb._worker`` in a process group of its
 own (a Ctrl-C at a terminal reaches the parent only) with its sockets
 inherited. A worker that exits while the parent is not stopping is
 started again on the same sockets, after a backoff that grows while it
@@ -29,13 +29,16 @@ from pathlib import Path
 import attrs
 import trio
 
+from pmlb import sdnotify
 from pmlb.config import MAX_WORKERS, Config, ConfigError, ManagementConfig, render_config
-from pmlb.downstream.tcp import ListenError, server_ssl_context
 from pmlb.upstream.supervisor import Backoff
 from pmlb.workers.child import Setup
-from pmlb.workers.sockets import bind_reuseport
 
 log = logging.getLogger("pmlb.workers")
+
+_NOTIFY_ENV = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
+#: seconds between the parent's looks at whether every worker is ready (for systemd)
+READY_POLL = 0.2
 
 #: restart backoff: first delay, longest delay, seconds of life that reset it
 RESTART_MIN, RESTART_MAX, RESTART_RESET = 0.5, 30.0, 30.0
@@ -116,6 +119,7 @@ class Supervisor:
             )
             for i in range(count)
         ]
+        self.notifier = sdnotify.Notifier()
         self.stopping = False
         self.stop_now = False
         self._stop = trio.Event()
@@ -131,6 +135,7 @@ class Supervisor:
         if self.stopping:
             return
         self.stopping = True
+        self.notifier.stopping("draining the workers")
         self._stop.set()
         for worker in self.workers:
             worker.order(b"drain")
@@ -161,11 +166,14 @@ class Supervisor:
     def _start(self, worker: Worker) -> subprocess.Popen[bytes]:
         Path(worker.admin_socket).unlink(missing_ok=True)
         fds = [fd for fds in worker.fds.values() for fd in fds]
+        # The parent speaks to systemd for the service: a worker must not.
+        env = {k: v for k, v in os.environ.items() if k not in _NOTIFY_ENV}
         process = subprocess.Popen(
-            [sys.executable, "-m", "pmlb.workers.child"],
+            [sys.executable, "-m", "pmlb._worker"],
             stdin=subprocess.PIPE,
             pass_fds=fds,
             process_group=0,
+            env=env,
         )
         assert process.stdin is not None
         setup = Setup(
@@ -216,6 +224,25 @@ class Supervisor:
                 await self._stop.wait()
         self.codes.setdefault(worker.index, 0)
 
+    async def notify_ready(self) -> None:
+        """Tell systemd (Type=notify) the service is ready once every worker is, then keep
+        its watchdog fed."""
+        from pmlb.workers import _http
+
+        while not self.stopping:
+            ready = 0
+            for worker in self.workers:
+                try:
+                    answer = await _http.request(worker.admin_socket, "GET", "/readyz")
+                except _http.WorkerUnreachable:
+                    break
+                ready += answer.status == 200
+            if ready == self.count:
+                self.notifier.ready(f"serving with {self.count} workers")
+                await self.notifier.run_watchdog()
+                return
+            await trio.sleep(READY_POLL)
+
     def cleanup(self) -> None:
         for worker in self.workers:
             if worker.process is not None and worker.process.stdin is not None:
@@ -247,82 +274,3 @@ async def _wait(process: subprocess.Popen[bytes]) -> int:
     finally:
         os.close(pidfd)
     return code
-
-
-async def _main(config: Config, supervisor: Supervisor) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            if config.management.enabled:
-                from pmlb.workers.front import start_front
-
-                await start_front(nursery, config, supervisor)
-            async with trio.open_nursery() as workers:
-                for worker in supervisor.workers:
-                    workers.start_soon(supervisor.supervise, worker)
-
-                async def on_signals() -> None:
-                    async for signum in signals:
-                        name = signal.Signals(signum).name
-                        if supervisor.stopping:
-                            log.warning(
-                                "second signal: stopping workers now", extra={"signal": name}
-                            )
-                            supervisor.stop_at_once()
-                        else:
-                            log.info("signal received: draining workers", extra={"signal": name})
-                            supervisor.request_stop()
-
-                nursery.start_soon(on_signals)
-            nursery.cancel_scope.cancel()
-
-
-def run_workers(config: Config) -> int:
-    """``pmlb serve`` with ``[server] workers`` other than 1; the exit code."""
-    count = worker_count(config)
-    check(config, count)
-    sockets: dict[str, list[list[int]]] = {}
-    held = []
-    try:
-        for listener in config.listeners:
-            if listener.uses_tls:
-                server_ssl_context(listener)
-            per_worker = bind_reuseport(listener, count)
-            held += [s for group in per_worker for s in group]
-            sockets[listener.name] = [[s.fileno() for s in group] for group in per_worker]
-            for address in dict.fromkeys(_address(s.getsockname()) for s in per_worker[0]):
-                log.info(
-                    "listening",
-                    extra={"listener": listener.name, "address": address, "workers": count},
-                )
-    except ListenError as exc:
-        print(f"pmlb: {exc}", file=sys.stderr)
-        for sock in held:
-            sock.close()
-        return 1
-    supervisor = Supervisor(config, count, sockets)
-    log.info("starting workers", extra={"workers": count})
-    errors: list[BaseException] = []
-    try:
-        trio.run(_main, config, supervisor)
-    except* ListenError as group:
-        errors += group.exceptions
-    finally:
-        supervisor.cleanup()
-        for sock in held:
-            sock.close()
-    for error in errors:
-        print(f"pmlb: {error}", file=sys.stderr)
-    if errors:
-        return 1
-    failed = {i: c for i, c in supervisor.codes.items() if c != 0}
-    if failed:
-        log.warning("stopped; workers exited with errors", extra={"workers": str(failed)})
-        return 1
-    log.info("stopped")
-    return 0
-
-
-def _address(name: tuple[str, int] | tuple[str, int, int, int]) -> str:
-    from pmlb.config import format_address
-
-    return format_address(name[0], name[1])

@@ -163,6 +163,7 @@ async def test_workers_with_a_cluster_reach_each_others_clients(
     workers = await worker_of(http)
     by_uuid = {c.uuid: c for c in clients}
     sender = clients[0]
+    assert set(workers.values()) == {0, 1, 2}  # the clients of the nodes m-w0, m-w1, m-w2
     target = next(u for u, w in workers.items() if w != workers[str(sender.uuid)])
     await sender.send(f"to {target} across workers")
     assert await by_uuid[target].recv() == "across workers"
