@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
@@ -31,6 +32,7 @@ from pmlb.config import (
     render_config,
 )
 from pmlb.downstream.tcp import ListenError
+from pmlb.reload import ReloadUnavailable
 from pmlb.server import Server, serve
 
 log = logging.getLogger("pmlb.server")
@@ -161,12 +163,23 @@ def _config(args: argparse.Namespace, path: str | None) -> Config:
 async def _serve_then_cancel(
     config: Config,
     cancel_scope: trio.CancelScope,
+    load: Callable[[], Config] | None,
+    notifier: sdnotify.Notifier,
     options: dict[str, Any],
     *,
     task_status: trio.TaskStatus[Server],
 ) -> None:
-    await serve(config, task_status=task_status, **options)
+    await serve(config, load=load, notifier=notifier, task_status=task_status, **options)
     cancel_scope.cancel()
+
+
+async def _reload(server: Server) -> None:
+    # The reloader logs what it did, or why it refused: nothing more to say here.
+    with contextlib.suppress(ConfigError):
+        try:
+            await server.reload()
+        except ReloadUnavailable as exc:
+            log.warning("SIGHUP: nothing reloaded", extra={"reason": str(exc)})
 
 
 #: seconds between the STATUS= lines a serving pmlb sends systemd
@@ -212,23 +225,25 @@ Control = Callable[[Server, trio.CancelScope], Awaitable[None]]
 async def run_until_signalled(
     config: Config,
     notifier: sdnotify.Notifier | None = None,
+    load: Callable[[], Config] | None = None,
     *,
     control: Control | None = None,
     **options: Any,
 ) -> None:
     """Serve until SIGINT or SIGTERM: the first stops gracefully, a second at once.
 
-    ``notifier`` tells systemd (``Type=notify``) when pmlb is ready and when
-    it stops; by default one reading ``$NOTIFY_SOCKET``. ``options`` go to
+    SIGHUP reloads the configuration with ``load`` (see :mod:`pmlb.reload`).
+    ``notifier`` tells systemd (``Type=notify``) when pmlb is ready, reloads
+    and stops; by default one reading ``$NOTIFY_SOCKET``. ``options`` go to
     :func:`pmlb.serve`; ``control`` runs beside it.
     """
     notifier = notifier or sdnotify.Notifier()
     # Signals are taken over before anything starts: under trio-asyncio the
     # default KeyboardInterrupt can land anywhere, so pmlb cancels itself.
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(
-                _serve_then_cancel, config, nursery.cancel_scope, options
+                _serve_then_cancel, config, nursery.cancel_scope, load, notifier, options
             )
             if control is not None:
                 nursery.start_soon(control, server, nursery.cancel_scope)
@@ -238,7 +253,10 @@ async def run_until_signalled(
             nursery.start_soon(notifier.run_watchdog)
             async for signum in signals:
                 name = signal.Signals(signum).name
-                if server.stopping:
+                if signum == signal.SIGHUP:
+                    log.info("signal received: reloading", extra={"signal": name})
+                    nursery.start_soon(_reload, server)
+                elif server.stopping:
                     log.warning("second signal: stopping now", extra={"signal": name})
                     nursery.cancel_scope.cancel()
                 else:
@@ -263,12 +281,18 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def run(config: Config, *, control: Control | None = None, **options: Any) -> int:
+def run(
+    config: Config,
+    load: Callable[[], Config] | None = None,
+    *,
+    control: Control | None = None,
+    **options: Any,
+) -> int:
     """Serve ``config`` until signalled; the exit code (1: a listener cannot bind)."""
     code = 0
     tune_gc()
     try:
-        trio.run(partial(run_until_signalled, config, control=control, **options))
+        trio.run(partial(run_until_signalled, config, None, load, control=control, **options))
     except* ListenError as group:
         for exc in _leaves(group):
             print(f"pmlb: {exc}", file=sys.stderr)
@@ -288,12 +312,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args, args.config)
     check_admin_exposure(config)
     _log.configure(config.log.level, config.log.format)
+
+    def load() -> Config:
+        # The file again, with the same flags on top: they keep precedence.
+        return _config(args, args.config)
+
     if config.workers != 1:
         # Imported here: a single pmlb does not load the supervisor.
         from pmlb.workers.run import run_workers
 
-        return run_workers(config)
-    return run(config)
+        return run_workers(config, load, {**vars(args), "handler": None})
+    return run(config, load)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ from pmlb.upstream.supervisor import AdminState, Upstream, UpstreamState
 
 if TYPE_CHECKING:
     from pmlb.cluster import Bus
+    from pmlb.reload import Plan
 
 log = logging.getLogger("pmlb.registry")
 
@@ -170,6 +171,9 @@ class Registry:
         self._disconnects: Counter[str] = Counter()
         #: the cluster bus, when this pmlb is a node of a cluster (see pmlb.cluster)
         self.cluster: Bus | None = None
+        #: reloads the configuration (set by the server when it has one to
+        #: reload from; see pmlb.reload): returns the plan it applied
+        self.reloader: Callable[[], Awaitable[Plan]] | None = None
 
     # -- clients --------------------------------------------------------
 
@@ -309,21 +313,31 @@ class Registry:
         limit: int = 100,
         state: str | None = None,
         listener: str | None = None,
+        search: str | None = None,
     ) -> tuple[list[Client], int | None]:
         """Clients connected after cursor ``after``, oldest first, filtered.
 
         ``state`` is ``active`` or ``inactive`` (``None``: both). Returns the
         page and the cursor of the next page (``None`` on the last page). The
         cost is one seek plus the clients looked at, whatever the total.
+        ``search`` keeps the clients whose UUID, remote address or listener
+        contains it (case-insensitive).
         """
         if state not in (None, "active", "inactive"):
             raise ValueError(f"state must be active or inactive, got {state!r}")
         now, window = time.monotonic(), self.config.activity_window
         want_active = state == "active"
+        needle = (search or "").lower()
         page: list[Client] = []
         for seq in self._by_seq.irange(minimum=after, inclusive=(False, True)):
             client = self._by_seq[seq]
             if listener is not None and client.listener != listener:
+                continue
+            if needle and not (
+                needle in client.uuid
+                or needle in client.remote.lower()
+                or needle in client.listener.lower()
+            ):
                 continue
             if state is not None and client.is_active(now, window) is not want_active:
                 continue

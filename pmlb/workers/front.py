@@ -453,6 +453,16 @@ def create_front(supervisor: Supervisor, management: ManagementConfig) -> QuartT
         supervisor.request_stop()
         return _json({"draining": True}, 202)
 
+    @app.post("/api/v1/runtime/reload")
+    async def reload() -> Reply:
+        # Each worker reloads the file itself; the parent's copy is for the
+        # workers it starts from now on.
+        answers = await front.each("POST", _target(), await _body())
+        if not answers:
+            return _error(503, "no worker answered")
+        await supervisor.refresh_config()
+        return _failure_or_first(answers)
+
     @app.get("/")
     async def dashboard() -> Response:
         page = resources.files("pmlb.admin").joinpath("dashboard.html").read_text()

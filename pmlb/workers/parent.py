@@ -8,6 +8,7 @@ inherited. A worker that exits while the parent is not stopping is
 started again on the same sockets, after a backoff that grows while it
 keeps dying (0.5 s doubling to 30 s; reset once a worker ran 30 s).
 
+SIGHUP: every worker reloads the configuration (see :meth:`Supervisor.reload`).
 SIGTERM or SIGINT: every worker is told to drain (through its stdin, see
 :mod:`pmlb.workers.child`), nothing is restarted, and the parent exits once
 they all did: 0 if every worker exited 0, else 1. A second signal tells
@@ -24,15 +25,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
 
 from pmlb import sdnotify
-from pmlb.config import MAX_WORKERS, Config, ConfigError, ManagementConfig, render_config
+from pmlb.config import MAX_WORKERS, Config, ConfigError, render_config
 from pmlb.upstream.supervisor import Backoff
-from pmlb.workers.child import Setup
+from pmlb.workers.child import Setup, worker_config
 
 log = logging.getLogger("pmlb.workers")
 
@@ -105,8 +108,17 @@ class Worker:
 class Supervisor:
     """The workers and what the parent knows of them (the front reads it)."""
 
-    def __init__(self, config: Config, count: int, sockets: dict[str, list[list[int]]]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        count: int,
+        sockets: dict[str, list[list[int]]],
+        load: Callable[[], Config] | None = None,
+        flags: dict[str, Any] | None = None,
+    ) -> None:
         self.config = config
+        self.load = load
+        self.flags = flags or {}
         self.count = count
         self.directory = Path(tempfile.mkdtemp(prefix="pmlb-workers-"))
         base = _default_base() if config.cluster.enabled and not config.cluster.node else ""
@@ -147,21 +159,28 @@ class Supervisor:
             worker.order(b"stop")
 
     def _config_for(self, worker: Worker) -> str:
-        config = attrs.evolve(
-            self.config,
-            workers=1,
-            # The front checks the token and serves TLS; a worker's admin is on
-            # a socket in a directory only this user can open.
-            management=ManagementConfig(
-                host="127.0.0.1",
-                port=0,
-                ready_requires_upstream=self.config.management.ready_requires_upstream,
-                enabled=True,
-            ),
-        )
-        if worker.node is not None:
-            config = attrs.evolve(config, cluster=attrs.evolve(config.cluster, node=worker.node))
-        return render_config(config)
+        return render_config(worker_config(self.config, worker.node))
+
+    async def refresh_config(self) -> None:
+        """The file again (with the flags), for the workers started from now on."""
+        if self.load is None:
+            return
+        try:
+            new = await trio.to_thread.run_sync(self.load)
+        except ConfigError as exc:
+            log.warning("reload refused by the parent", extra={"problems": str(exc)})
+            return
+        self.config = attrs.evolve(new, listeners=self.config.listeners, workers=self.count)
+
+    async def reload(self) -> None:
+        """SIGHUP: :meth:`refresh_config`, and ``reload`` to each worker.
+
+        Each worker reloads the file itself (as a single pmlb does, see
+        :mod:`pmlb.reload`), keeping its listeners: the sockets are bound here.
+        """
+        await self.refresh_config()
+        for worker in self.workers:
+            worker.order(b"reload")
 
     def _start(self, worker: Worker) -> subprocess.Popen[bytes]:
         Path(worker.admin_socket).unlink(missing_ok=True)
@@ -181,6 +200,8 @@ class Supervisor:
             config=self._config_for(worker),
             fds=worker.fds,
             admin_socket=worker.admin_socket,
+            node=worker.node,
+            flags=self.flags,
         )
         process.stdin.write(setup.encode())
         process.stdin.flush()

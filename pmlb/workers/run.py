@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -18,7 +20,7 @@ log = logging.getLogger("pmlb.workers")
 
 
 async def _main(config: Config, supervisor: Supervisor) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             if config.management.enabled:
                 await start_front(nursery, config, supervisor)
@@ -29,7 +31,10 @@ async def _main(config: Config, supervisor: Supervisor) -> None:
                 async def on_signals() -> None:
                     async for signum in signals:
                         name = signal.Signals(signum).name
-                        if supervisor.stopping:
+                        if signum == signal.SIGHUP:
+                            log.info("signal received: reloading", extra={"signal": name})
+                            nursery.start_soon(supervisor.reload)
+                        elif supervisor.stopping:
                             log.warning(
                                 "second signal: stopping workers now", extra={"signal": name}
                             )
@@ -44,8 +49,14 @@ async def _main(config: Config, supervisor: Supervisor) -> None:
             nursery.cancel_scope.cancel()
 
 
-def run_workers(config: Config) -> int:
-    """``pmlb serve`` with ``[server] workers`` other than 1; the exit code."""
+def run_workers(
+    config: Config, load: Callable[[], Config] | None = None, flags: dict[str, Any] | None = None
+) -> int:
+    """``pmlb serve`` with ``[server] workers`` other than 1; the exit code.
+
+    ``load`` reads the configuration again (SIGHUP); ``flags`` are ``pmlb
+    serve``'s parsed command line, which the workers apply to it as well.
+    """
     count = worker_count(config)
     check(config, count)
     sockets: dict[str, list[list[int]]] = {}
@@ -67,7 +78,7 @@ def run_workers(config: Config) -> int:
         for sock in held:
             sock.close()
         return 1
-    supervisor = Supervisor(config, count, sockets)
+    supervisor = Supervisor(config, count, sockets, load, flags)
     log.info("starting workers", extra={"workers": count})
     errors: list[BaseException] = []
     try:
