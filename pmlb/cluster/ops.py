@@ -57,6 +57,7 @@ class Core(Protocol):
         limit: int = 100,
         state: str | None = None,
         listener: str | None = None,
+        search: str | None = None,
     ) -> tuple[list[Client], int | None]: ...
 
 
