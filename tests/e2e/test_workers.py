@@ -216,3 +216,28 @@ def test_a_bad_file_exits_2_in_the_parent(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "server.framing: must be one of" in result.stderr
     assert "worker started" not in result.stderr
+
+
+async def test_sighup_reloads_every_worker_and_the_ones_started_later(
+    procs: Processes, tmp_path: Path
+) -> None:
+    _, first = await procs.upstream("A", kind="grpcio")
+    _, second = await procs.upstream("B", kind="grpcio")
+    config = write_config(tmp_path, first)
+    proc, _, http = await start_workers(procs, config, 2)
+    config.write_text(config.read_text() + f'[[upstream]]\nhost = "127.0.0.1"\nport = {second}\n')
+    proc.signal(signal.SIGHUP)
+    await proc.wait_for(r"configuration reloaded .*worker=0")
+    await proc.wait_for(r"configuration reloaded .*worker=1")
+    upstreams = (await http.get("/api/v1/upstreams")).json()["upstreams"]
+    assert sorted(u["port"] for u in upstreams) == sorted([first, second])
+    assert all(len(u["workers"]) == 2 for u in upstreams)
+
+    # A worker started after the reload runs the new file too.
+    pid = (await http.get("/api/v1/workers")).json()["workers"][1]["pid"]
+    mark = proc.mark()
+    os.kill(pid, signal.SIGKILL)
+    await proc.wait_for(r"worker started worker=1 ", after=mark)
+    await wait_ready(http, 2)
+    upstreams = (await http.get("/api/v1/upstreams")).json()["upstreams"]
+    assert all(len(u["workers"]) == 2 for u in upstreams), upstreams
