@@ -90,7 +90,12 @@ class Connection:
     """One HTTP/2 connection and the streams open on it."""
 
     def __init__(
-        self, stream: trio.abc.Stream, authority: str, scheme: str, max_message_size: int
+        self,
+        stream: trio.abc.Stream,
+        authority: str,
+        scheme: str,
+        max_message_size: int,
+        guard: Callable[[], FrameGuard] = FrameGuard,
     ) -> None:
         self._socket = stream
         self._authority = authority.encode()
@@ -112,7 +117,7 @@ class Connection:
         self._changed = trio.lowlevel.ParkingLot()
         self._pings: dict[bytes, trio.Event] = {}
         self._ping_count = 0
-        self._guard = FrameGuard()
+        self._guard = guard()
 
     async def start(self) -> None:
         self.h2.initiate_connection()

@@ -34,6 +34,7 @@ from pmlb.codecs.grpc import (
     encode_messages,
 )
 from pmlb.upstream.h2_connection import Connection, Stream, connect_reason
+from pmlb.upstream.h2_guard import FrameGuard
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.transport import Deliver, UpstreamError
 
@@ -46,6 +47,8 @@ class H2Transport:
 
     ``ssl_context``, if given, makes it a TLS connection negotiating ``h2``
     by ALPN. Replies larger than ``max_message_size`` bytes fail the stream.
+    ``guard`` makes the :class:`~pmlb.upstream.h2_guard.FrameGuard` of each
+    connection (its limits).
     ``open_stream``, if given, replaces the TCP connect (tests use an
     in-memory stream).
     """
@@ -58,6 +61,7 @@ class H2Transport:
         ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
         server_name: str | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        guard: Callable[[], FrameGuard] = FrameGuard,
         connect_timeout: float = math.inf,
         open_stream: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
     ) -> None:
@@ -69,6 +73,7 @@ class H2Transport:
         self._ssl_context = ssl_context
         self._server_name = server_name
         self._max_message_size = max_message_size
+        self._guard = guard
         self._connect_timeout = connect_timeout
         self._connection: Connection | None = None
         self._connect_lock = trio.Lock()
@@ -115,6 +120,7 @@ class H2Transport:
                 authority,
                 "https" if self._ssl_context else "http",
                 self._max_message_size,
+                self._guard,
             )
             self._connection = connection
             await connection.start()
