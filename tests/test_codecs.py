@@ -244,6 +244,17 @@ def test_frame_length_rejects_payload_over_4_gib() -> None:
         frame(Framing.LENGTH, [b"ok", Huge()])
 
 
+def test_frame_length_takes_a_payload_of_exactly_the_prefix_maximum() -> None:
+    # 2**32 - 1 bytes still fit the prefix (found by mutmut: ">=" survived).
+    class Largest(bytes):
+        def __len__(self) -> int:
+            return 2**32 - 1
+
+    payload = Largest(b"abc")
+    framed = frame(Framing.LENGTH, [payload])
+    assert framed.startswith(b"\xff\xff\xff\xff")
+
+
 @pytest.mark.parametrize("cls", DECODER_CLASSES)
 @pytest.mark.parametrize("max_size", [0, -1])
 def test_max_size_must_be_positive(cls: Callable[[int], Decoder], max_size: int) -> None:

@@ -139,6 +139,26 @@ async def test_partial_write_finishes_in_a_writer_task_in_order(make_pair: MakeP
     assert client.bytes_out == len(expected) + 2
 
 
+async def test_bytes_out_adds_a_partial_write_to_what_was_written_before(
+    make_pair: MakePair,
+) -> None:
+    # Found by mutmut: "bytes_out = written" on the partial-write path survived.
+    pair = make_pair(sndbuf=4096)
+    client = pair.client
+    client.send(b"first")
+    pair.flush()
+    assert await pair.receive(6) == b"first\n"
+    assert client.bytes_out == 6
+    big = b"x" * 1_000_000
+    client.send(big)
+    pair.flush()
+    assert 6 < client.bytes_out < 6 + len(big) + 1, "the partial write adds to the count"
+    assert await pair.receive(len(big) + 1) == big + b"\n"
+    await trio.testing.wait_all_tasks_blocked()
+    assert client.bytes_out == 6 + len(big) + 1
+    assert client.messages_out == 2
+
+
 async def test_drain_closes_once_the_queue_is_written(pair: Pair) -> None:
     client = pair.client
     client.send(b"last")
