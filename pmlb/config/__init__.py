@@ -24,6 +24,7 @@ An example using every table::
     drain_period = 10           # seconds to spread client closes over when draining
     drain_timeout = 20          # seconds a drain may take before pmlb stops at once
     drain_upstream_wait = 5     # seconds a drain waits for an upstream when none serves
+    workers = 1                 # processes serving the listeners; 0: one per core
 
     [[listener]]                # more listeners, as many as needed
     name = "binary"
@@ -117,6 +118,16 @@ An example using every table::
     ``drain_timeout`` (default 20, under Kubernetes' default grace period of
     30 s) and ``drain_upstream_wait`` (seconds a drain waits for an upstream
     to serve when messages wait for one and none serves, default 5).
+
+    ``workers`` (default 1) runs that many worker processes under a small
+    parent (``0``: one per core this process may run on, at most 256): the
+    parent binds every listener once per worker with ``SO_REUSEPORT``, so
+    the kernel spreads new connections evenly, and serves the one admin
+    address for all of them (see :mod:`pmlb.workers`). Each worker is a
+    full pmlb with its own upstream streams; with a ``[cluster]`` each
+    worker is a node named ``NODE-wI`` (I from 0), so that replies reach a
+    client held by another worker; without one, a worker's replies reach
+    its own clients only.
 
     A WebSocket listener ignores ``framing`` (each WebSocket message is one
     message) and reads five more keys: ``path`` (the URL path clients connect
@@ -237,6 +248,7 @@ from pmlb.config.overrides import apply_overrides
 from pmlb.config.parse import UpstreamError, load_config, parse_config, parse_upstream
 from pmlb.config.render import render_config
 from pmlb.config.schema import _POLICIES as _POLICIES
+from pmlb.config.schema import MAX_WORKERS as MAX_WORKERS
 from pmlb.config.schema import (
     ClusterConfig,
     Config,

@@ -17,6 +17,7 @@ from pmlb.config.schema import (
     _TRANSPORTS,
     _UPSTREAM_TRANSPORTS,
     _WEBSOCKET_REPLIES,
+    MAX_WORKERS,
     parse_nameserver,
 )
 
@@ -308,6 +309,7 @@ _SERVER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "drain_period": _non_negative,
     "drain_timeout": _seconds,
     "drain_upstream_wait": _non_negative,
+    "workers": _integer(0, MAX_WORKERS),
 }
 _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "host": _host,
