@@ -241,3 +241,24 @@ async def test_sighup_reloads_every_worker_and_the_ones_started_later(
     await wait_ready(http, 2)
     upstreams = (await http.get("/api/v1/upstreams")).json()["upstreams"]
     assert all(len(u["workers"]) == 2 for u in upstreams), upstreams
+
+
+def test_a_bad_workers_value_in_the_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[server]\nworkers = "two"\n')
+    result = serve("--config", str(path))
+    assert result.returncode == 2
+    assert "server.workers: must be an integer from 0 to 256, got string 'two'" in result.stderr
+
+
+def test_check_config_shows_the_workers(tmp_path: Path) -> None:
+    path = tmp_path / "w.toml"
+    path.write_text("[server]\nworkers = 3\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pmlb", "check-config", str(path), "--workers", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "\nworkers = 0\n" in result.stdout  # the flag wins over the file
