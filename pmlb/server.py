@@ -39,6 +39,7 @@ from pmlb.upstream.discovery import (
 )
 from pmlb.upstream.grpc_health import GrpcHealthTransport
 from pmlb.upstream.grpclib_transport import GrpclibTransport
+from pmlb.upstream.h2_guard import FrameGuard
 from pmlb.upstream.h2_transport import H2Transport
 from pmlb.upstream.supervisor import Upstream, supervise
 from pmlb.upstream.tls import upstream_ssl_context
@@ -101,6 +102,16 @@ class Server:
     def port(self, listener: str = "default") -> int:
         """The bound port of ``listener`` (handy when the config asked for port 0)."""
         return int(self.listeners[listener][0].rsplit(":", 1)[1])
+
+
+def upstream_guard(upstream: UpstreamConfig) -> Callable[[], FrameGuard]:
+    """Makes the frame guard of each connection to ``upstream``, with its configured limits."""
+    return partial(
+        FrameGuard,
+        max_header_block=upstream.max_header_block,
+        control_burst=upstream.control_frame_burst,
+        control_rate=upstream.control_frame_rate,
+    )
 
 
 async def serve(
@@ -168,6 +179,7 @@ async def serve(
                 ssl_context: Callable[[], ssl.SSLContext] | None,
                 server_name: str | None,
             ) -> Transport:
+                guard = upstream_guard(upstream)
                 if upstream.transport == "grpclib":
                     return GrpclibTransport(
                         upstream.host,
@@ -175,12 +187,16 @@ async def serve(
                         loop,
                         ssl_context=ssl_context,
                         server_name=server_name,
+                        guard=guard,
+                        max_message_size=upstream.max_reply_size,
                     )
                 return H2Transport(
                     upstream.host,
                     upstream.port,
                     ssl_context=ssl_context,
                     server_name=server_name,
+                    guard=guard,
+                    max_message_size=upstream.max_reply_size,
                 )
 
             def transport_factory(upstream: UpstreamConfig) -> Transport:
@@ -198,6 +214,7 @@ async def serve(
                     service=upstream.health_service,
                     ssl_context=ssl_context,
                     server_name=server_name,
+                    guard=upstream_guard(upstream),
                 )
 
             if config.cluster.enabled:

@@ -48,6 +48,10 @@ An example using every table::
     alive_timeout = 30
     live_interval = 5
     stall_timeout = 10          # seconds nothing may be written while messages wait
+    max_header_block = 65536    # bytes of one header block (HEADERS + CONTINUATION)
+    control_frame_burst = 1000  # control frames (PING, SETTINGS...) at once
+    control_frame_rate = 100    # control frames per second, sustained
+    max_reply_size = 4194304    # bytes of one reply
     transport = "native"        # "native" (default) or "grpclib"
     tls = true                  # default false
     tls_ca = "upstream-ca.pem"  # default: the system's CAs
@@ -158,6 +162,16 @@ An example using every table::
     and its queued messages fail over, default 10; after one second it
     already gets no new messages while another upstream has room; an upstream
     with no other one to fail over to is never failed for a stall),
+    the limits on what a broken or hostile upstream may make pmlb do, past
+    which its connection is dropped with the limit as the reason (see
+    :mod:`pmlb.upstream.h2_guard`, both transports): ``max_header_block``
+    (bytes of one header block, HEADERS or PUSH_PROMISE plus CONTINUATION
+    frames, default 65536), ``control_frame_burst`` and
+    ``control_frame_rate`` (control frames, PING, SETTINGS, PRIORITY,
+    RST_STREAM, unknown types, empty DATA or CONTINUATION, at once and per
+    second sustained: a token bucket, defaults 1000 and 100) and
+    ``max_reply_size`` (bytes of one reply, refused on its 5-byte header,
+    default 4 MiB),
     ``transport``: ``"native"`` (default: pmlb's own HTTP/2 client on Trio,
     the faster) or ``"grpclib"`` (grpclib driven through trio-asyncio), the
     TLS keys of the example, and ``events`` (``true``: also send this upstream

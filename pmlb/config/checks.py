@@ -335,6 +335,10 @@ _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "resolve_interval": _seconds,
     "nameserver": _nameserver,
     "reply_scope": _one_of("local", "cluster"),
+    "max_header_block": _integer(1024, 16 * 1024 * 1024),
+    "control_frame_burst": _integer(1),
+    "control_frame_rate": _seconds,
+    "max_reply_size": _integer(1024, 2**31 - 1),
 }
 _MANAGEMENT_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "host": _host,

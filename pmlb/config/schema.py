@@ -130,6 +130,12 @@ class UpstreamConfig:
     nameserver: str = ""
     #: "local": replies reach this pmlb's clients only; "cluster": any node's
     reply_scope: str = "local"
+    #: limits on what the upstream may make pmlb do (pmlb.upstream.h2_guard):
+    #: a header block's bytes, control frames at once and per second, a reply's bytes
+    max_header_block: int = 64 * 1024
+    control_frame_burst: int = 1000
+    control_frame_rate: float = 100.0
+    max_reply_size: int = 4 * 1024 * 1024
 
     @property
     def address(self) -> str:
