@@ -176,6 +176,12 @@ async def test_workers_with_a_cluster_reach_each_others_clients(
     proc, port, http = await start_workers(procs, config, 3, "--cluster-redis", redis.url)
     for index in range(3):
         await proc.wait_for(rf"cluster joined node=m-w{index}\b")
+    # A node lists the clients of the nodes its last heartbeat saw: wait (polled)
+    # until the worker answering the admin has seen all three.
+    for _ in range(int(TIMEOUT / 0.05)):
+        if len((await http.get("/api/v1/cluster")).json()["nodes"]) == 3:
+            break
+        await trio.sleep(0.05)
     clients = await connect(procs, port, 30)
     workers = await worker_of(http)
     by_uuid = {c.uuid: c for c in clients}
