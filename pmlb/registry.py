@@ -26,7 +26,7 @@ from pmlb.balancer import Policy, make_policy
 from pmlb.config import Config, UpstreamConfig
 from pmlb.downstream.client import Client, QueueBudget
 from pmlb.downstream.limits import ConnectionCounters
-from pmlb.downstream.reasons import STOPPING, UPSTREAM_ACTION, classify
+from pmlb.downstream.reasons import STOPPING, UPSTREAM_ACTION, Reason
 from pmlb.events import EventBus
 from pmlb.histogram import LatencyHistogram
 from pmlb.upstream.acks import Unacked, strip
@@ -80,7 +80,7 @@ class Statistics:
     #: clients connected now / ever, by listener name
     clients_by_listener: dict[str, int] = attrs.Factory(dict)
     clients_total_by_listener: dict[str, int] = attrs.Factory(dict)
-    #: closed connections by kind of reason (see :func:`pmlb.downstream.reasons.classify`)
+    #: closed connections by kind of reason (see :class:`pmlb.downstream.reasons.Reason`)
     disconnects: dict[str, int] = attrs.Factory(dict)
     #: messages queued for clients, all clients together
     queued_to_clients: int = 0
@@ -222,7 +222,7 @@ class Registry:
                 client_uuid=client.uuid,
                 event=pb.InputStreamRequest.EVENT_DISCONNECTED,
                 disconnect_reason=cast(
-                    "pb.InputStreamRequest.DisconnectReason", classify(client.close_reason).value
+                    "pb.InputStreamRequest.DisconnectReason", _close_kind(client).kind.value
                 ),
                 disconnect_detail=client.close_reason or STOPPING,
             )
@@ -234,7 +234,7 @@ class Registry:
         self._closed_bytes_in += client.bytes_in
         self._closed_bytes_out += client.bytes_out
         reason = client.close_reason
-        self._disconnects[classify(reason).name.lower()] += 1
+        self._disconnects[_close_kind(client).kind.name.lower()] += 1
         self.events.publish(
             "client.disconnected",
             client=client.uuid,
@@ -349,7 +349,7 @@ class Registry:
     def kick(self, uuid: str, reason: str = "kicked by an operator") -> Client:
         """Disconnect one client; ``KeyError`` if there is no such client."""
         client = self.clients[uuid]
-        client.close(reason)
+        client.close(reason, Reason.KICKED)
         return client
 
     def send_to(self, uuid: str, payload: bytes) -> bool:
@@ -915,10 +915,10 @@ class Registry:
             self._invalid(f"unknown action value {reply.action}")
         elif target == "client_uuid":
             for client in self._targets([reply.client_uuid], reply, forward, from_node):
-                client.close(UPSTREAM_ACTION)
+                client.close(UPSTREAM_ACTION, Reason.UPSTREAM_ACTION)
         elif target == "multicast":
             for client in self._targets(reply.multicast.client_uuids, reply, forward, from_node):
-                client.close(UPSTREAM_ACTION)
+                client.close(UPSTREAM_ACTION, Reason.UPSTREAM_ACTION)
         else:
             self._invalid("disconnect needs a client_uuid or multicast target")
 
@@ -1095,3 +1095,8 @@ class Registry:
             redelivered=self.redelivered,
             undeliverable=self.undeliverable,
         )
+
+
+def _close_kind(client: Client) -> Reason:
+    """Why ``client`` went: a client cancelled from outside (pmlb stopping) is a drain."""
+    return client.close_kind or Reason.DRAIN

@@ -146,9 +146,11 @@ async def serve(
             trio.open_nursery() as upstreams,
         ):
 
-            def stream_transport(upstream: UpstreamConfig) -> Transport:
-                ssl_context = partial(upstream_ssl_context, upstream) if upstream.tls else None
-                server_name = upstream.tls_server_name or None
+            def stream_transport(
+                upstream: UpstreamConfig,
+                ssl_context: Callable[[], ssl.SSLContext] | None,
+                server_name: str | None,
+            ) -> Transport:
                 if upstream.transport == "grpclib":
                     return GrpclibTransport(
                         upstream.host,
@@ -165,7 +167,10 @@ async def serve(
                 )
 
             def transport_factory(upstream: UpstreamConfig) -> Transport:
-                transport = stream_transport(upstream)
+                # One TLS context factory for the stream and its health checks.
+                ssl_context = partial(upstream_ssl_context, upstream) if upstream.tls else None
+                server_name = upstream.tls_server_name or None
+                transport = stream_transport(upstream, ssl_context, server_name)
                 if upstream.health != "grpc":
                     return transport
                 return GrpcHealthTransport(
@@ -174,8 +179,8 @@ async def serve(
                     upstream.port,
                     loop,
                     service=upstream.health_service,
-                    ssl_context=partial(upstream_ssl_context, upstream) if upstream.tls else None,
-                    server_name=upstream.tls_server_name or None,
+                    ssl_context=ssl_context,
+                    server_name=server_name,
                 )
 
             if config.cluster.enabled:

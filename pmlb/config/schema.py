@@ -6,11 +6,14 @@ from typing import Final
 
 import attrs
 
-_FRAMINGS: Final = ("raw", "line", "length")
+from pmlb.balancer import POLICIES
+from pmlb.codecs.framing import Framing
+
+#: the names their owners define: the codecs' Framing, the balancer's POLICIES
+_FRAMINGS: Final = tuple(framing.value for framing in Framing)
 _TRANSPORTS: Final = ("tcp", "tls", "websocket")
 _WEBSOCKET_REPLIES: Final = ("auto", "text", "binary")
-#: pmlb.balancer.POLICIES's names (config does not import the balancer)
-_POLICIES: Final = ("round_robin", "sticky", "hash", "least_loaded")
+_POLICIES: Final = tuple(POLICIES)
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _LOG_FORMATS: Final = ("text", "json")
 _UPSTREAM_TRANSPORTS: Final = ("native", "grpclib")
