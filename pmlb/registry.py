@@ -174,6 +174,9 @@ class Registry:
         #: reloads the configuration (set by the server when it has one to
         #: reload from; see pmlb.reload): returns the plan it applied
         self.reloader: Callable[[], Awaitable[Plan]] | None = None
+        #: reloads applied and refused, and whether the last one was applied
+        self.reloads: Counter[str] = Counter()
+        self.last_reload_ok = True
 
     # -- clients --------------------------------------------------------
 
@@ -949,6 +952,11 @@ class Registry:
         self.policy = make_policy(name)
         log.info("balancing policy set", extra={"policy": name})
         self.events.publish("runtime.policy", policy=name)
+
+    def count_reload(self, applied: bool) -> None:
+        """Count a configuration reload, applied or refused (for /metrics)."""
+        self.reloads["applied" if applied else "refused"] += 1
+        self.last_reload_ok = applied
 
     def set_accepting(self, accepting: bool) -> None:
         """Let listeners take new clients, or close new connections at once."""
