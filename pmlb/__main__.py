@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any
 
 import attrs
 import trio
@@ -71,6 +73,12 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         "--cluster-redis",
         metavar="URL",
         help="join a cluster through this Redis (redis://HOST:PORT/DB or unix:///PATH)",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes sharing the listeners (0: one per core; default 1)",
     )
     _add_admin_flags(group)
 
@@ -146,6 +154,7 @@ def _config(args: argparse.Namespace, path: str | None) -> Config:
         admin_port=args.admin_port,
         admin=args.admin,
         cluster_redis=args.cluster_redis,
+        workers=getattr(args, "workers", None),
     )
 
 
@@ -154,10 +163,11 @@ async def _serve_then_cancel(
     cancel_scope: trio.CancelScope,
     load: Callable[[], Config] | None,
     notifier: sdnotify.Notifier,
+    options: dict[str, Any],
     *,
     task_status: trio.TaskStatus[Server],
 ) -> None:
-    await serve(config, load=load, notifier=notifier, task_status=task_status)
+    await serve(config, load=load, notifier=notifier, task_status=task_status, **options)
     cancel_scope.cancel()
 
 
@@ -206,16 +216,24 @@ async def _notify_status(server: Server, notifier: sdnotify.Notifier) -> None:
     notifier.stopping("draining: closing listeners and clients")
 
 
+#: a task run beside the server that may stop it (a worker's orders from its parent)
+Control = Callable[[Server, trio.CancelScope], Awaitable[None]]
+
+
 async def run_until_signalled(
     config: Config,
     notifier: sdnotify.Notifier | None = None,
     load: Callable[[], Config] | None = None,
+    *,
+    control: Control | None = None,
+    **options: Any,
 ) -> None:
     """Serve until SIGINT or SIGTERM: the first stops gracefully, a second at once.
 
     SIGHUP reloads the configuration with ``load`` (see :mod:`pmlb.reload`).
     ``notifier`` tells systemd (``Type=notify``) when pmlb is ready, reloads
-    and stops; by default one reading ``$NOTIFY_SOCKET``.
+    and stops; by default one reading ``$NOTIFY_SOCKET``. ``options`` go to
+    :func:`pmlb.serve`; ``control`` runs beside it.
     """
     notifier = notifier or sdnotify.Notifier()
     # Signals are taken over before anything starts: under trio-asyncio the
@@ -223,8 +241,10 @@ async def run_until_signalled(
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(
-                _serve_then_cancel, config, nursery.cancel_scope, load, notifier
+                _serve_then_cancel, config, nursery.cancel_scope, load, notifier, options
             )
+            if control is not None:
+                nursery.start_soon(control, server, nursery.cancel_scope)
             # Every listener and the admin are bound and accepting now.
             notifier.ready(_listening(server))
             nursery.start_soon(_notify_status, server, notifier)
@@ -259,11 +279,18 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _run(config: Config, load: Callable[[], Config] | None = None) -> int:
+def run(
+    config: Config,
+    load: Callable[[], Config] | None = None,
+    *,
+    control: Control | None = None,
+    **options: Any,
+) -> int:
+    """Serve ``config`` until signalled; the exit code (1: a listener cannot bind)."""
     code = 0
     tune_gc()
     try:
-        trio.run(run_until_signalled, config, None, load)
+        trio.run(partial(run_until_signalled, config, None, load, control=control, **options))
     except* ListenError as group:
         for exc in _leaves(group):
             print(f"pmlb: {exc}", file=sys.stderr)
@@ -288,7 +315,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The file again, with the same flags on top: they keep precedence.
         return _config(args, args.config)
 
-    return _run(config, load)
+    if config.workers != 1:
+        # Imported here: a single pmlb does not load the supervisor.
+        from pmlb.workers.run import run_workers
+
+        return run_workers(config, load, {**vars(args), "handler": None})
+    return run(config, load)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -345,7 +377,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        return _run(config)
+        return run(config)
     finally:
         upstream.terminate()
         try:

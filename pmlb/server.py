@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
 import attrs
@@ -38,6 +39,7 @@ from pmlb.upstream.discovery import (
 )
 from pmlb.upstream.grpc_health import GrpcHealthTransport
 from pmlb.upstream.grpclib_transport import GrpclibTransport
+from pmlb.upstream.h2_guard import FrameGuard
 from pmlb.upstream.h2_transport import H2Transport
 from pmlb.upstream.supervisor import Upstream, supervise
 from pmlb.upstream.tls import upstream_ssl_context
@@ -102,9 +104,21 @@ class Server:
         return int(self.listeners[listener][0].rsplit(":", 1)[1])
 
 
+def upstream_guard(upstream: UpstreamConfig) -> Callable[[], FrameGuard]:
+    """Makes the frame guard of each connection to ``upstream``, with its configured limits."""
+    return partial(
+        FrameGuard,
+        max_header_block=upstream.max_header_block,
+        control_burst=upstream.control_frame_burst,
+        control_rate=upstream.control_frame_rate,
+    )
+
+
 async def serve(
     config: Config,
     *,
+    sockets: Mapping[str, Sequence[socket.socket]] | None = None,
+    admin_bind: str | None = None,
     load: Callable[[], Config] | None = None,
     notifier: Notifier | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
@@ -117,6 +131,11 @@ async def serve(
     :class:`pmlb.ListenError` if a listener or the admin cannot bind, and
     :class:`pmlb.ConfigError` if the admin would listen beyond loopback
     without a token.
+
+    ``sockets`` (listening sockets by listener name, bound already) and
+    ``admin_bind`` (the admin's address in hypercorn's form, such as
+    ``unix:/PATH``, instead of ``[management_server]``'s) are how a worker
+    of ``pmlb serve --workers`` runs on what its parent bound.
 
     ``load`` gives the configuration a reload (:meth:`Server.reload`, the
     admin API's ``POST /api/v1/runtime/reload``) applies; by default the
@@ -139,7 +158,16 @@ async def serve(
     bound: list[tuple[ListenerConfig, list[trio.SocketListener]]] = []
     try:
         for listener in config.listeners:
-            bound.append((listener, await open_listeners(listener)))
+            if sockets is None:
+                bound.append((listener, await open_listeners(listener)))
+                continue
+            if listener.uses_tls:
+                server_ssl_context(listener)  # fail before anything starts
+            given = [
+                trio.SocketListener(trio.socket.from_stdlib_socket(s))
+                for s in sockets[listener.name]
+            ]
+            bound.append((listener, given))
         async with (
             trio_asyncio.open_loop() as loop,
             trio.open_nursery() as admin,
@@ -151,6 +179,7 @@ async def serve(
                 ssl_context: Callable[[], ssl.SSLContext] | None,
                 server_name: str | None,
             ) -> Transport:
+                guard = upstream_guard(upstream)
                 if upstream.transport == "grpclib":
                     return GrpclibTransport(
                         upstream.host,
@@ -158,12 +187,16 @@ async def serve(
                         loop,
                         ssl_context=ssl_context,
                         server_name=server_name,
+                        guard=guard,
+                        max_message_size=upstream.max_reply_size,
                     )
                 return H2Transport(
                     upstream.host,
                     upstream.port,
                     ssl_context=ssl_context,
                     server_name=server_name,
+                    guard=guard,
+                    max_message_size=upstream.max_reply_size,
                 )
 
             def transport_factory(upstream: UpstreamConfig) -> Transport:
@@ -181,6 +214,7 @@ async def serve(
                     service=upstream.health_service,
                     ssl_context=ssl_context,
                     server_name=server_name,
+                    guard=upstream_guard(upstream),
                 )
 
             if config.cluster.enabled:
@@ -209,13 +243,15 @@ async def serve(
             async with trio.open_nursery() as downstream:
                 async with trio.open_nursery() as accepting:
                     runtime.accepting, runtime.downstream = accepting, downstream
-                    for listener, sockets in bound:
-                        await runtime.start_listener(listener, sockets)
+                    for listener, socks in bound:
+                        await runtime.start_listener(listener, socks)
                     bound.clear()  # the listener tasks own (and close) them now
                     addresses = runtime.addresses
                     admin_url = None
                     if config.management.enabled:
-                        admin_url = await _start_admin(admin, config, registry, addresses)
+                        admin_url = await _start_admin(
+                            admin, config, registry, addresses, admin_bind
+                        )
                         if registry.cluster is not None:
                             registry.cluster.admin_url = admin_url
                     registry.reloader = runtime.reload if load is not None else None
@@ -251,8 +287,8 @@ async def serve(
     finally:
         # serve_listeners closes its listeners; these are for the paths
         # where it never ran.
-        for _, sockets in bound:
-            for socket_listener in sockets:
+        for _, socks in bound:
+            for socket_listener in socks:
                 await trio.aclose_forcefully(socket_listener)
     log.info("stopped")
 
@@ -506,21 +542,27 @@ async def _run_discovery(entry: Discovery, registry: Registry) -> None:
 
 
 async def _start_admin(
-    nursery: trio.Nursery, config: Config, registry: Registry, listeners: dict[str, list[str]]
+    nursery: trio.Nursery,
+    config: Config,
+    registry: Registry,
+    listeners: dict[str, list[str]],
+    bind: str | None = None,
 ) -> str:
     # Imported here: the admin app pulls in Quart, which a pmlb embedded
     # without an admin does not need to load.
     from pmlb.admin import serve_admin
 
     try:
-        url: str = await nursery.start(serve_admin, config.management, registry, listeners)
+        url: str = await nursery.start(
+            partial(serve_admin, bind=bind), config.management, registry, listeners
+        )
     except (OSError, BaseExceptionGroup) as exc:
         # hypercorn binds inside its own nurseries, so the error may come in a group.
         error = _first_os_error(exc)
         if error is None:
             raise
         raise ListenError(
-            f"admin (management_server): cannot listen on {config.management.address}: "
+            f"admin (management_server): cannot listen on {bind or config.management.address}: "
             f"{error.strerror or error}"
         ) from exc
     return url

@@ -18,6 +18,7 @@ import tracemalloc
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
+from typing import Any
 
 import attrs
 import pytest
@@ -27,6 +28,8 @@ import trustme
 
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.codecs.grpc import encode_messages
+from pmlb.config import UpstreamConfig
+from pmlb.server import upstream_guard
 from pmlb.upstream.grpclib_transport import GrpclibTransport
 from pmlb.upstream.h2_transport import H2Transport
 from pmlb.upstream.outbox import Outbox
@@ -77,13 +80,15 @@ class TLS:
 
 
 @contextlib.asynccontextmanager
-async def open_transport(name: str, port: int, tls: TLS | None = None) -> AsyncIterator[Transport]:
+async def open_transport(
+    name: str, port: int, tls: TLS | None = None, **limits: Any
+) -> AsyncIterator[Transport]:
     async with contextlib.AsyncExitStack() as stack:
         transport: Transport
         client = tls.client if tls is not None else None
         if name == "native":
             transport = H2Transport(
-                "127.0.0.1", port, ssl_context=client, server_name="upstream.test"
+                "127.0.0.1", port, ssl_context=client, server_name="upstream.test", **limits
             )
         else:
             loop = await stack.enter_async_context(trio_asyncio.open_loop())
@@ -93,6 +98,7 @@ async def open_transport(name: str, port: int, tls: TLS | None = None) -> AsyncI
                 loop,
                 ssl_context=(lambda: client) if client is not None else None,  # type: ignore[return-value]
                 server_name="upstream.test",
+                **limits,
             )
         try:
             yield transport
@@ -270,9 +276,12 @@ def flood(kind: int, payload: bytes, count: int = 100_000) -> Callable[[int], It
     return attack
 
 
-async def attacked(name: str, upstream: FakeUpstream, tls: TLS | None = None) -> str:
+async def attacked(name: str, upstream: FakeUpstream, tls: TLS | None = None, **limits: Any) -> str:
     """Open a stream to ``upstream``, send it a message; the error the stream ends with."""
-    async with serving(upstream, tls) as port, open_transport(name, port, tls) as transport:
+    async with (
+        serving(upstream, tls) as port,
+        open_transport(name, port, tls, **limits) as transport,
+    ):
         outbox: Outbox[pb.InputStreamRequest] = Outbox(10)
         outbox.open()
         outbox.put_nowait(requests(1))
@@ -345,3 +354,33 @@ async def test_a_control_frame_flood_drops_the_upstream(
     assert error.startswith(f"the upstream went past a limit: {why}")
     # the flood was refused long before its end
     assert upstream.attack_sent < 100
+
+
+# -- the limits as configured (issue 17: [[upstream]] keys) -------------------
+
+
+@pytest.mark.parametrize("name", TRANSPORTS)
+async def test_configured_limits_are_the_ones_applied(name: str) -> None:
+    config = UpstreamConfig(
+        host="127.0.0.1",
+        port=1,
+        max_header_block=4096,
+        control_frame_burst=10,
+        control_frame_rate=1.0,
+        max_reply_size=2048,
+    )
+    guard = upstream_guard(config)
+    error = await attacked(name, FakeUpstream(attack=endless_continuation), guard=guard)
+    assert error == (
+        "the upstream went past a limit:"
+        " a header block over 4096 bytes (HEADERS and CONTINUATION frames)"
+    )
+    upstream = FakeUpstream(attack=flood(PING, b"12345678", count=1000))
+    error = await attacked(name, upstream, guard=guard)
+    assert error.startswith(
+        "the upstream went past a limit: control frame flood (PING frames among them):"
+        " more than 10 at once or 1/s sustained"
+    )
+    upstream = FakeUpstream(reply_padding=3000)
+    error = await attacked(name, upstream, max_message_size=config.max_reply_size)
+    assert "exceeds the maximum of 2048" in error

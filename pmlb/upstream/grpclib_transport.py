@@ -102,8 +102,10 @@ class _GuardedProtocol(grpclib.protocol.H2Protocol):
         *args: Any,
         guard: Callable[[], FrameGuard],
         on_limit: Callable[[str | None], None],
+        max_message_size: int,
     ) -> None:
         super().__init__(*args)
+        self._max_message_size = max_message_size
         self._make_guard = guard
         self._on_limit = on_limit
         self._pieces: deque[bytes] = deque()
@@ -129,13 +131,15 @@ class _GuardedProtocol(grpclib.protocol.H2Protocol):
         def create_stream(
             *, stream_id: int | None = None, wrapper: Any = None
         ) -> grpclib.protocol.Stream:
-            return _SizeChecked(
+            stream = _SizeChecked(
                 connection,
                 h2_connection,
                 connection._transport,
                 stream_id=stream_id,
                 wrapper=wrapper,
             )
+            stream.max_message_size = self._max_message_size
+            return stream
 
         connection.create_stream = create_stream  # type: ignore[method-assign]
 
@@ -202,11 +206,13 @@ class GuardedChannel(grpclib.client.Channel):
         *args: Any,
         guard: Callable[[], FrameGuard],
         on_limit: Callable[[str | None], None],
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._make_guard = guard
         self._on_limit = on_limit
+        self._max_message_size = max_message_size
 
     def _protocol_factory(self) -> grpclib.protocol.H2Protocol:
         return _GuardedProtocol(
@@ -215,6 +221,7 @@ class GuardedChannel(grpclib.client.Channel):
             self._h2_config,
             guard=self._make_guard,
             on_limit=self._on_limit,
+            max_message_size=self._max_message_size,
         )
 
 
@@ -248,10 +255,12 @@ class GrpclibTransport:
         ssl_context: Callable[[], ssl.SSLContext] | None = None,
         server_name: str | None = None,
         guard: Callable[[], FrameGuard] = FrameGuard,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         self._host = host
         self._port = port
         self._guard = guard
+        self._max_message_size = max_message_size
         # Why the connection was dropped, when it went past one of the guard's limits.
         self._limit_error: str | None = None
         # Made at connect time (inside _call, so a bad file is an UpstreamError).
@@ -266,7 +275,7 @@ class GrpclibTransport:
 
     def _get_channel(self) -> grpclib.client.Channel:
         if self._channel is None:
-            codec = _LimitedCodec(DEFAULT_MAX_MESSAGE_SIZE)
+            codec = _LimitedCodec(self._max_message_size)
             options: dict[str, Any] = {}
             if self._ssl_context is not None:
                 options["ssl"] = self._ssl_context()
@@ -279,6 +288,7 @@ class GrpclibTransport:
                 codec=codec,
                 guard=self._guard,
                 on_limit=self._set_limit_error,
+                max_message_size=self._max_message_size,
                 **options,
             )
         return self._channel

@@ -124,7 +124,12 @@ class _Connection:
     """One HTTP/2 connection and the streams open on it."""
 
     def __init__(
-        self, stream: trio.abc.Stream, authority: str, scheme: str, max_message_size: int
+        self,
+        stream: trio.abc.Stream,
+        authority: str,
+        scheme: str,
+        max_message_size: int,
+        guard: Callable[[], FrameGuard] = FrameGuard,
     ) -> None:
         self._socket = stream
         self._authority = authority.encode()
@@ -146,7 +151,7 @@ class _Connection:
         self._changed = trio.lowlevel.ParkingLot()
         self._pings: dict[bytes, trio.Event] = {}
         self._ping_count = 0
-        self._guard = FrameGuard()
+        self._guard = guard()
 
     async def start(self) -> None:
         self.h2.initiate_connection()
@@ -476,6 +481,8 @@ class H2Transport:
 
     ``ssl_context``, if given, makes it a TLS connection negotiating ``h2``
     by ALPN. Replies larger than ``max_message_size`` bytes fail the stream.
+    ``guard`` makes the :class:`~pmlb.upstream.h2_guard.FrameGuard` of each
+    connection (its limits).
     ``open_stream``, if given, replaces the TCP connect (tests use an
     in-memory stream).
     """
@@ -488,6 +495,7 @@ class H2Transport:
         ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
         server_name: str | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        guard: Callable[[], FrameGuard] = FrameGuard,
         connect_timeout: float = math.inf,
         open_stream: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
     ) -> None:
@@ -499,6 +507,7 @@ class H2Transport:
         self._ssl_context = ssl_context
         self._server_name = server_name
         self._max_message_size = max_message_size
+        self._guard = guard
         self._connect_timeout = connect_timeout
         self._connection: _Connection | None = None
         self._connect_lock = trio.Lock()
@@ -545,6 +554,7 @@ class H2Transport:
                 authority,
                 "https" if self._ssl_context else "http",
                 self._max_message_size,
+                self._guard,
             )
             self._connection = connection
             await connection.start()
