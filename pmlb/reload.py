@@ -26,8 +26,8 @@ What a reload applies, and how:
   ``slow_client_policy`` and ``slow_client_timeout`` (new clients),
   ``upstream_queue_size`` (new upstreams).
 - Only a restart changes ``[management_server]`` (its address, token, TLS
-  and options), ``[cluster]``, ``log.format`` and
-  ``client_queue_bytes_total``: a reload that changes them
+  and options), ``[cluster]``, ``log.format``,
+  ``client_queue_bytes_total`` and ``workers``: a reload that changes them
   applies the rest, keeps those as they are and says so (a warning in the
   log, ``restart_required`` in the admin API's answer).
 """

@@ -96,4 +96,4 @@ def test_a_server_setting_reload_cannot_apply_needs_a_restart() -> None:
 def test_every_server_setting_is_either_applied_or_needs_a_restart() -> None:
     # A new Config field fails this: decide whether a reload applies it.
     fields = {f.name for f in attrs.fields(pmlb.Config)} - set(TABLES)
-    assert fields - set(RUNTIME_SETTINGS) == {"client_queue_bytes_total"}
+    assert fields - set(RUNTIME_SETTINGS) == {"client_queue_bytes_total", "workers"}
