@@ -38,9 +38,12 @@ from pmlb.codecs.grpc import (
     GrpcMessageError,
     encode_messages,
 )
+from pmlb.upstream import h2_trace
 from pmlb.upstream.h2_guard import FloodError, FrameGuard
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.transport import Deliver, UpstreamError
+
+h2_trace.install()
 
 _SERVICE = "/upstream.grpc.service.UpstreamPeerService/"
 _EMPTY_MESSAGE = encode_messages([b""])  # google.protobuf.Empty
