@@ -19,9 +19,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    session.install("ruff", "import-linter>=2.1")
     session.run("ruff", "check", "pmlb", "tests", "examples", "tools", "noxfile.py")
     session.run("ruff", "format", "--check", "pmlb", "tests", "examples", "tools", "noxfile.py")
+    # the layers and no-loop contracts of [tool.importlinter] in pyproject.toml
+    session.run("lint-imports", "--no-cache")
 
 
 @nox.session

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import attrs
 import trio
 
-from pmlb import _log, ctl
+from pmlb import _log, ctl, sdnotify
 from pmlb._version import DISTRIBUTION, pmlb_version
 from pmlb.config import (
     Config,
@@ -156,13 +156,58 @@ async def _serve_then_cancel(
     cancel_scope.cancel()
 
 
-async def run_until_signalled(config: Config) -> None:
-    """Serve until SIGINT or SIGTERM: the first stops gracefully, a second at once."""
+#: seconds between the STATUS= lines a serving pmlb sends systemd
+STATUS_INTERVAL = 10.0
+
+
+def status_line(server: Server) -> str:
+    """What ``systemctl status`` shows while pmlb serves."""
+    stats = server.registry.statistics()
+    return (
+        f"serving {stats.clients} clients;"
+        f" {stats.upstreams_serving} of {stats.upstreams} upstreams serving"
+    )
+
+
+def _listening(server: Server) -> str:
+    listeners = ", ".join(
+        f"{name} {' '.join(addresses)}" for name, addresses in server.listeners.items()
+    )
+    return f"listening: {listeners}" + (f"; admin {server.admin_url}" if server.admin_url else "")
+
+
+async def _notify_status(server: Server, notifier: sdnotify.Notifier) -> None:
+    # Until the drain starts: then STOPPING=1 is the last word.
+    with trio.CancelScope() as scope:
+
+        async def stop_on_drain() -> None:
+            await server.registry.stop_requested.wait()
+            scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_drain)
+            while True:
+                await trio.sleep(STATUS_INTERVAL)
+                notifier.status(status_line(server))
+    notifier.stopping("draining: closing listeners and clients")
+
+
+async def run_until_signalled(config: Config, notifier: sdnotify.Notifier | None = None) -> None:
+    """Serve until SIGINT or SIGTERM: the first stops gracefully, a second at once.
+
+    ``notifier`` tells systemd (``Type=notify``) when pmlb is ready and when
+    it stops; by default one reading ``$NOTIFY_SOCKET``.
+    """
+    notifier = notifier or sdnotify.Notifier()
     # Signals are taken over before anything starts: under trio-asyncio the
     # default KeyboardInterrupt can land anywhere, so pmlb cancels itself.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(_serve_then_cancel, config, nursery.cancel_scope)
+            # Every listener and the admin are bound and accepting now.
+            notifier.ready(_listening(server))
+            nursery.start_soon(_notify_status, server, notifier)
+            nursery.start_soon(notifier.run_watchdog)
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if server.stopping:

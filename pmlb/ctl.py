@@ -8,6 +8,7 @@ Exit status: 0 done, 1 the API refused or could not be reached, 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import ssl
@@ -50,10 +51,20 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add.add_argument("--alive-timeout", type=float)
     add.add_argument("--live-interval", type=float)
     add.set_defaults(run=_upstreams_add)
-    for verb, run in (("remove", _upstreams_remove), ("drain", _upstreams_drain)):
-        sub = verbs.add_parser(verb, help=f"{verb} HOST:PORT")
+    for verb, run, text in (
+        ("remove", _upstreams_remove, "remove HOST:PORT"),
+        ("drain", _upstreams_drain, "drain HOST:PORT, then remove it"),
+    ):
+        sub = verbs.add_parser(verb, help=text)
         sub.add_argument("address", metavar="HOST:PORT")
         sub.set_defaults(run=run)
+    state = verbs.add_parser(
+        "state",
+        help="set HOST:PORT ready, drain (no new messages) or maint (out of rotation)",
+    )
+    state.add_argument("address", metavar="HOST:PORT")
+    state.add_argument("state", choices=["ready", "drain", "maint"])
+    state.set_defaults(run=_upstreams_state)
 
     clients = what.add_parser("clients", help="list (the default), get, kick or send to")
     clients.set_defaults(run=_clients_list, state=None, listener=None, limit=100, all=False)
@@ -80,6 +91,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     broadcast.add_argument("--kind", choices=["all", "active", "inactive"], default="all")
     broadcast.set_defaults(run=_broadcast)
 
+    cluster = what.add_parser("cluster", help="the nodes of the cluster")
+    cluster.set_defaults(run=_cluster)
+
     change = what.add_parser("set", help="change the log level, policy or accepting")
     change.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     change.add_argument("--policy")
@@ -88,6 +102,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     drain = what.add_parser("drain", help="drain and stop the whole pmlb")
     drain.set_defaults(run=_drain)
+
+    events = what.add_parser("events", help="tail the live event stream (Ctrl-C stops)")
+    events.add_argument("--count", type=_positive, help="stop after N events")
+    events.add_argument(
+        "--recent", action="store_true", help="print the recent events pmlb kept first"
+    )
+    events.set_defaults(run=None, stream=_events)
     _json_everywhere(what)
 
 
@@ -103,11 +124,32 @@ def _json_everywhere(commands: argparse._SubParsersAction[argparse.ArgumentParse
                 _json_everywhere(action)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
 class Api:
     def __init__(self, url: str, token: str | None, *, insecure: bool = False) -> None:
         self.url = url.rstrip("/")
         self._token = token
         self._context = ssl._create_unverified_context() if insecure else None
+
+    @property
+    def token(self) -> str | None:
+        return self._token
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """For a wss:// URL: the context (unverified with --insecure)."""
+        if not self.url.startswith("https://"):
+            return None
+        return self._context or ssl.create_default_context()
 
     def call(self, method: str, path: str, body: object = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -170,12 +212,20 @@ def _upstreams_list(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
         {
             **u,
             "state": "draining" if u["draining"] else u["state"],
+            "admin": u.get("admin_state", "ready"),
             "to": u["messages_to_upstream"],
             "from": u["messages_from_upstream"],
         }
         for u in answer["upstreams"]
     ]
-    return answer, _table(rows, ["address", "state", "to", "from", "queued", "last_error"])
+    return answer, _table(rows, ["address", "state", "admin", "to", "from", "queued", "last_error"])
+
+
+def _upstreams_state(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
+    answer = api.call(
+        "PUT", f"/api/v1/upstreams/{_quote(args.address)}/state", {"state": args.state}
+    )
+    return answer, f"{answer['address']}: {answer['admin_state']} ({answer['state']})"
 
 
 def _split_address(text: str) -> tuple[str, int]:
@@ -224,14 +274,20 @@ def _clients_list(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
         "clients": clients,
         "next_cursor": page["next_cursor"],
         "connected": page["connected"],
+        "partial": page.get("partial"),
     }
     rows = [
         {**c, "in": c["messages_in"], "out": c["messages_out"], "active": _readable(c["active"])}
         for c in clients
     ]
-    text = _table(rows, ["uuid", "remote", "listener", "active", "in", "out", "connected_at"])
+    columns = ["uuid", "remote", "listener", "active", "in", "out", "connected_at"]
+    if any(c.get("node") for c in clients):
+        columns.insert(1, "node")
+    text = _table(rows, columns)
     if page["next_cursor"] is not None:
         text += f"\n(more: --all, or {page['connected']} connected in all)"
+    if page.get("partial"):
+        text += f"\nPARTIAL: {page['partial']}"
     return answer, text
 
 
@@ -264,7 +320,33 @@ def _broadcast(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
     answer = api.call("POST", "/api/v1/broadcast", {"kind": args.kind, "payload": args.message})
     count = answer["recipients"]
     kind = "" if args.kind == "all" else f"{args.kind} "
-    return answer, f"sent to {count} {kind}client{'' if count == 1 else 's'}"
+    text = f"sent to {count} {kind}client{'' if count == 1 else 's'}"
+    if answer.get("nodes_asked", 1) > 1 or answer.get("partial"):
+        text += f" on {answer['nodes']} of {answer['nodes_asked']} nodes"
+    if answer.get("partial"):
+        text += f" ({answer['partial']})"
+    return answer, text
+
+
+def _cluster(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
+    answer = api.call("GET", "/api/v1/cluster")
+    if not answer["enabled"]:
+        return answer, "not in a cluster ([cluster] redis_url is not set)"
+    rows = [
+        {
+            **n,
+            "node": n["name"] + (" *" if n["this"] else ""),
+            "serving": f"{n['upstreams_serving']}/{n['upstreams']}",
+            "heartbeat": "" if n["heartbeat_age"] is None else f"{n['heartbeat_age']:.1f} s ago",
+        }
+        for n in answer["nodes"]
+    ]
+    text = _table(rows, ["node", "admin", "clients", "serving", "heartbeat", "version"])
+    count = len(answer["nodes"])
+    text += f"\n{count} node{'' if count == 1 else 's'}, {answer['clients']} clients (* this one)"
+    if answer["degraded"]:
+        text += f"\nDEGRADED: {answer['degraded']}"
+    return answer, text
 
 
 def _set(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
@@ -291,11 +373,75 @@ def _drain(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
     return answer, "draining: pmlb stops accepting, closes its clients and exits"
 
 
+def event_line(event: dict[str, Any]) -> str:
+    """``TIME TYPE key=value ...``: one event, readable."""
+    fields = " ".join(
+        f"{key}={_readable(value) if ' ' not in _readable(value) else json.dumps(value)}"
+        for key, value in event.items()
+        if key not in ("time", "type")
+    )
+    return f"{event.get('time', '')} {event.get('type', '?')} {fields}".rstrip()
+
+
+def _events(api: Api, args: argparse.Namespace, out: Any) -> None:
+    """Print events as they come, until Ctrl-C, ``--count`` of them, or the stream ends."""
+    # Imported here: only this verb needs trio and a WebSocket client.
+    import trio
+    from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+
+    url = "ws" + api.url.removeprefix("http") + "/api/v1/events"
+    left = args.count
+
+    def show(event: dict[str, Any]) -> bool:
+        nonlocal left
+        print(json.dumps(event) if args.json else event_line(event), file=out, flush=True)
+        if left is not None:
+            left -= 1
+        return left is not None and left <= 0
+
+    async def tail() -> None:
+        try:
+            async with open_websocket_url(
+                url, ssl_context=api.ssl_context, connect_timeout=TIMEOUT
+            ) as ws:
+                # The token as the first message (the dashboard's way): a
+                # wrong one is refused at once, not after a wait.
+                await ws.send_message(api.token or "")
+                with trio.move_on_after(TIMEOUT) as waiting:
+                    hello = json.loads(await ws.get_message())
+                if waiting.cancelled_caught:
+                    raise CtlError(f"no answer from the event stream at {url}")
+                print(f"tailing events from {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+                if args.recent and any(show(e) for e in hello.get("recent", [])):
+                    return
+                while True:
+                    if show(json.loads(await ws.get_message())):
+                        return
+        except ConnectionClosed as exc:
+            reason = exc.reason
+            detail = f"{reason.code} {reason.reason or ''}".strip() if reason else "closed"
+            raise CtlError(f"the event stream closed: {detail}") from None
+        except HandshakeError as exc:
+            raise CtlError(f"cannot open the event stream at {url}: {exc}") from None
+        except OSError as exc:
+            raise CtlError(f"cannot reach the admin API at {api.url}: {exc}") from None
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: the way to stop tailing
+        trio.run(tail)
+
+
 def run(args: argparse.Namespace, out: Any = None) -> int:
     out = out or sys.stdout
     url = args.url or os.environ.get("PMLB_ADMIN_URL") or DEFAULT_URL
     token = args.token or os.environ.get("PMLB_ADMIN_TOKEN")
     api = Api(url, token, insecure=args.insecure)
+    if getattr(args, "stream", None) is not None:
+        try:
+            args.stream(api, args, out)
+        except CtlError as exc:
+            print(f"pmlb ctl: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         answer, text = args.run(api, args)
     except CtlError as exc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import platform
 import time
-from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -23,47 +22,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from pmlb._version import pmlb_version
+from pmlb.histogram import LATENCY_BUCKETS as LATENCY_BUCKETS
+from pmlb.histogram import LatencyHistogram as LatencyHistogram
 
 if TYPE_CHECKING:
     from pmlb.registry import Registry
-
-#: Upper bounds in seconds; a batch that waits for an upstream to serve can
-#: take seconds, a healthy one microseconds.
-LATENCY_BUCKETS = (
-    0.00001,
-    0.00005,
-    0.0001,
-    0.0005,
-    0.001,
-    0.005,
-    0.01,
-    0.05,
-    0.1,
-    0.5,
-    1.0,
-    5.0,
-)
-
-
-class LatencyHistogram:
-    """A cumulative histogram cheap enough for the data path (no locks, one bisect)."""
-
-    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
-        self.total = 0.0
-
-    def observe(self, seconds: float, count: int = 1) -> None:
-        """Record ``count`` events that each took ``seconds``."""
-        self.counts[bisect_left(self.buckets, seconds)] += count
-        self.total += seconds * count
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        running, out = 0, []
-        for bound, count in zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True):
-            running += count
-            out.append((bound, running))
-        return out
 
 
 class RegistryCollector(Collector):
@@ -73,7 +36,7 @@ class RegistryCollector(Collector):
         self._registry = registry
 
     def collect(self) -> Iterator[Metric]:
-        from pmlb.upstream.supervisor import UpstreamState
+        from pmlb.upstream.supervisor import AdminState, UpstreamState
 
         registry = self._registry
         stats = registry.statistics()
@@ -156,6 +119,11 @@ class RegistryCollector(Collector):
             "1 for each upstream's current state.",
             labels=["upstream", "state"],
         )
+        admin_states = GaugeMetricFamily(
+            "pmlb_upstream_admin_state",
+            "1 for the state an operator set on each upstream (ready, drain, maint).",
+            labels=["upstream", "state"],
+        )
         queued = GaugeMetricFamily(
             "pmlb_upstream_queued", "Messages waiting for each upstream.", labels=["upstream"]
         )
@@ -187,6 +155,10 @@ class RegistryCollector(Collector):
                     # Label values without spaces: "checking readiness" is checking_readiness.
                     label = str(state).replace(" ", "_")
                     states.add_metric([address, label], float(upstream.state is state))
+            for admin_state in AdminState:
+                admin_states.add_metric(
+                    [address, str(admin_state)], float(upstream.admin_state is admin_state)
+                )
             queued.add_metric([address], len(upstream.outbox))
             stalled.add_metric([address], float(upstream.stalled))
             stalls.add_metric([address], upstream.stalls)
@@ -196,6 +168,8 @@ class RegistryCollector(Collector):
                 [address, "written_to_upstream"], upstream.messages_written
             )
         yield states
+        yield admin_states
+        yield from _health_latency(registry)
         yield queued
         yield stalled
         yield stalls
@@ -214,6 +188,12 @@ class RegistryCollector(Collector):
             "pmlb_client_queued",
             "Messages waiting to be written to clients, all clients together.",
             value=stats.queued_to_clients,
+        )
+        yield GaugeMetricFamily(
+            "pmlb_client_queued_bytes",
+            "Bytes queued for or being written to clients, all clients together"
+            " (bounded by client_queue_bytes_total).",
+            value=stats.queued_bytes_to_clients,
         )
 
         latency = registry.dispatch_latency
@@ -253,6 +233,27 @@ class RegistryCollector(Collector):
             from pmlb.cluster.metrics import collect
 
             yield from collect(registry.cluster)
+
+
+def _health_latency(registry: Registry) -> Iterator[Metric]:
+    """Per upstream: liveness ping round trips and readiness check latency."""
+    ping = HistogramMetricFamily(
+        "pmlb_upstream_ping_seconds",
+        "Round trip of each upstream's liveness pings (to the answer).",
+        labels=["upstream"],
+    )
+    ready = HistogramMetricFamily(
+        "pmlb_upstream_ready_check_seconds",
+        "Time each upstream's readiness checks took to answer (ready or not).",
+        labels=["upstream"],
+    )
+    for address, upstream in list(registry.upstreams.items()):
+        ping.add_metric([address], upstream.ping_latency.cumulative(), upstream.ping_latency.total)
+        ready.add_metric(
+            [address], upstream.ready_latency.cumulative(), upstream.ready_latency.total
+        )
+    yield ping
+    yield ready
 
 
 def _ack_metrics(registry: Registry) -> Iterator[Metric]:

@@ -24,14 +24,15 @@ from pmlb._proto import upstream_pb2 as pb
 from pmlb._time import rfc3339_now
 from pmlb.balancer import Policy, make_policy
 from pmlb.config import Config, UpstreamConfig
-from pmlb.downstream.client import Client
+from pmlb.downstream.client import Client, QueueBudget
 from pmlb.downstream.limits import ConnectionCounters
 from pmlb.downstream.reasons import STOPPING, UPSTREAM_ACTION, classify
 from pmlb.events import EventBus
-from pmlb.metrics import LatencyHistogram
+from pmlb.histogram import LatencyHistogram
 from pmlb.upstream.acks import Unacked, strip
+from pmlb.upstream.discovery import Discovery
 from pmlb.upstream.outbox import Outbox
-from pmlb.upstream.supervisor import Upstream, UpstreamState
+from pmlb.upstream.supervisor import AdminState, Upstream, UpstreamState
 
 if TYPE_CHECKING:
     from pmlb.cluster import Bus
@@ -82,6 +83,8 @@ class Statistics:
     disconnects: dict[str, int] = attrs.Factory(dict)
     #: messages queued for clients, all clients together
     queued_to_clients: int = 0
+    #: bytes queued for or being written to clients (client_queue_bytes_total)
+    queued_bytes_to_clients: int = 0
     accepting: bool = True
     policy: str = "round_robin"
     #: with acks: requests written and not acknowledged, all upstreams together;
@@ -113,6 +116,9 @@ class Registry:
         #: how long client batches wait in dispatch for an upstream to take them
         self.dispatch_latency = LatencyHistogram()
         self._start_supervisor: Callable[[Upstream], None] | None = None
+        self._start_discovery: Callable[[Discovery], None] | None = None
+        #: running ``discovery = "dns"`` entries by their name's address
+        self.discoveries: dict[str, Discovery] = {}
         self.upstreams: dict[str, Upstream] = {}
         # The serving upstreams, in the order they started serving: the
         # policy's indexes point into this list.
@@ -151,6 +157,10 @@ class Registry:
         self.unknown_client = 0
         self.invalid_target = 0
         self.connections = ConnectionCounters()
+        #: the bytes held for all clients, against client_queue_bytes_total
+        self.client_queues = QueueBudget(
+            config.client_queue_bytes_total, lambda: self.clients.values()
+        )
         self.broadcast_recipients = 0
         self.refused = 0
         self._closed_bytes_in = 0
@@ -510,6 +520,32 @@ class Registry:
         self._start_supervisor(upstream)
         return upstream
 
+    def attach_discovery(self, start: Callable[[Discovery], None]) -> None:
+        """Set how :meth:`start_discovery` runs a DNS discovery entry (the server does this)."""
+        self._start_discovery = start
+
+    def start_discovery(self, config: UpstreamConfig) -> Discovery:
+        """Start a ``discovery = "dns"`` entry; ``ValueError`` if its address is taken."""
+        if self._start_discovery is None:
+            raise RuntimeError("this registry is not attached to a running server")
+        if config.address in self.discoveries or config.address in self.upstreams:
+            raise ValueError(f"upstream {config.address} already exists")
+        entry = Discovery(config)
+        self.discoveries[config.address] = entry
+        self.events.publish("discovery.added", upstream=config.address)
+        self._start_discovery(entry)
+        return entry
+
+    async def stop_discovery(self, address: str) -> None:
+        """Stop a DNS discovery entry and remove the upstreams it found; ``KeyError`` if none."""
+        entry = self.discoveries.pop(address)
+        entry.cancel_scope.cancel()
+        for upstream in sorted(entry.addresses):
+            if upstream in self.upstreams:
+                await self.remove_upstream(upstream)
+        entry.addresses.clear()
+        self.events.publish("discovery.removed", upstream=address)
+
     async def remove_upstream(self, address: str) -> None:
         """Stop and remove an upstream; its queued messages fail over.
 
@@ -561,19 +597,11 @@ class Registry:
             if upstream.draining:
                 log.info("upstream serving again while draining", extra=fields)
                 return
-            if upstream.config.events:
-                self._place(upstream, list(self._event_orphans))
-                self._event_orphans.clear()
-                self._place(upstream, list(self._orphans))
-            else:
-                # An upstream on the original contract never sees an event.
-                self._place(upstream, [r for r in self._orphans if not r.event])
-                self._hold_events(r for r in self._orphans if r.event)
-            self._orphans.clear()
-            self._orphans_events = 0
-            upstream.outbox.open()
-            self._serving = [*self._serving, upstream]
-            self._serving_changed.unpark_all()
+            if not upstream.in_rotation:
+                fields["admin_state"] = str(upstream.admin_state)
+                log.info("upstream serving, out of rotation", extra=fields)
+                return
+            self._join_rotation(upstream)
             log.info("upstream serving", extra=fields)
             return
         if previous is UpstreamState.SERVING:
@@ -593,6 +621,57 @@ class Registry:
         else:
             log.debug("upstream state", extra=fields)
 
+    def _join_rotation(self, upstream: Upstream) -> None:
+        """Give a serving upstream new messages, those kept for the next one first."""
+        if upstream.config.events:
+            self._place(upstream, list(self._event_orphans))
+            self._event_orphans.clear()
+            self._place(upstream, list(self._orphans))
+        else:
+            # An upstream on the original contract never sees an event.
+            self._place(upstream, [r for r in self._orphans if not r.event])
+            self._hold_events(r for r in self._orphans if r.event)
+        self._orphans.clear()
+        self._orphans_events = 0
+        upstream.outbox.open()
+        self._serving = [*self._serving, upstream]
+        self._serving_changed.unpark_all()
+
+    def set_upstream_admin_state(self, upstream: Upstream, state: AdminState) -> int:
+        """Set what an operator wants of ``upstream`` (see :class:`AdminState`).
+
+        ``drain`` and ``maint`` take it out of rotation at once: readers
+        waiting for room in its queue go elsewhere. ``maint`` also moves what
+        is queued for it to the other upstreams (or keeps it for the next one
+        to serve); returns how many messages moved. ``ready`` puts a serving
+        upstream back in rotation. Its connection stays in every state.
+        """
+        previous = upstream.admin_state
+        if state is previous:
+            return 0
+        upstream.admin_state = state
+        moved = 0
+        if upstream in self._serving:
+            self._serving = [u for u in self._serving if u is not upstream]
+            upstream.outbox.refuse()
+        if state is AdminState.MAINT:
+            queued = upstream.outbox.take_back()
+            moved = len(queued)
+            self._redispatch(queued)
+        if upstream.in_rotation and upstream.state is UpstreamState.SERVING:
+            self._join_rotation(upstream)
+        fields: dict[str, object] = {
+            "upstream": upstream.address,
+            "admin_state": str(state),
+            "previous": str(previous),
+        }
+        if moved:
+            fields["moved"] = moved
+        log.info("upstream admin state set", extra=fields)
+        self.events.publish("upstream.admin_state", **fields)
+        self._state_changed.unpark_all()
+        return moved
+
     def set_upstream_stalled(
         self, upstream: Upstream, stalled: bool, *, waited: float | None = None
     ) -> None:
@@ -609,7 +688,7 @@ class Registry:
         fields: dict[str, object] = {"upstream": upstream.address, "stalled": stalled}
         if stalled:
             upstream.stalls += 1
-            fields["waited"] = f"{waited or 0:.1f}s"
+            fields["waited"] = round(waited or 0.0, 3)  # seconds, a number in JSON logs
             fields["queued"] = len(upstream.outbox)
             log.warning("upstream stalled: its writes make no progress", extra=fields)
             upstream.outbox.turn_away()
@@ -919,8 +998,18 @@ class Registry:
         deadline: float | None = None
         while True:
             busy = [u for u in self._serving if len(u.outbox) or u.outbox.in_flight]
+            # Drained by an operator: out of rotation, still writing its queue.
+            out = [
+                u
+                for u in self.upstreams.values()
+                if u.state is UpstreamState.SERVING
+                and not u.in_rotation
+                and (len(u.outbox) or u.outbox.in_flight)
+            ]
             if busy:
                 await busy[0].outbox.wait_written()
+            elif out:
+                await out[0].outbox.wait_drained()
             elif self._orphans:
                 if deadline is None:
                     deadline = trio.current_time() + upstream_wait
@@ -928,7 +1017,9 @@ class Registry:
                     await self._serving_changed.park()
                 if scope.cancelled_caught:
                     return
-            elif waiting := [u for u in self._serving if u.unacked]:
+            elif waiting := [
+                u for u in self.upstreams.values() if u.state is UpstreamState.SERVING and u.unacked
+            ]:
                 # An upstream that fails meanwhile has its requests taken
                 # for redelivery: the wait ends and the loop starts over.
                 await waiting[0].outbox.wait_acked()
@@ -983,6 +1074,7 @@ class Registry:
             clients_total_by_listener=dict(self._total_by_listener),
             disconnects=dict(self._disconnects),
             queued_to_clients=sum(c.queued for c in self.clients.values()),
+            queued_bytes_to_clients=self.client_queues.held,
             accepting=self.accepting,
             policy=self.policy.name,
             unacked=sum(u.unacked for u in self.upstreams.values()),

@@ -14,7 +14,12 @@ from pmlb.config import Config, ListenerConfig, UpstreamConfig, check_admin_expo
 from pmlb.downstream.tcp import ListenError, open_listeners, serve_tcp_listener
 from pmlb.downstream.websocket import serve_websocket_listener
 from pmlb.registry import Registry
-from pmlb.upstream.discovery import nameserver_resolver, run_dns_discovery, system_resolve
+from pmlb.upstream.discovery import (
+    Discovery,
+    nameserver_resolver,
+    run_dns_discovery,
+    system_resolve,
+)
 from pmlb.upstream.grpc_health import GrpcHealthTransport
 from pmlb.upstream.grpclib_transport import GrpclibTransport
 from pmlb.upstream.h2_transport import H2Transport
@@ -144,20 +149,12 @@ async def serve(
                 )
             )
 
+            registry.attach_discovery(
+                lambda entry: upstreams.start_soon(_run_discovery, entry, registry)
+            )
             for upstream_config in config.upstreams:
                 if upstream_config.discovery == "dns":
-                    resolve = (
-                        nameserver_resolver(upstream_config.nameserver)
-                        if upstream_config.nameserver
-                        else system_resolve
-                    )
-                    upstreams.start_soon(
-                        run_dns_discovery,
-                        upstream_config,
-                        registry.start_upstream,
-                        registry.remove_upstream,
-                        resolve,
-                    )
+                    registry.start_discovery(upstream_config)
                 else:
                     registry.start_upstream(upstream_config)
             # Connections live in `downstream`, accept loops in `accepting`:
@@ -216,6 +213,22 @@ async def serve(
             for socket_listener in sockets:
                 await trio.aclose_forcefully(socket_listener)
     log.info("stopped")
+
+
+async def _run_discovery(entry: Discovery, registry: Registry) -> None:
+    config = entry.config
+    resolve = nameserver_resolver(config.nameserver) if config.nameserver else system_resolve
+
+    def add(upstream: UpstreamConfig) -> None:
+        registry.start_upstream(upstream)
+        entry.addresses.add(upstream.address)
+
+    async def remove(address: str) -> None:
+        entry.addresses.discard(address)
+        await registry.remove_upstream(address)
+
+    with entry.cancel_scope:
+        await run_dns_discovery(config, add, remove, resolve)
 
 
 async def _start_admin(

@@ -219,3 +219,125 @@ async def test_unreachable_redis_at_start_starts_degraded(
         await redis.start()
         await bus(a).wait_connected()
         a.stop()
+
+
+async def test_a_reaped_node_that_comes_back_registers_its_clients_again(
+    procs: Processes, redis: RedisServer
+) -> None:
+    _, up_port = await procs.upstream("U")
+    async with coredis.Redis.from_url(redis.url) as admin, trio.open_nursery() as nursery:
+        [a] = await start_nodes(nursery, redis.url, ["a"], up_port)
+        # b beats every 2 s (its entry lives 10 s): a, beating every 0.2 s,
+        # reaps it between two of its heartbeats once its entry is gone.
+        config = node_config(redis.url, "b", up_port, heartbeat_interval=2)
+        b: pmlb.Server = await nursery.start(pmlb.serve, config)
+        await bus(b).wait_connected()
+        on_a = await procs.client(a.port())
+        await on_a.whoami()
+        on_b, ub = await silent_client(procs, b)
+        assert await admin.hget(scripts.DIRECTORY, ub) == b"b"
+        with trio.fail_after(TIMEOUT):
+            while "b" not in bus(a).nodes:
+                await bus(a).wait_heartbeat()
+
+        # b's entry expires (as when b stalls longer than node_timeout)
+        beats = bus(b).heartbeats
+        await admin.delete([scripts.node_key("b")])
+        with trio.fail_after(TIMEOUT):
+            while "b" in bus(a).nodes:
+                await bus(a).wait_heartbeat()
+        assert bus(b).heartbeats == beats  # reaped before b's next heartbeat
+        assert await admin.hget(scripts.DIRECTORY, ub) is None
+        await on_a.send(f"to {ub} while b is reaped")
+        await on_a.whoami()
+        with trio.fail_after(TIMEOUT):
+            await bus(a).wait_idle()
+        assert a.registry.unknown_client == 1
+
+        # b's next heartbeat finds its entry gone: it registers its clients again
+        with trio.fail_after(TIMEOUT):
+            while bus(b).heartbeats == beats or bus(b).unregistered:
+                await bus(b).changed()
+            while await admin.hget(scripts.DIRECTORY, ub) != b"b":
+                await bus(b).changed()
+            while "b" not in bus(a).nodes:
+                await bus(a).wait_heartbeat()
+        await on_a.send(f"to {ub} back again")
+        assert await on_b.recv() == "back again"  # and not the one sent while reaped
+        for server in (a, b):
+            server.stop()
+
+
+async def test_replies_beyond_the_queue_to_redis_are_counted_and_dropped(
+    procs: Processes, redis: RedisServer
+) -> None:
+    from pmlb._proto import upstream_pb2 as pb
+
+    _, up_port = await procs.upstream("U")
+    async with trio.open_nursery() as nursery:
+        a, b = await start_nodes(nursery, redis.url, ["a", "b"], up_port)
+        on_b, ub = await silent_client(procs, b)
+        bus(a).queue_limit = 2
+        dropped = bus(a).statistics().dropped
+        # One batch from an upstream: deliver() queues and never waits, so the
+        # queue holds 2 of them when the writer wakes up; the rest is dropped.
+        replies = [pb.OutputStreamRequest(client_uuid=ub, payload=b"r%d" % i) for i in range(5)]
+        a.registry.deliver(replies, cluster=True)
+        assert bus(a).statistics().dropped == dropped + 3
+        assert bus(a).statistics().queued == 2
+        assert [await on_b.recv(), await on_b.recv()] == ["r0", "r1"]
+        on_a = await procs.client(a.port())
+        await on_a.whoami()
+        await on_a.send(f"to {ub} next")
+        assert await on_b.recv() == "next"  # nothing else came before it
+        for server in (a, b):
+            server.stop()
+
+
+async def test_three_nodes_broadcast_and_multicast_reach_each_client_exactly_once(
+    procs: Processes, redis: RedisServer
+) -> None:
+    _, up_port = await procs.upstream("U")
+    async with trio.open_nursery() as nursery:
+        servers = await start_nodes(nursery, redis.url, ["a", "b", "c"], up_port)
+        busy: list[LineClient] = []
+        busy_ids: list[str] = []
+        idle: list[LineClient] = []
+        idle_ids: list[str] = []
+        for server in servers:  # one active and one inactive client per node
+            client = await procs.client(server.port())
+            busy.append(client)
+            busy_ids.append(await client.whoami())
+            quiet, uuid = await silent_client(procs, server)
+            idle.append(quiet)
+            idle_ids.append(uuid)
+        sender = busy[0]
+        before = [s.registry.statistics().messages_to_clients for s in servers]
+
+        await sender.send("bcast all everyone")
+        await sender.send("bcast active busy ones")
+        await sender.send("bcast inactive quiet ones")
+        await sender.send(f"multi {idle_ids[1]},{busy_ids[2]},{idle_ids[0]} some")
+        for client in busy:
+            assert await client.recv_many(2) == ["everyone", "busy ones"]
+        for client in idle:
+            assert await client.recv_many(2) == ["everyone", "quiet ones"]
+        for client in (idle[1], busy[2], idle[0]):
+            assert await client.recv() == "some"
+        # the next line each gets is this one: no duplicate came
+        for client, uuid in zip(busy + idle, busy_ids + idle_ids, strict=True):
+            await sender.send(f"to {uuid} end")
+            assert await client.recv() == "end"
+        after = [s.registry.statistics().messages_to_clients for s in servers]
+        # each node: 2 clients x (2 broadcasts + end), and one of the multicast
+        assert [x - y for x, y in zip(after, before, strict=True)] == [2 * 3 + 1] * 3
+
+        # disconnect by multicast over the three nodes, from the third
+        await busy[2].send(f"kick {busy_ids[1]},{idle_ids[0]},{idle_ids[2]}")
+        for client in (busy[1], idle[0], idle[2]):
+            await client.expect_closed()
+        for client, uuid in ((busy[0], busy_ids[0]), (idle[1], idle_ids[1])):
+            await busy[2].send(f"to {uuid} still here")
+            assert await client.recv() == "still here"
+        for server in servers:
+            server.stop()

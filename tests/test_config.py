@@ -44,6 +44,8 @@ framing = "line"
 max_message_size = 1024
 activity_window = 2.5
 client_queue_size = 16
+client_queue_bytes = 65536
+client_queue_bytes_total = 0
 upstream_queue_size = 32
 
 [[listener]]
@@ -144,6 +146,7 @@ def test_server_and_listener_tables_give_several_listeners(tmp_path: Path) -> No
         16,
         32,
     )
+    assert (config.client_queue_bytes, config.client_queue_bytes_total) == (65536, 0)
     assert config.log == LogConfig(level="debug", format="json")
 
 
@@ -431,6 +434,16 @@ INVALID_FILES = [
         "[server]\nclient_queue_size = 0",
         "pmlb.toml: server.client_queue_size: must be an integer >= 1, got 0",
         id="client-queue-size-zero",
+    ),
+    pytest.param(
+        "[server]\nclient_queue_bytes = -1",
+        "pmlb.toml: server.client_queue_bytes: must be an integer >= 0, got -1",
+        id="client-queue-bytes-negative",
+    ),
+    pytest.param(
+        '[server]\nclient_queue_bytes_total = "256MiB"',
+        "pmlb.toml: server.client_queue_bytes_total: must be an integer >= 0, got string '256MiB'",
+        id="client-queue-bytes-total-string",
     ),
     pytest.param(
         "[server]\nupstream_queue_size = 1.5",

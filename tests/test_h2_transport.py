@@ -281,7 +281,7 @@ async def test_liveness_answers_and_keepalive_pings(
     answers = 0
     done = trio.Event()
 
-    def alive() -> None:
+    def alive(_round_trip: float | None) -> None:
         nonlocal answers
         answers += 1
         if answers == 3:
@@ -300,13 +300,13 @@ async def test_liveness_without_answer_times_out(
 ) -> None:
     transport = connect(nursery, FakeUpstream(live=None))
     with pytest.raises(UpstreamError, match=r"^no liveness answer within alive_timeout \(2s\)$"):
-        await transport.run_liveness(1.0, 2.0, lambda: None)
+        await transport.run_liveness(1.0, 2.0, lambda _: None)
 
 
 async def test_liveness_false_is_a_failure(nursery: trio.Nursery) -> None:
     transport = connect(nursery, FakeUpstream(live=False))
     with pytest.raises(UpstreamError, match=r"^the upstream answered live = false$"):
-        await transport.run_liveness(1.0, 2.0, lambda: None)
+        await transport.run_liveness(1.0, 2.0, lambda _: None)
 
 
 async def test_connection_refused_is_an_upstream_error() -> None:

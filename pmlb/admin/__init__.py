@@ -11,6 +11,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from pmlb.admin import _h2
 from pmlb.admin.app import create_app
+from pmlb.admin.audit import make_logger_class, networks
 from pmlb.config import ManagementConfig
 from pmlb.registry import Registry
 
@@ -38,10 +39,14 @@ async def serve_admin(
         bind_host=management.host,
         allowed_hosts=management.allowed_hosts,
         allowed_origins=management.allowed_origins,
+        trusted_proxies=management.trusted_proxies,
     )
     config = HypercornConfig()
     config.bind = [management.address]
+    # hypercorn's lines through pmlb's logging: its errors, and one line
+    # with fields per request (pmlb.admin.audit)
     config.accesslog = None
+    config.logger_class = make_logger_class(networks(management.trusted_proxies))
     config.errorlog = logging.getLogger("pmlb.admin.http")
     config.graceful_timeout = 1.0
     if management.tls is not None and management.tls.cert_path:

@@ -35,18 +35,39 @@ class Error(BaseModel):
 
 
 class UpstreamIn(_Strict):
-    host: Host
-    port: int = Field(ge=1, le=65535)
-    ready_timeout: float = Field(default=5.0, gt=0, le=86400)
-    alive_timeout: float = Field(default=30.0, gt=0, le=86400)
-    live_interval: float = Field(default=5.0, gt=0, le=86400)
-    #: the gRPC transport (default: the configured default)
-    transport: Literal["native", "grpclib"] | None = None
+    """An upstream to add: every key of a file's ``[[upstream]]`` table.
+
+    The body is checked as the file is (pmlb.config.parse_upstream): a bad
+    value, an unknown key or a TLS key without ``tls`` is a 400 naming it.
+    """
+
+    host: str
+    port: int
+    ready_timeout: float = 5.0
+    alive_timeout: float = 30.0
+    live_interval: float = 5.0
+    stall_timeout: float = 10.0
+    #: the gRPC transport
+    transport: Literal["native", "grpclib"] = "native"
+    tls: bool = False
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_server_name: str = ""
+    #: send it clients' connected and disconnected events
+    events: bool = False
     #: acknowledgements (see docs/contract.md) and their limits
     acks: bool = False
-    max_unacked: int = Field(default=10_000, ge=1, le=10_000_000)
-    ack_timeout: float = Field(default=30.0, gt=0, le=86400)
-    max_deliveries: int = Field(default=5, ge=1, le=1000)
+    max_unacked: int = 10_000
+    ack_timeout: float = 30.0
+    max_deliveries: int = 5
+    health: Literal["contract", "grpc"] = "contract"
+    health_service: str = ""
+    #: "dns": ``host`` is a name whose addresses become upstreams
+    discovery: Literal["static", "dns"] = "static"
+    resolve_interval: float = 10.0
+    nameserver: str = ""
+    reply_scope: Literal["local", "cluster"] = "local"
 
 
 class LegacyUpstreamIn(_Strict):
@@ -63,6 +84,8 @@ class Upstream(BaseModel):
     host: str
     port: int
     state: str
+    #: what an operator set: ready (in rotation while serving), drain or maint
+    admin_state: Literal["ready", "drain", "maint"] = "ready"
     draining: bool
     #: its writes make no progress: it gets no new messages (see stall_timeout)
     stalled: bool
@@ -70,10 +93,16 @@ class Upstream(BaseModel):
     last_error: str | None
     ready_at: str | None
     alive_at: str | None
+    #: seconds the last liveness ping took to be answered
+    ping_seconds: float | None = None
     ready_timeout: float
     alive_timeout: float
     live_interval: float
+    stall_timeout: float = 10.0
     transport: str
+    tls: bool = False
+    events: bool = False
+    health: str = "contract"
     messages_to_upstream: int
     messages_from_upstream: int
     #: messages written to its stream (failed-over ones included, requeued ones not)
@@ -89,8 +118,27 @@ class Upstream(BaseModel):
     undeliverable: int = 0
 
 
+class Discovery(BaseModel):
+    """A ``discovery = "dns"`` entry: a name whose addresses are upstreams."""
+
+    address: str
+    host: str
+    port: int
+    resolve_interval: float
+    #: the addresses of the upstreams it found
+    upstreams: list[str]
+
+
 class UpstreamList(BaseModel):
     upstreams: list[Upstream]
+    discoveries: list[Discovery] = []
+
+
+class UpstreamStateIn(_Strict):
+    """ready: back in rotation; drain: no new messages, replies and acks still
+    flow; maint: out of rotation, what is queued moves to the others."""
+
+    state: Literal["ready", "drain", "maint"]
 
 
 class DrainIn(_Strict):
@@ -115,7 +163,8 @@ class Removed(BaseModel):
 class ClientQuery(_Strict):
     state: Literal["active", "inactive"] | None = None
     listener: str | None = None
-    cursor: int = Field(default=-1, ge=-1)
+    #: a ``next_cursor`` from the page before: a number, or in a cluster NODE/NUMBER
+    cursor: str = Field(default="-1", pattern=r"^(?:[A-Za-z0-9._-]{1,100}/)?(?:-1|[0-9]{1,18})$")
     limit: int = Field(default=100, ge=1, le=1000)
 
 
@@ -134,14 +183,21 @@ class Client(BaseModel):
     queued: int
     #: messages dropped by the ``drop_oldest`` slow-client policy
     dropped: int = 0
+    #: in a cluster: the node that holds it
+    node: str | None = None
 
 
 class ClientPage(BaseModel):
     clients: list[Client]
-    #: pass as ``cursor`` to get the next page; null on the last page
-    next_cursor: int | None
-    #: clients connected now, whatever the filters
+    #: pass as ``cursor`` to get the next page; null on the last page (in a
+    #: cluster a string, NODE/NUMBER: the pages go over every node)
+    next_cursor: int | str | None
+    #: clients connected now, whatever the filters (in a cluster: all its
+    #: clients, as its directory counted them at the last heartbeat)
     connected: int
+    #: in a cluster: why clients of some nodes are missing (Redis down, a
+    #: node not answering); null when the page is whole
+    partial: str | None = None
 
 
 class Message(_Strict):
@@ -152,10 +208,13 @@ class Message(_Strict):
 class Queued(BaseModel):
     client: str
     queued: bool
+    #: in a cluster: the node that holds the client
+    node: str | None = None
 
 
 class Disconnected(BaseModel):
     disconnected: str
+    node: str | None = None
 
 
 class BroadcastIn(Message):
@@ -164,7 +223,45 @@ class BroadcastIn(Message):
 
 class BroadcastOut(BaseModel):
     kind: str
+    #: clients it was queued for (in a cluster: on every node that answered)
     recipients: int
+    #: nodes that answered, this one included, of the nodes asked (1 and 1
+    #: outside a cluster)
+    nodes: int = 1
+    nodes_asked: int = 1
+    #: why some nodes are not counted (Redis down, a node not answering)
+    partial: str | None = None
+
+
+# -- cluster --------------------------------------------------------------
+
+
+class ClusterNode(BaseModel):
+    name: str
+    #: this node's admin URL (null: no admin API)
+    admin: str | None
+    clients: int
+    upstreams: int
+    upstreams_serving: int
+    #: its last heartbeat (the node's own clock) and how many seconds ago
+    last_heartbeat: str | None
+    heartbeat_age: float | None
+    version: str
+    #: the node that answers this request
+    this: bool
+
+
+class Cluster(BaseModel):
+    #: whether this pmlb is in a cluster ([cluster] redis_url)
+    enabled: bool
+    node: str | None = None
+    #: connected to Redis now
+    connected: bool = False
+    #: why the cluster is degraded (null: it is not); nodes then lists this one only
+    degraded: str | None = None
+    #: clients in the cluster's directory at the last heartbeat
+    clients: int = 0
+    nodes: list[ClusterNode] = []
 
 
 # -- runtime --------------------------------------------------------------
@@ -229,3 +326,7 @@ class Ready(BaseModel):
     #: upstreams known and serving (counts only: the probe needs no token)
     upstreams: int = 0
     upstreams_serving: int = 0
+    #: in a cluster: "ok", or "degraded" (Redis unreachable: local traffic goes
+    #: on, replies to other nodes are dropped; pmlb stays ready)
+    cluster: Literal["ok", "degraded"] | None = None
+    cluster_reason: str | None = None

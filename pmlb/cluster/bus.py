@@ -12,6 +12,12 @@ refreshes this node's TTL, learns the live nodes and reaps the dead.
 Redis down: the data path goes on; what would cross nodes is counted as
 dropped; the bus reconnects with backoff and registers this node's clients
 again. Replies cross nodes at most once: nothing is retried.
+
+The admin API of any node reaches the clients of the others through
+:meth:`Bus.ask_owner`, :meth:`Bus.ask_all` and :meth:`Bus.ask_node`: a
+request (:mod:`pmlb.cluster.ops`) rides the next flush, the node that holds
+the client (found in the directory by the flush script) answers on the
+asking node's channel, and the asker waits for the answer with a timeout.
 """
 
 from __future__ import annotations
@@ -34,9 +40,11 @@ import trio
 
 from pmlb._log import RateLimited
 from pmlb._proto import upstream_pb2 as pb
-from pmlb.cluster import scripts, wire
+from pmlb._version import pmlb_version
+from pmlb.cluster import ops, scripts, wire
+from pmlb.cluster.ops import BusDown, NoAnswer
 from pmlb.config import ClusterConfig
-from pmlb.metrics import LatencyHistogram
+from pmlb.histogram import LatencyHistogram
 from pmlb.upstream.supervisor import Backoff
 
 if TYPE_CHECKING:
@@ -44,12 +52,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pmlb.cluster")
 
+
 #: replies queued for other nodes before more are dropped (and counted)
 QUEUE_LIMIT = 65536
 #: clients registered again per flush after a reconnection
 RESYNC_CHUNK = 10_000
 #: seconds a node leaving on purpose waits for Redis to forget it
 LEAVE_TIMEOUT = 1.0
+#: admin requests to other nodes waiting for the next flush, at most
+REQUEST_LIMIT = 1024
 
 #: what a lost or failing Redis raises through coredis and anyio
 _REDIS_ERRORS: tuple[type[BaseException], ...] = (
@@ -62,8 +73,54 @@ _REDIS_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class BusDown(Exception):
-    """Redis cannot be used now; the bus reconnects."""
+@attrs.frozen
+class NodeInfo:
+    """A live node as its last heartbeat described it."""
+
+    name: str
+    #: its admin API's URL (None: it has none)
+    admin: str | None
+    clients: int
+    upstreams: int
+    upstreams_serving: int
+    #: when it sent that heartbeat (its clock, ``time.time()``)
+    heartbeat_at: float
+    version: str
+
+
+def _node_info(name: str, raw: bytes) -> NodeInfo:
+    try:
+        info = json.loads(raw)
+        return NodeInfo(
+            name=name,
+            admin=info.get("admin"),
+            clients=int(info.get("clients", 0)),
+            upstreams=int(info.get("upstreams", 0)),
+            upstreams_serving=int(info.get("upstreams_serving", 0)),
+            heartbeat_at=float(info.get("at", 0.0)),
+            version=str(info.get("version", "")),
+        )
+    except (ValueError, TypeError, AttributeError):  # not a pmlb we know: keep the name
+        return NodeInfo(name, None, 0, 0, 0, 0.0, "")
+
+
+class _Pending:
+    """An admin request waiting for its answers."""
+
+    def __init__(self) -> None:
+        #: nodes the request reached (known once flushed)
+        self.expected: int | None = None
+        #: "u" and "n" requests: the node it reached ("" none)
+        self.reached = ""
+        self.answers: list[dict[str, Any]] = []
+        self.error: str | None = None
+        self.done = trio.Event()
+
+    def check(self) -> None:
+        if self.error is not None or (
+            self.expected is not None and len(self.answers) >= self.expected
+        ):
+            self.done.set()
 
 
 def default_node_name() -> str:
@@ -101,6 +158,8 @@ class BusStatistics:
     #: clients in the whole cluster's directory, at the last heartbeat
     cluster_clients: int
     last_error: str | None
+    #: the live nodes as their heartbeats described them (this one included)
+    peers: tuple[NodeInfo, ...] = ()
 
 
 class Bus:
@@ -120,6 +179,12 @@ class Bus:
         self._broadcasts: list[bytes] = []
         self._lookups: list[tuple[bytes, list[str]]] = []
         self._queued = 0
+        #: replies for other nodes queued before more are dropped
+        self.queue_limit = QUEUE_LIMIT
+        # Admin requests and answers: mode ("u", "n", "a"), target, message, who waits.
+        self._messages: list[tuple[str, str, bytes, _Pending | None]] = []
+        self._pending: dict[int, _Pending] = {}
+        self._request_ids = 0
         # Register every client again (and forget what Redis had) at the next flush.
         self._resync = True
         self._wakeup = trio.Event()
@@ -136,6 +201,7 @@ class Bus:
         self.dropped = 0
         self.errors = 0
         self.nodes: tuple[str, ...] = ()
+        self.peers: dict[str, NodeInfo] = {}
         self.cluster_clients = 0
         self.last_error: str | None = None
         self._drop_log = RateLimited(log)
@@ -170,7 +236,7 @@ class Bus:
             self._wakeup.set()
 
     def _room(self) -> bool:
-        if self.connected and self._queued < QUEUE_LIMIT:
+        if self.connected and self._queued < self.queue_limit:
             return True
         self.dropped += 1
         self._drop_log.warning(
@@ -179,6 +245,98 @@ class Bus:
             dropped_total=self.dropped,
         )
         return False
+
+    # -- the admin API's side: asks other nodes, waits for answers ------
+
+    async def ask_owner(
+        self, uuid: str, request: dict[str, Any], within: float
+    ) -> dict[str, Any] | None:
+        """The answer of the node holding client ``uuid`` (None: no node holds it).
+
+        Raises :class:`BusDown` if Redis cannot be used, :class:`NoAnswer`
+        if that node did not answer within ``within`` seconds.
+        """
+        pending = await self._ask("u", uuid, request, within)
+        if not pending.answers:
+            if pending.expected == 0:
+                return None
+            raise NoAnswer(f"node {pending.reached} did not answer within {within:g} s")
+        return pending.answers[0]
+
+    async def ask_node(
+        self, node: str, request: dict[str, Any], within: float
+    ) -> dict[str, Any] | None:
+        """Node ``node``'s answer (None: it is not connected); as :meth:`ask_owner` else."""
+        pending = await self._ask("n", node, request, within)
+        if not pending.answers:
+            if pending.expected == 0:
+                return None
+            raise NoAnswer(f"node {node} did not answer within {within:g} s")
+        return pending.answers[0]
+
+    async def ask_all(
+        self, request: dict[str, Any], within: float
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Every other node's answer that came within ``within``, and how many were asked.
+
+        Raises :class:`BusDown` if Redis cannot be used.
+        """
+        pending = await self._ask("a", "", request, within)
+        return pending.answers, pending.expected or 0
+
+    async def _ask(
+        self, mode: str, target: str, request: dict[str, Any], within: float
+    ) -> _Pending:
+        if not self.connected:
+            raise BusDown(f"Redis is unreachable: {self.last_error or 'not connected yet'}")
+        if len(self._messages) >= REQUEST_LIMIT:
+            raise BusDown("too many requests to other nodes are waiting for Redis")
+        self._request_ids += 1
+        ident = self._request_ids
+        pending = _Pending()
+        body = json.dumps({"id": ident, **request}).encode()
+        message = wire.encode(wire.Kind.REQUEST, self.node, [body])
+        self._pending[ident] = pending
+        self._messages.append((mode, target, message, pending))
+        self._wakeup.set()
+        try:
+            with trio.move_on_after(within):
+                await pending.done.wait()
+        finally:
+            del self._pending[ident]
+        if pending.error is not None:
+            raise BusDown(pending.error)
+        if pending.expected is None:
+            raise BusDown(f"Redis did not take the request within {within:g} s")
+        return pending
+
+    def _answer(self, origin: str, data: bytes) -> None:
+        try:
+            request = json.loads(data)
+            ident = int(request["id"])
+            reply = {"id": ident, "node": self.node, **ops.answer(self._registry, request, origin)}
+        except (ValueError, KeyError, TypeError) as exc:
+            self.errors += 1
+            self._drop_log.warning("bad request from another node", node=origin, problem=str(exc))
+            return
+        body = json.dumps(reply).encode()
+        if self.connected and len(self._messages) < REQUEST_LIMIT:
+            self._messages.append(
+                ("n", origin, wire.encode(wire.Kind.ANSWER, self.node, [body]), None)
+            )
+            self._wakeup.set()
+
+    def _answered(self, data: bytes) -> None:
+        try:
+            reply = json.loads(data)
+            pending = self._pending.get(int(reply["id"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            self.errors += 1
+            self._drop_log.warning("bad answer from another node", problem=str(exc))
+            return
+        if pending is not None:  # else: it came after its timeout
+            pending.answers.append(reply)
+            pending.check()
 
     async def wait_registered(self, uuid: str) -> None:
         """Return once ``uuid`` is in Redis's directory, or Redis is down, or after a while.
@@ -287,6 +445,10 @@ class Bus:
         self.dropped += lost
         self._added, self._removed, self._broadcasts, self._lookups = [], [], [], []
         self._queued = 0
+        self._messages = []
+        for pending in self._pending.values():
+            pending.error = f"Redis is unreachable: {problem}"
+            pending.check()
         self._resync = True
         self._flushing = False
         self.unregistered.clear()
@@ -316,9 +478,17 @@ class Bus:
 
     def _receive(self, data: bytes) -> None:
         try:
-            _, origin, records = wire.decode(data)
+            kind, origin, records = wire.decode(data)
             if origin == self.node:
                 return  # this node's own broadcast, delivered here already
+            if kind is wire.Kind.REQUEST:
+                for record in records:
+                    self._answer(origin, record)
+                return
+            if kind is wire.Kind.ANSWER:
+                for record in records:
+                    self._answered(record)
+                return
             replies = [pb.OutputStreamRequest.FromString(r) for r in records]
         except Exception as exc:  # malformed: from something that is not pmlb
             self.errors += 1
@@ -345,8 +515,10 @@ class Bus:
             {
                 "admin": self.admin_url,
                 "clients": stats.clients,
+                "upstreams": stats.upstreams,
                 "upstreams_serving": stats.upstreams_serving,
                 "at": time.time(),
+                "version": pmlb_version(),
             }
         )
         expired, clients, live, reaped = await heartbeat(
@@ -354,7 +526,12 @@ class Bus:
             args=[self.node, info, int(self.config.node_timeout * 1000), scripts.PREFIX],
         )
         self.cluster_clients = int(clients)
-        self.nodes = tuple(sorted(name.decode() for name in live))
+        peers = {}
+        for index in range(0, len(live), 2):
+            name = live[index].decode()
+            peers[name] = _node_info(name, live[index + 1])
+        self.peers = dict(sorted(peers.items()))
+        self.nodes = tuple(self.peers)
         self._reaped(reaped)
         self.heartbeats += 1
         self._changed.unpark_all()
@@ -389,6 +566,7 @@ class Bus:
                 self._added = []
             removed, broadcasts, lookups = self._removed, self._broadcasts, self._lookups
             self._removed, self._broadcasts, self._lookups = [], [], []
+            messages, self._messages = self._messages, []
             self._queued = 0
             args: list[str | bytes | int] = [
                 self.node,
@@ -406,14 +584,25 @@ class Bus:
             ]
             for record, uuids in lookups:
                 args += [record, len(uuids), *uuids]
+            args.append(len(messages))
+            for mode, target, message, _ in messages:
+                args += [mode, target, message]
             started = time.perf_counter()
             self._flushing = True
             try:
-                unknown, sent, dropped = await flush(keys=keys, args=args)
+                unknown, sent, dropped, reached = await flush(keys=keys, args=args)
             except _REDIS_ERRORS:
                 self.dropped += len(broadcasts) + len(lookups)
                 raise
             self._flushing = False
+            for (mode, _, _, pending), where in zip(messages, reached, strict=True):
+                if pending is not None:
+                    if mode == "a":  # every subscriber of the broadcast channel but this node
+                        pending.expected = max(0, int(where) - 1)
+                    else:
+                        pending.reached = where.decode()
+                        pending.expected = 1 if where else 0
+                    pending.check()
             self.latency.observe(time.perf_counter() - started)
             self.sent += int(sent)
             self.dropped += int(dropped)
@@ -440,6 +629,7 @@ class Bus:
             nodes=self.nodes,
             cluster_clients=self.cluster_clients,
             last_error=self.last_error,
+            peers=tuple(self.peers.values()),
         )
 
 

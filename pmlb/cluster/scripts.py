@@ -63,8 +63,11 @@ end
 #: KEYS: dir, clients:NODE. ARGV: node, header, channel prefix, broadcast
 #: channel, reset ("1": forget this node's entries first), then sections, each
 #: a count followed by its items: uuids added, uuids removed, broadcast
-#: records, and lookups (record, count of uuids, uuids). Returns {unknown
-#: uuids, records published, records no node was subscribed for}.
+#: records, lookups (record, count of uuids, uuids), and messages (mode,
+#: target, message: mode "u" publishes to the node holding uuid target, "n"
+#: to node target, "a" to every node). Returns {unknown uuids, records
+#: published, records no node was subscribed for, for each message: the node
+#: it reached ("u" and "n"; "" if none) or the number of nodes ("a")}.
 FLUSH: Final = (
     _CHUNKED
     + """
@@ -121,14 +124,33 @@ for _, owner in ipairs(order) do
   sent = sent + #records
   if receivers == 0 then dropped = dropped + #records end
 end
-return {unknown, sent, dropped}
+local reached = {}
+local messages = tonumber(ARGV[i] or '0')
+i = i + 1
+for _ = 1, messages do
+  local mode, target, message = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  i = i + 3
+  if mode == 'a' then
+    reached[#reached + 1] = tostring(redis.call('PUBLISH', all, message))
+  else
+    local owner = target
+    if mode == 'u' then owner = redis.call('HGET', KEYS[1], target) end
+    if owner and owner ~= node and redis.call('PUBLISH', to .. owner, message) > 0 then
+      reached[#reached + 1] = owner
+    else
+      reached[#reached + 1] = ''
+    end
+  end
+end
+return {unknown, sent, dropped, reached}
 """
 )
 
 #: KEYS: node:NODE, nodes, dir. ARGV: node, info (JSON), ttl in ms, key
 #: prefix. Returns {1 if this node's key had expired or never existed (it
-#: must register its clients again), clients in the directory, live nodes'
-#: names, reaped: a flat list of node, count, uuids...}.
+#: must register its clients again), clients in the directory, the live
+#: nodes (a flat list of name, heartbeat JSON...), reaped: a flat list of
+#: node, count, uuids...}.
 HEARTBEAT: Final = (
     _CHUNKED
     + """
@@ -137,8 +159,10 @@ local old = redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'GET')
 redis.call('SADD', KEYS[2], node)
 local live, reaped = {}, {}
 for _, name in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  if redis.call('EXISTS', prefix .. 'node:' .. name) == 1 then
+  local info = redis.call('GET', prefix .. 'node:' .. name)
+  if info then
     live[#live + 1] = name
+    live[#live + 1] = info
   else
     local gone = forget(name, KEYS[3], prefix .. 'clients:' .. name)
     redis.call('SREM', KEYS[2], name)

@@ -6,7 +6,8 @@ self-delimiting so that the flush script (:mod:`pmlb.cluster.scripts`) can
 concatenate the records bound for one node behind one header without
 understanding them: one PUBLISH per destination node, whatever the number of
 replies. A ``REPLIES`` record is an ``OutputStreamRequest`` as an upstream
-sent it.
+sent it; a ``REQUEST`` or ``ANSWER`` record is one JSON object (the admin
+API of one node asking another, :mod:`pmlb.cluster.ops`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class Kind(enum.Enum):
 
     #: upstream replies (serialized OutputStreamRequest), delivered to local clients only
     REPLIES = b"R"
+    #: admin requests (JSON, see pmlb.cluster.ops), answered by an ANSWER to the origin
+    REQUEST = b"Q"
+    ANSWER = b"A"
 
 
 _KINDS: Final = {kind.value: kind for kind in Kind}

@@ -3,18 +3,55 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from functools import partial
 from typing import Any
 
 import trio
 
+from pmlb._time import rfc3339_from
 from pmlb.codecs import frame
 from pmlb.downstream.reasons import CLIENT_CLOSED, DRAINING
 
 #: how a direct client starts its writer task (its nursery's ``start_soon``)
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+
+
+class QueueBudget:
+    """The bytes held for all clients together (queued, or being written), and their limit.
+
+    Every :class:`Client` adds what it queues and takes off what it wrote,
+    dropped or lost, so ``held`` is always the sum over the clients. Past
+    ``limit``, :meth:`relieve` applies the slow-client policy to the clients
+    holding the most (as Envoy's overload manager resets the streams using
+    the most buffer memory): a burst towards one client that reads is not
+    paid for by the others.
+    """
+
+    __slots__ = ("_clients", "held", "limit")
+
+    def __init__(self, limit: int = 0, clients: Callable[[], Iterable[Client]] = tuple) -> None:
+        #: bytes at most; 0: no limit
+        self.limit = limit or sys.maxsize
+        self.held = 0
+        self._clients = clients
+
+    def relieve(self) -> None:
+        """Bring ``held`` under 7/8 of ``limit``: the biggest holders drop or are closed.
+
+        Under ``"drop_oldest"`` a client drops its oldest queued messages
+        first; one that holds only what it is being written is closed, as
+        under ``"disconnect"``. The margin keeps this (a sort of the
+        clients) from running again at the next message.
+        """
+        target = self.limit - self.limit // 8
+        by_size = sorted(self._clients(), key=Client.held_bytes, reverse=True)
+        for client in by_size:
+            if self.held <= target or not client.held_bytes():
+                return
+            client.over_total(self, target)
 
 
 class Client:
@@ -35,11 +72,14 @@ class Client:
     """
 
     __slots__ = (
+        "_budget",
         "_fd",
         "_flush_list",
         "_framing",
         "_full_since",
+        "_full_what",
         "_pending",
+        "_queued_bytes",
         "_scheduled",
         "_scope",
         "_slow_policy",
@@ -48,6 +88,7 @@ class Client:
         "_unsent",
         "_wakeup",
         "_write_scope",
+        "_writing_bytes",
         "bytes_in",
         "bytes_out",
         "close_reason",
@@ -62,6 +103,7 @@ class Client:
         "listener",
         "messages_in",
         "messages_out",
+        "queue_bytes",
         "queue_limit",
         "remote",
         "seq",
@@ -80,12 +122,23 @@ class Client:
         scope: trio.CancelScope,
         slow_policy: str = "disconnect",
         slow_timeout: float = 0.0,
+        queue_bytes: int = 0,
+        budget: QueueBudget | None = None,
     ) -> None:
         self.uuid = uuid
         self.listener = listener
         self.remote = remote
         self.transport = transport
         self.queue_limit = queue_limit
+        #: bytes queued at most before the client counts as slow (0 given: no limit)
+        self.queue_bytes = queue_bytes or sys.maxsize
+        self._budget = budget if budget is not None else QueueBudget()
+        # Bytes of the payloads queued, and of those taken by the write in
+        # progress: both count in the budget until written (or dropped).
+        self._queued_bytes = 0
+        self._writing_bytes = 0
+        # Which limit the queue is full by ("1024 messages"), for the reason.
+        self._full_what = ""
         self.connected_at = time.time()
         #: time.monotonic() of the last message received; None before the first
         self.last_active: float | None = None
@@ -140,6 +193,26 @@ class Client:
             "bytes_out": self.bytes_out,
         }
 
+    def view(self, now: float, wall: float, window: float) -> dict[str, Any]:
+        """What the admin API shows of this client (JSON-ready), at ``now`` (monotonic) and
+        ``wall`` (``time.time()``), with activity ``window`` seconds."""
+        last = self.last_active
+        return {
+            "uuid": self.uuid,
+            "remote": self.remote,
+            "listener": self.listener,
+            "transport": self.transport,
+            "connected_at": rfc3339_from(self.connected_at) or "",
+            "last_active_at": None if last is None else rfc3339_from(wall - (now - last)),
+            "active": self.is_active(now, window),
+            "messages_in": self.messages_in,
+            "messages_out": self.messages_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "queued": self.queued,
+            "dropped": self.dropped,
+        }
+
     def is_active(self, now: float, window: float) -> bool:
         """Whether the client sent a message within ``window`` seconds of ``now`` (monotonic)."""
         return self.last_active is not None and now - self.last_active <= window
@@ -165,33 +238,33 @@ class Client:
         """The socket is about to close: never write to its descriptor again."""
         self._fd = None
 
+    def held_bytes(self) -> int:
+        """Bytes of the payloads queued for the client or being written to it."""
+        return self._queued_bytes + self._writing_bytes
+
     def send(self, payload: bytes) -> bool:
         """Queue ``payload`` for the client, applying the slow-client policy when it is full.
 
-        Never waits. ``"drop_oldest"`` drops the oldest queued message to make
-        room. ``"disconnect"`` closes the client once its queue has been full
-        for ``slow_timeout`` seconds (at once if 0); meanwhile the queue may
-        grow to twice ``queue_limit``, and reaching that closes it too.
+        Full is ``queue_limit`` messages or ``queue_bytes`` bytes queued,
+        whichever comes first, or the budget of all clients spent (see
+        :class:`QueueBudget`). Never waits. ``"drop_oldest"`` drops the oldest
+        queued messages to make room. ``"disconnect"`` closes the client once
+        its queue has been full for ``slow_timeout`` seconds (at once if 0);
+        meanwhile the queue may grow to twice its limits, and reaching that
+        closes it too.
         """
         if self.close_reason is not None:
             return False
-        pending = self._pending
-        if len(pending) >= self.queue_limit:
-            if self._slow_policy == "drop_oldest":
-                del pending[0]
-                self.dropped += 1
-            else:
-                now = time.monotonic()
-                if self._full_since is None:
-                    self._full_since = now
-                    self._arm_write_deadline()
-                if (
-                    now - self._full_since >= self._slow_timeout
-                    or len(pending) >= 2 * self.queue_limit
-                ):
-                    self.closed_slow = True
-                    self.close(self._slow_reason())
-                    return False
+        pending, budget = self._pending, self._budget
+        if (
+            len(pending) >= self.queue_limit
+            or self._queued_bytes >= self.queue_bytes
+            or budget.held >= budget.limit
+        ) and not self._make_room():
+            return False
+        size = len(payload)
+        self._queued_bytes += size
+        budget.held += size
         pending.append(payload)
         if self._fd is not None:
             if not self._scheduled:
@@ -201,6 +274,76 @@ class Client:
             self._wakeup.set()
             self._wakeup = None
         return True
+
+    def _make_room(self) -> bool:
+        # send()'s slow path: a limit is reached. Whether to queue the message.
+        budget = self._budget
+        if budget.held >= budget.limit:
+            budget.relieve()
+            if self.close_reason is not None:
+                return False
+        pending = self._pending
+        if len(pending) >= self.queue_limit:
+            self._full_what = f"{self.queue_limit} messages"
+        elif self._queued_bytes >= self.queue_bytes:
+            self._full_what = f"{self.queue_bytes} bytes"
+        else:
+            return True
+        if self._slow_policy == "drop_oldest":
+            while pending and (
+                len(pending) >= self.queue_limit or self._queued_bytes >= self.queue_bytes
+            ):
+                self._drop_oldest()
+            return True
+        now = time.monotonic()
+        if self._full_since is None:
+            self._full_since = now
+            self._arm_write_deadline()
+        if (
+            now - self._full_since >= self._slow_timeout
+            or len(pending) >= 2 * self.queue_limit
+            or self._queued_bytes >= 2 * self.queue_bytes
+        ):
+            self.closed_slow = True
+            self.close(self._slow_reason())
+            return False
+        return True
+
+    def _drop_oldest(self) -> None:
+        size = len(self._pending.pop(0))
+        self._queued_bytes -= size
+        self._budget.held -= size
+        self.dropped += 1
+
+    def over_total(self, budget: QueueBudget, target: int) -> None:
+        """All clients hold more than ``budget.limit`` and this one is among the biggest.
+
+        Drops its oldest queued messages until ``budget.held`` is down to
+        ``target`` (``"drop_oldest"``), or closes it.
+        """
+        if self._slow_policy == "drop_oldest":
+            while self._pending and budget.held > target:
+                self._drop_oldest()
+            if budget.held <= target:
+                return
+        self.closed_slow = True
+        self.close(
+            f"slow client: the clients' outbound queues hold over"
+            f" client_queue_bytes_total ({budget.limit} bytes), this one"
+            f" {self.held_bytes()} bytes"
+        )
+
+    def _release_writing(self) -> None:
+        # What was being written is written: it leaves the budget.
+        self._budget.held -= self._writing_bytes
+        self._writing_bytes = 0
+
+    def _take(self) -> None:
+        # Everything queued is taken for one write.
+        self._writing_bytes += self._queued_bytes
+        self._queued_bytes = 0
+        self._pending.clear()
+        self._full_since = None
 
     def flush(self) -> None:
         """Write what is queued for a direct client without waiting; see the class docstring."""
@@ -213,8 +356,7 @@ class Client:
             return
         data = frame(self._framing, pending)
         count = len(pending)
-        pending.clear()
-        self._full_since = None
+        self._take()
         try:
             written = os.write(fd, data)
         except BlockingIOError:
@@ -223,6 +365,7 @@ class Client:
             self.close(f"connection lost: {exc}")
             return
         if written == len(data):
+            self._release_writing()
             self.messages_out += count
             self.bytes_out += written
             self._close_if_drained()
@@ -258,8 +401,7 @@ class Client:
                     break
                 self._unsent = frame(self._framing, pending)
                 count = len(pending)
-                pending.clear()
-                self._full_since = None
+                self._take()
         except OSError as exc:
             self.close(f"connection lost: {exc}")
             return
@@ -273,7 +415,8 @@ class Client:
             self.close(DRAINING)
 
     def _slow_reason(self) -> str:
-        return f"slow client: outbound queue full ({self.queue_limit} messages)" + (
+        what = self._full_what or f"{self.queue_limit} messages"
+        return f"slow client: outbound queue full ({what})" + (
             f" for {self._slow_timeout:g}s" if self._slow_timeout else ""
         )
 
@@ -289,9 +432,13 @@ class Client:
         return self._write_scope
 
     def written(self, scope: trio.CancelScope) -> bool:
-        """After a write in ``scope``: whether it timed out (the client is then closed)."""
+        """After a write in ``scope``: whether it timed out (the client is then closed).
+
+        What the write took from the queue no longer counts as held.
+        """
         self._write_scope = None
         if not scope.cancelled_caught:
+            self._release_writing()
             return False
         self.closed_slow = True
         self.close(self._slow_reason())
@@ -316,8 +463,7 @@ class Client:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
         batch = list(self._pending)
-        self._pending.clear()
-        self._full_since = None
+        self._take()
         return batch
 
     def drain(self) -> None:
@@ -349,4 +495,8 @@ class Client:
             if self.input_ended and reason.startswith("connection lost"):
                 reason = CLIENT_CLOSED
             self.close_reason = reason
+            # Nothing more is written to it: what it held leaves the budget.
+            self._budget.held -= self._queued_bytes + self._writing_bytes
+            self._queued_bytes = self._writing_bytes = 0
+            self._pending.clear()
         self._scope.cancel()

@@ -294,6 +294,8 @@ async def _run_client(
             scope=nursery.cancel_scope,
             slow_policy=registry.config.slow_client_policy,
             slow_timeout=registry.config.slow_client_timeout,
+            queue_bytes=registry.config.client_queue_bytes,
+            budget=registry.client_queues,
         )
         # Plain TCP is read and written on the descriptor itself, with no
         # writer task while nothing waits for the socket (see Client).

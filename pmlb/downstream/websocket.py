@@ -283,6 +283,8 @@ async def _run_client(
                 scope=nursery.cancel_scope,
                 slow_policy=registry.config.slow_client_policy,
                 slow_timeout=registry.config.slow_client_timeout,
+                queue_bytes=registry.config.client_queue_bytes,
+                budget=registry.client_queues,
             )
             fields = {"client": client.uuid, "listener": config.name, "peer": remote}
             registry.add_client(client)

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Iterable, Sequence
 
 from pmlb._proto import upstream_pb2 as pb
-from pmlb.metrics import LatencyHistogram
+from pmlb.histogram import LatencyHistogram
 
 #: Upper bounds in seconds of the time from writing a request to its ack.
 ACK_LATENCY_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)

@@ -71,6 +71,21 @@ def nameserver_resolver(nameserver: str, timeout: float = 5.0) -> Resolver:
     return resolve
 
 
+@attrs.define(eq=False)
+class Discovery:
+    """A running ``discovery = "dns"`` entry and the upstreams it started."""
+
+    config: UpstreamConfig
+    #: addresses of the upstreams it added and has not removed
+    addresses: set[str] = attrs.Factory(set)
+    #: cancelling it stops the lookups (the registry then removes its upstreams)
+    cancel_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+
+    @property
+    def address(self) -> str:
+        return self.config.address
+
+
 async def run_dns_discovery(
     template: UpstreamConfig,
     add: Callable[[UpstreamConfig], object],

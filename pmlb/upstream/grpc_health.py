@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -122,12 +123,12 @@ class GrpcHealthTransport:
     # -- liveness -------------------------------------------------------
 
     async def run_liveness(
-        self, interval: float, answer_deadline: float, alive: Callable[[], None]
+        self, interval: float, answer_deadline: float, alive: Callable[[float | None], None]
     ) -> None:
         await self._call(self._aio_liveness, interval, answer_deadline, alive)
 
     async def _aio_liveness(
-        self, interval: float, answer_deadline: float, alive: Callable[[], None]
+        self, interval: float, answer_deadline: float, alive: Callable[[float | None], None]
     ) -> None:
         watch = asyncio.ensure_future(self._aio_watch(alive))
         poll = asyncio.ensure_future(self._aio_poll(interval, answer_deadline, alive))
@@ -142,7 +143,7 @@ class GrpcHealthTransport:
                 task.cancel()
             await asyncio.gather(watch, poll, return_exceptions=True)
 
-    async def _aio_watch(self, alive: Callable[[], None]) -> None:
+    async def _aio_watch(self, alive: Callable[[float | None], None]) -> None:
         try:
             async with self._stub().Watch.open() as stream:
                 await stream.send_message(HealthCheckRequest(service=self._service), end=True)
@@ -151,7 +152,7 @@ class GrpcHealthTransport:
                         raise UpstreamError(
                             f"the health service reports {_status_name(reply.status)}"
                         )
-                    alive()
+                    alive(None)
         except grpclib.exceptions.GRPCError as exc:
             if exc.status is grpclib.const.Status.UNIMPLEMENTED:
                 return
@@ -159,9 +160,10 @@ class GrpcHealthTransport:
         raise UpstreamError("the upstream ended the health Watch stream")
 
     async def _aio_poll(
-        self, interval: float, answer_deadline: float, alive: Callable[[], None]
+        self, interval: float, answer_deadline: float, alive: Callable[[float | None], None]
     ) -> None:
         while True:
+            sent = time.perf_counter()
             try:
                 async with asyncio.timeout(answer_deadline):
                     status = await self._aio_check()
@@ -171,7 +173,7 @@ class GrpcHealthTransport:
                 ) from None
             if status != _SERVING:
                 raise UpstreamError(f"the health service reports {_status_name(status)}")
-            alive()
+            alive(time.perf_counter() - sent)
             await asyncio.sleep(interval)
 
     # -- closing --------------------------------------------------------

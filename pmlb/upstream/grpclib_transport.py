@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -174,12 +175,12 @@ class GrpclibTransport:
     # -- liveness -------------------------------------------------------
 
     async def run_liveness(
-        self, interval: float, answer_deadline: float, alive: Callable[[], None]
+        self, interval: float, answer_deadline: float, alive: Callable[[float | None], None]
     ) -> None:
         await self._call(self._aio_liveness, interval, answer_deadline, alive)
 
     async def _aio_liveness(
-        self, interval: float, answer_deadline: float, alive: Callable[[], None]
+        self, interval: float, answer_deadline: float, alive: Callable[[float | None], None]
     ) -> None:
         channel = self._get_channel()
         async with channel.request(
@@ -188,6 +189,7 @@ class GrpclibTransport:
             await stream.send_request()
             ping = empty_pb2.Empty()
             while True:
+                sent = time.perf_counter()
                 await stream.send_message(ping)
                 try:
                     async with asyncio.timeout(answer_deadline):
@@ -200,7 +202,7 @@ class GrpclibTransport:
                     raise UpstreamError("the upstream ended the live stream")
                 if not answer.live:
                     raise UpstreamError("the upstream answered live = false")
-                alive()
+                alive(time.perf_counter() - sent)
                 await asyncio.sleep(interval)
 
     # -- closing --------------------------------------------------------

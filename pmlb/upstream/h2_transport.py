@@ -636,7 +636,7 @@ class H2Transport:
     # -- liveness -------------------------------------------------------
 
     async def run_liveness(
-        self, interval: float, answer_deadline: float, alive: Callable[[], None]
+        self, interval: float, answer_deadline: float, alive: Callable[[float | None], None]
     ) -> None:
         connection = await self._connect()
         stream = await connection.open_stream("live")
@@ -645,6 +645,7 @@ class H2Transport:
                 # An HTTP/2 PING beside each live message: the connection's
                 # keepalive, answered by the HTTP/2 layer even when the
                 # service is busy.
+                sent = trio.current_time()
                 pong = await connection.ping()
                 await connection.send(stream, _EMPTY_MESSAGE)
                 with trio.move_on_after(answer_deadline) as scope:
@@ -664,7 +665,7 @@ class H2Transport:
                     raise UpstreamError(f"malformed message from the upstream: {exc}") from None
                 if not answer.live:
                     raise UpstreamError("the upstream answered live = false")
-                alive()
+                alive(trio.current_time() - sent)
                 await trio.sleep(interval)
         finally:
             connection.close_stream(stream)

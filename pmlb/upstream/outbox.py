@@ -125,6 +125,14 @@ class Outbox(Generic[T]):
         self._in_flight = False
         self._space.unpark_all()
 
+    def refuse(self) -> None:
+        """Stop accepting puts while the writer goes on (an operator's drain or maint).
+
+        Blocked putters return ``False``; what is queued is still written.
+        """
+        self._accepting = False
+        self._space.unpark_all()
+
     async def put(self, items: list[T]) -> bool:
         """Add ``items`` once there is room; ``False`` if closed or turned away first."""
         if self._accepting and len(self._items) >= self.capacity:
@@ -242,6 +250,11 @@ class Outbox(Generic[T]):
     async def wait_written(self) -> None:
         """Return once everything queued is taken and written, or the outbox closed."""
         while self._accepting and (self._items or self._in_flight):
+            await self._space.park()
+
+    async def wait_drained(self) -> None:
+        """Return once everything queued is taken and written, accepting puts or not."""
+        while self._items or self._in_flight:
             await self._space.park()
 
     async def wait_progress(self) -> None:

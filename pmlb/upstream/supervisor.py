@@ -12,18 +12,16 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 import trio
 
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.config import UpstreamConfig
+from pmlb.histogram import LatencyHistogram
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.transport import Transport, UpstreamError
-
-if TYPE_CHECKING:
-    from pmlb.registry import Registry
 
 log = logging.getLogger("pmlb.upstream")
 
@@ -50,6 +48,21 @@ class UpstreamState(enum.StrEnum):
     REMOVED = "removed"
 
 
+class AdminState(enum.StrEnum):
+    """What an operator set, apart from health (HAProxy's ``set server state``).
+
+    ``ready``: in rotation while it serves. ``drain``: no new messages; what
+    is queued is still written, replies and acknowledgements still flow.
+    ``maint``: out of rotation; what is queued moves to other upstreams at
+    once, while its connection stays (replies and acknowledgements to what
+    it was written still flow). Either is undone by setting ``ready``.
+    """
+
+    READY = "ready"
+    DRAIN = "drain"
+    MAINT = "maint"
+
+
 @attrs.define(eq=False)
 class Upstream:
     """One upstream as the registry and the admin see it."""
@@ -74,10 +87,18 @@ class Upstream:
     undeliverable: int = 0
     #: being drained: gets no new messages, removed once it has finished
     draining: bool = False
+    #: set by an operator (see :class:`AdminState`); changed by the registry only
+    admin_state: AdminState = AdminState.READY
     #: its writes are not progressing (see STALL_AFTER): no new messages
     stalled: bool = False
     #: times it stalled
     stalls: int = 0
+    #: seconds from each liveness ping to its answer, and the last one
+    ping_latency: LatencyHistogram = attrs.Factory(LatencyHistogram)
+    last_ping: float | None = None
+    #: seconds each readiness check took to answer (ready or not; not the
+    #: checks that got no answer within ready_timeout)
+    ready_latency: LatencyHistogram = attrs.Factory(LatencyHistogram)
     #: cancelling it removes the upstream (its supervisor ends)
     cancel_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     #: set once the supervisor has ended and the upstream is removed
@@ -96,6 +117,11 @@ class Upstream:
     def unacked(self) -> int:
         """Requests written to its stream and not acknowledged (0 without acks)."""
         return self.outbox.unacked_count
+
+    @property
+    def in_rotation(self) -> bool:
+        """Whether it gets new messages when it serves (not drained, nor in maintenance)."""
+        return self.admin_state is AdminState.READY and not self.draining
 
     @property
     def queued(self) -> int:
@@ -121,9 +147,29 @@ class Backoff:
         return delay
 
 
+class Hub(Protocol):
+    """What a supervisor needs from the core: the narrow port it reports through.
+
+    :class:`pmlb.registry.Registry` implements it; the supervisor never imports
+    the registry, so the upstream layer stays below the core.
+    """
+
+    def set_upstream_state(
+        self, upstream: Upstream, state: UpstreamState, *, reason: str | None = None
+    ) -> None: ...
+
+    def set_upstream_stalled(
+        self, upstream: Upstream, stalled: bool, *, waited: float | None = None
+    ) -> None: ...
+
+    def others_flowing(self, upstream: Upstream) -> bool: ...
+
+    def deliver(self, replies: list[pb.OutputStreamRequest], *, cluster: bool = False) -> None: ...
+
+
 async def supervise(
     upstream: Upstream,
-    registry: Registry,
+    registry: Hub,
     transport_factory: Callable[[UpstreamConfig], Transport],
 ) -> None:
     """Keep ``upstream`` connected and serving until cancelled or removed."""
@@ -137,7 +183,7 @@ async def supervise(
 
 async def _supervise(
     upstream: Upstream,
-    registry: Registry,
+    registry: Hub,
     transport_factory: Callable[[UpstreamConfig], Transport],
 ) -> None:
     config = upstream.config
@@ -174,11 +220,13 @@ async def _wait_ready(upstream: Upstream, transport: Transport, backoff: Backoff
     while True:
         ready, problem = False, f"no answer within ready_timeout ({config.ready_timeout:g}s)"
         with trio.move_on_after(config.ready_timeout):
+            started = time.perf_counter()
             try:
                 ready = await transport.check_ready()
                 problem = "the upstream answered ready = false"
             except UpstreamError as exc:
                 problem = str(exc)
+            upstream.ready_latency.observe(time.perf_counter() - started)
         if ready:
             upstream.ready_at = time.time()
             return
@@ -189,13 +237,16 @@ async def _wait_ready(upstream: Upstream, transport: Transport, backoff: Backoff
         await trio.sleep(backoff.next())
 
 
-async def _serve(upstream: Upstream, transport: Transport, registry: Registry) -> str:
+async def _serve(upstream: Upstream, transport: Transport, registry: Hub) -> str:
     """Run the stream and the liveness prober until one fails; return why."""
     config = upstream.config
     reason = "stopped"
 
-    def alive() -> None:
+    def alive(round_trip: float | None) -> None:
         upstream.alive_at = time.time()
+        if round_trip is not None:
+            upstream.ping_latency.observe(round_trip)
+            upstream.last_ping = round_trip
 
     cluster = config.reply_scope == "cluster"
 
@@ -260,7 +311,7 @@ async def _watch_acks(upstream: Upstream) -> None:
             await trio.sleep_until(oldest + timeout)
 
 
-async def _watch_writes(upstream: Upstream, registry: Registry) -> None:
+async def _watch_writes(upstream: Upstream, registry: Hub) -> None:
     """Report the upstream stalled while its writes make no progress; raise past stall_timeout.
 
     Liveness runs on a stream of its own, so an upstream that holds the bidi

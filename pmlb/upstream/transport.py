@@ -43,9 +43,12 @@ class Transport(Protocol):
         ...
 
     async def run_liveness(
-        self, interval: float, answer_deadline: float, alive: Callable[[], None]
+        self, interval: float, answer_deadline: float, alive: Callable[[float | None], None]
     ) -> None:
         """Ping the ``live`` stream every ``interval`` seconds; call ``alive`` on each answer.
+
+        ``alive`` gets the seconds from the ping to its answer (``None`` for
+        an answer no ping asked for, such as a health Watch update).
 
         Raises :class:`UpstreamError` when an answer takes longer than
         ``answer_deadline`` seconds or says ``live = false``.

@@ -110,6 +110,7 @@ PROTECTED = [
     ("DELETE", "/api/v1/clients/x"),
     ("POST", "/api/v1/clients/x/messages"),
     ("POST", "/api/v1/broadcast"),
+    ("GET", "/api/v1/cluster"),
     ("GET", "/api/v1/runtime"),
     ("PATCH", "/api/v1/runtime"),
     ("POST", "/api/v1/runtime/drain"),
@@ -329,7 +330,7 @@ async def test_client_routes(procs: Processes) -> None:
 
         sent = await http.post(f"/api/v1/clients/{uuids[0]}/messages", json={"payload": "hi"})
         assert sent.status_code == 202
-        assert sent.json() == {"client": uuids[0], "queued": True}
+        assert sent.json() == {"client": uuids[0], "queued": True, "node": None}
         assert await clients[0].recv() == "hi"
         raw = base64.b64encode(b"bin\x00ary").decode()
         body = {"payload": raw, "encoding": "base64"}
@@ -345,7 +346,7 @@ async def test_client_routes(procs: Processes) -> None:
         assert_error(await http.post("/api/v1/clients/nobody/messages", json={"payload": "x"}), 404)
 
         kicked = await http.delete(f"/api/v1/clients/{uuids[1]}")
-        assert kicked.json() == {"disconnected": uuids[1]}
+        assert kicked.json() == {"disconnected": uuids[1], "node": None}
         await clients[1].expect_closed()
         assert_error(await http.get(f"/api/v1/clients/{uuids[1]}"), 404)
         assert_error(await http.delete(f"/api/v1/clients/{uuids[1]}"), 404)
@@ -356,10 +357,16 @@ async def test_broadcast_and_runtime(procs: Processes) -> None:
         http = admin.http
         clients = [await admin.client(procs) for _ in range(2)]
         answer = await http.post("/api/v1/broadcast", json={"payload": "to all"})
-        assert answer.json() == {"kind": "all", "recipients": 2}
+        assert answer.json() == {
+            "kind": "all",
+            "recipients": 2,
+            "nodes": 1,  # not in a cluster: this one
+            "nodes_asked": 1,
+            "partial": None,
+        }
         assert [await c.recv() for c in clients] == ["to all", "to all"]
         answer = await http.post("/api/v1/broadcast", json={"kind": "inactive", "payload": "x"})
-        assert answer.json() == {"kind": "inactive", "recipients": 0}
+        assert answer.json()["recipients"] == 0
         assert_error(
             await http.post("/api/v1/broadcast", json={"kind": "some", "payload": "x"}), 400, "kind"
         )
@@ -516,7 +523,7 @@ async def test_pmlb_ctl(procs: Processes) -> None:
         listed = await ctl(admin, "upstreams", "list")
         assert listed.returncode == 0, listed.stderr
         header, row = listed.stdout.splitlines()
-        assert header.split()[:3] == ["ADDRESS", "STATE", "TO"]
+        assert header.split()[:4] == ["ADDRESS", "STATE", "ADMIN", "TO"]
         assert row.split()[:2] == [a, "serving"]
         assert (await ctl(admin, "upstreams")).stdout == listed.stdout  # list: the default
         assert json.loads((await ctl(admin, "upstreams", "--json")).stdout)["upstreams"]
@@ -561,6 +568,13 @@ async def test_pmlb_ctl(procs: Processes) -> None:
         broadcast = await ctl(admin, "broadcast", "all of you")
         assert broadcast.stdout.strip() == "sent to 2 clients"
         assert [await c.recv() for c in clients] == ["all of you", "all of you"]
+        alone = await ctl(admin, "cluster")
+        assert alone.stdout.strip() == "not in a cluster ([cluster] redis_url is not set)"
+        assert (await admin.http.get("/api/v1/cluster")).json()["enabled"] is False
+        node_cursor = await admin.http.get("/api/v1/clients?cursor=a/3")
+        assert node_cursor.status_code == 400
+        assert "NODE/NUMBER is for a cluster" in node_cursor.json()["error"]
+        assert (await admin.http.get("/api/v1/clients?cursor=x")).status_code == 400
         kicked = await ctl(admin, "clients", "kick", clients[1].uuid or "")
         assert kicked.returncode == 0
         await clients[1].expect_closed()

@@ -30,6 +30,7 @@ async def start_node(
     name: str,
     upstream_port: int,
     events: bool = False,
+    env: dict[str, str] | None = None,
 ) -> tuple[Proc, int]:
     path = tmp_path / f"{name}.toml"
     path.write_text(
@@ -38,7 +39,7 @@ async def start_node(
         f"events = {'true' if events else 'false'}\n"
         f'[cluster]\nnode = "{name}"\nheartbeat_interval = 0.2\nnode_timeout = 1\n'
     )
-    proc, port = await procs.pmlb("--config", str(path), "--cluster-redis", redis.url)
+    proc, port = await procs.pmlb("--config", str(path), "--cluster-redis", redis.url, env=env)
     await proc.wait_for(rf"cluster joined node={name}\b")
     return proc, port
 
@@ -167,3 +168,58 @@ async def test_a_killed_node_is_reaped_once_and_its_clients_reported_gone(
     await on_a.send(f"to {ub} too late")
     await on_a.whoami()
     assert upstream.count(rf"EVENT disconnected {ub}") == 1
+
+
+async def test_pmlb_ctl_on_one_node_sees_and_steers_the_others(
+    procs: Processes, redis: RedisServer, tmp_path: Path
+) -> None:
+    import json
+    import os
+
+    import trio
+
+    _, up_port = await procs.upstream("U", kind="grpcio")
+    (a, _), (_b, b_port) = [await start_node(procs, tmp_path, redis, n, up_port) for n in "ab"]
+    on_b = await procs.client(b_port)
+    ub = await on_b.whoami()
+    url = await admin_url(a)
+
+    async def ctl(*args: str) -> tuple[int, str, str]:
+        with trio.fail_after(TIMEOUT):
+            done = await trio.run_process(
+                [sys.executable, "-m", "pmlb", "ctl", "--url", url, *args],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                env={**os.environ, "PMLB_ADMIN_TOKEN": ""},
+            )
+        return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+    async with httpx.AsyncClient(base_url=url) as http:
+        # polled (another process): b's heartbeat counts its client, then a's sees it
+        for _ in range(int(TIMEOUT / 0.05)):
+            cluster = (await http.get("/api/v1/cluster")).json()
+            if [n["clients"] for n in cluster["nodes"]] == [0, 1] and cluster["clients"] == 1:
+                break
+            await trio.sleep(0.05)
+    code, out, err = await ctl("cluster")
+    assert code == 0, err
+    header, row_a, row_b, summary = out.splitlines()
+    assert header.split() == ["NODE", "ADMIN", "CLIENTS", "SERVING", "HEARTBEAT", "VERSION"]
+    assert row_a.split()[:2] == ["a", "*"]
+    assert row_b.split()[0] == "b"
+    assert row_b.split()[2:4] == ["1", "1/1"]
+    assert summary == "2 nodes, 1 clients (* this one)"
+    code, out, err = await ctl("clients", "get", ub, "--json")
+    assert code == 0, err
+    assert json.loads(out)["node"] == "b"
+    code, out, _ = await ctl("clients", "send", ub, "through a")
+    assert out.strip() == "queued"
+    assert await on_b.recv() == "through a"
+    code, out, _ = await ctl("broadcast", "everyone")
+    assert out.strip() == "sent to 1 client on 2 of 2 nodes"
+    assert await on_b.recv() == "everyone"
+    code, out, _ = await ctl("clients", "kick", ub)
+    assert code == 0
+    assert out.strip() == f"disconnected {ub}"
+    await on_b.expect_closed()

@@ -398,6 +398,9 @@ async def test_slow_client_is_disconnected_and_does_not_slow_the_others(
         {
             "framing": "line",
             "client_queue_size": SLOW_QUEUE,
+            # SLOW_QUEUE x FEED_SIZE is over the default byte limit: the
+            # count is what this test measures
+            "client_queue_bytes": 0,
             "slow_client_policy": "disconnect",
             "slow_client_timeout": SLOW_TIMEOUT,
         },

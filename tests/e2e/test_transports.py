@@ -131,9 +131,12 @@ async def test_native_readiness_and_liveness_with_keepalive_pings(
             answers = 0
             done = trio.Event()
 
-            def alive() -> None:
+            trips: list[float | None] = []
+
+            def alive(round_trip: float | None) -> None:
                 nonlocal answers
                 answers += 1
+                trips.append(round_trip)
                 if answers == 20:
                     done.set()
 
@@ -143,6 +146,8 @@ async def test_native_readiness_and_liveness_with_keepalive_pings(
                 nursery.start_soon(transport.run_liveness, 0.01, 5.0, alive)
                 await done.wait()
                 nursery.cancel_scope.cancel()
+            # each answer says how long its ping took
+            assert all(t is not None and 0 < t < 5.0 for t in trips)
 
 
 @pytest.mark.parametrize("kind", KINDS)
