@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     )
     from pmlb.downstream.tcp import ListenError
     from pmlb.registry import Registry
+    from pmlb.reload import Plan, ReloadUnavailable
     from pmlb.server import Server, serve
 
 # Imported on first use: the core imports trio-asyncio, which patches asyncio
@@ -41,6 +42,8 @@ _LAZY = {
     "parse_config": "pmlb.config",
     "ListenError": "pmlb.downstream.tcp",
     "Registry": "pmlb.registry",
+    "Plan": "pmlb.reload",
+    "ReloadUnavailable": "pmlb.reload",
     "Server": "pmlb.server",
     "serve": "pmlb.server",
 }
@@ -50,7 +53,9 @@ __all__ = [
     "ConfigError",
     "ListenError",
     "ListenerConfig",
+    "Plan",
     "Registry",
+    "ReloadUnavailable",
     "Server",
     "UpstreamConfig",
     "load_config",

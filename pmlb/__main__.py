@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
@@ -10,7 +11,9 @@ import signal
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any
 
 import attrs
 import trio
@@ -29,6 +32,7 @@ from pmlb.config import (
     render_config,
 )
 from pmlb.downstream.tcp import ListenError
+from pmlb.reload import ReloadUnavailable
 from pmlb.server import Server, serve
 
 log = logging.getLogger("pmlb.server")
@@ -71,6 +75,12 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         "--cluster-redis",
         metavar="URL",
         help="join a cluster through this Redis (redis://HOST:PORT/DB or unix:///PATH)",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes sharing the listeners (0: one per core; default 1)",
     )
     _add_admin_flags(group)
 
@@ -146,14 +156,30 @@ def _config(args: argparse.Namespace, path: str | None) -> Config:
         admin=args.admin,
         admin_token=os.environ.get(TOKEN_ENV) or None,
         cluster_redis=args.cluster_redis,
+        workers=getattr(args, "workers", None),
     )
 
 
 async def _serve_then_cancel(
-    config: Config, cancel_scope: trio.CancelScope, *, task_status: trio.TaskStatus[Server]
+    config: Config,
+    cancel_scope: trio.CancelScope,
+    load: Callable[[], Config] | None,
+    notifier: sdnotify.Notifier,
+    options: dict[str, Any],
+    *,
+    task_status: trio.TaskStatus[Server],
 ) -> None:
-    await serve(config, task_status=task_status)
+    await serve(config, load=load, notifier=notifier, task_status=task_status, **options)
     cancel_scope.cancel()
+
+
+async def _reload(server: Server) -> None:
+    # The reloader logs what it did, or why it refused: nothing more to say here.
+    with contextlib.suppress(ConfigError):
+        try:
+            await server.reload()
+        except ReloadUnavailable as exc:
+            log.warning("SIGHUP: nothing reloaded", extra={"reason": str(exc)})
 
 
 #: seconds between the STATUS= lines a serving pmlb sends systemd
@@ -192,25 +218,45 @@ async def _notify_status(server: Server, notifier: sdnotify.Notifier) -> None:
     notifier.stopping("draining: closing listeners and clients")
 
 
-async def run_until_signalled(config: Config, notifier: sdnotify.Notifier | None = None) -> None:
+#: a task run beside the server that may stop it (a worker's orders from its parent)
+Control = Callable[[Server, trio.CancelScope], Awaitable[None]]
+
+
+async def run_until_signalled(
+    config: Config,
+    notifier: sdnotify.Notifier | None = None,
+    load: Callable[[], Config] | None = None,
+    *,
+    control: Control | None = None,
+    **options: Any,
+) -> None:
     """Serve until SIGINT or SIGTERM: the first stops gracefully, a second at once.
 
-    ``notifier`` tells systemd (``Type=notify``) when pmlb is ready and when
-    it stops; by default one reading ``$NOTIFY_SOCKET``.
+    SIGHUP reloads the configuration with ``load`` (see :mod:`pmlb.reload`).
+    ``notifier`` tells systemd (``Type=notify``) when pmlb is ready, reloads
+    and stops; by default one reading ``$NOTIFY_SOCKET``. ``options`` go to
+    :func:`pmlb.serve`; ``control`` runs beside it.
     """
     notifier = notifier or sdnotify.Notifier()
     # Signals are taken over before anything starts: under trio-asyncio the
     # default KeyboardInterrupt can land anywhere, so pmlb cancels itself.
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            server: Server = await nursery.start(_serve_then_cancel, config, nursery.cancel_scope)
+            server: Server = await nursery.start(
+                _serve_then_cancel, config, nursery.cancel_scope, load, notifier, options
+            )
+            if control is not None:
+                nursery.start_soon(control, server, nursery.cancel_scope)
             # Every listener and the admin are bound and accepting now.
             notifier.ready(_listening(server))
             nursery.start_soon(_notify_status, server, notifier)
             nursery.start_soon(notifier.run_watchdog)
             async for signum in signals:
                 name = signal.Signals(signum).name
-                if server.stopping:
+                if signum == signal.SIGHUP:
+                    log.info("signal received: reloading", extra={"signal": name})
+                    nursery.start_soon(_reload, server)
+                elif server.stopping:
                     log.warning("second signal: stopping now", extra={"signal": name})
                     nursery.cancel_scope.cancel()
                 else:
@@ -235,11 +281,18 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _run(config: Config) -> int:
+def run(
+    config: Config,
+    load: Callable[[], Config] | None = None,
+    *,
+    control: Control | None = None,
+    **options: Any,
+) -> int:
+    """Serve ``config`` until signalled; the exit code (1: a listener cannot bind)."""
     code = 0
     tune_gc()
     try:
-        trio.run(run_until_signalled, config)
+        trio.run(partial(run_until_signalled, config, None, load, control=control, **options))
     except* ListenError as group:
         for exc in _leaves(group):
             print(f"pmlb: {exc}", file=sys.stderr)
@@ -259,7 +312,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args, args.config)
     check_admin_exposure(config)
     _log.configure(config.log.level, config.log.format)
-    return _run(config)
+
+    def load() -> Config:
+        # The file again, with the same flags on top: they keep precedence.
+        return _config(args, args.config)
+
+    if config.workers != 1:
+        # Imported here: a single pmlb does not load the supervisor.
+        from pmlb.workers.run import run_workers
+
+        return run_workers(config, load, {**vars(args), "handler": None})
+    return run(config, load)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -312,7 +375,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        return _run(config)
+        return run(config)
     finally:
         upstream.terminate()
         try:

@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 #: the most characters of one field value in a log line
@@ -97,14 +98,32 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(obj, default=str)
 
 
-def configure(level: str = "info", fmt: str = "text") -> None:
-    """Send pmlb's logs to stderr at ``level`` in ``fmt`` (``text`` or ``json``)."""
+def configure(
+    level: str = "info", fmt: str = "text", *, fields: Mapping[str, object] | None = None
+) -> None:
+    """Send pmlb's logs to stderr at ``level`` in ``fmt`` (``text`` or ``json``).
+
+    ``fields`` are added to every line (a worker's index, say).
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    if fields:
+        handler.addFilter(_AddFields(fields))
     root = logging.getLogger("pmlb")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+class _AddFields(logging.Filter):
+    def __init__(self, fields: Mapping[str, object]) -> None:
+        super().__init__()
+        self._fields = dict(fields)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in self._fields.items():
+            setattr(record, name, value)
+        return True
 
 
 class RateLimited:

@@ -100,6 +100,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     change.add_argument("--accepting", action=argparse.BooleanOptionalAction, default=None)
     change.set_defaults(run=_set)
 
+    reload = what.add_parser(
+        "reload", help="load the configuration file again and apply it (as SIGHUP)"
+    )
+    reload.set_defaults(run=_reload)
+
     drain = what.add_parser("drain", help="drain and stop the whole pmlb")
     drain.set_defaults(run=_drain)
 
@@ -163,8 +168,11 @@ class Api:
                 return json.load(answer)
         except urllib.error.HTTPError as exc:
             try:
-                message = json.load(exc).get("error", exc.reason)
-            except (ValueError, AttributeError):
+                refusal: Any = json.load(exc)
+                message = refusal.get("error", exc.reason)
+                # A refused reload lists the file's problems, one a line.
+                message += "".join(f"\n  {problem}" for problem in refusal.get("problems", []))
+            except (ValueError, AttributeError, TypeError):
                 message = exc.reason
             raise CtlError(f"{exc.code}: {message}") from None
         except (urllib.error.URLError, OSError) as exc:
@@ -366,6 +374,26 @@ def _set(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
         f"policy {answer['policy']}, log level {answer['log_level']}, "
         + ("accepting clients" if answer["accepting"] else "NOT accepting clients")
     )
+
+
+def _reload(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
+    answer = api.call("POST", "/api/v1/runtime/reload")
+    lines = [f"reloaded {answer['source'] or 'the configuration'}"]
+    for key, what in (
+        ("upstreams_added", "upstreams added"),
+        ("upstreams_removed", "upstreams removed (drained)"),
+        ("upstreams_changed", "upstreams changed (drained, started anew)"),
+        ("listeners_added", "listeners added"),
+        ("listeners_removed", "listeners removed (their clients stay)"),
+        ("listeners_changed", "listeners changed (bound anew)"),
+        ("settings", "settings applied"),
+        ("restart_required", "NOT applied, need a restart"),
+    ):
+        if answer[key]:
+            lines.append(f"{what}: {', '.join(answer[key])}")
+    if len(lines) == 1:
+        lines.append("nothing changed")
+    return answer, "\n".join(lines)
 
 
 def _drain(api: Api, args: argparse.Namespace) -> tuple[Any, str]:

@@ -38,6 +38,11 @@ class LatencyHistogram:
         self.counts[bisect_left(self.buckets, seconds)] += count
         self.total += seconds * count
 
+    def mean(self) -> float:
+        """The mean of what was observed (0 before anything was)."""
+        count = sum(self.counts)
+        return self.total / count if count else 0.0
+
     def cumulative(self) -> list[tuple[str, int]]:
         running, out = 0, []
         for bound, count in zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True):

@@ -26,7 +26,7 @@ from pmlb.balancer import Policy, make_policy
 from pmlb.config import Config, UpstreamConfig
 from pmlb.downstream.client import Client, QueueBudget
 from pmlb.downstream.limits import ConnectionCounters
-from pmlb.downstream.reasons import STOPPING, UPSTREAM_ACTION, classify
+from pmlb.downstream.reasons import STOPPING, UPSTREAM_ACTION, Reason
 from pmlb.events import EventBus
 from pmlb.histogram import LatencyHistogram
 from pmlb.upstream.acks import Unacked, strip
@@ -36,6 +36,7 @@ from pmlb.upstream.supervisor import AdminState, Upstream, UpstreamState
 
 if TYPE_CHECKING:
     from pmlb.cluster import Bus
+    from pmlb.reload import Plan
 
 log = logging.getLogger("pmlb.registry")
 
@@ -79,7 +80,7 @@ class Statistics:
     #: clients connected now / ever, by listener name
     clients_by_listener: dict[str, int] = attrs.Factory(dict)
     clients_total_by_listener: dict[str, int] = attrs.Factory(dict)
-    #: closed connections by kind of reason (see :func:`pmlb.downstream.reasons.classify`)
+    #: closed connections by kind of reason (see :class:`pmlb.downstream.reasons.Reason`)
     disconnects: dict[str, int] = attrs.Factory(dict)
     #: messages queued for clients, all clients together
     queued_to_clients: int = 0
@@ -170,6 +171,9 @@ class Registry:
         self._disconnects: Counter[str] = Counter()
         #: the cluster bus, when this pmlb is a node of a cluster (see pmlb.cluster)
         self.cluster: Bus | None = None
+        #: reloads the configuration (set by the server when it has one to
+        #: reload from; see pmlb.reload): returns the plan it applied
+        self.reloader: Callable[[], Awaitable[Plan]] | None = None
 
     # -- clients --------------------------------------------------------
 
@@ -218,7 +222,7 @@ class Registry:
                 client_uuid=client.uuid,
                 event=pb.InputStreamRequest.EVENT_DISCONNECTED,
                 disconnect_reason=cast(
-                    "pb.InputStreamRequest.DisconnectReason", classify(client.close_reason).value
+                    "pb.InputStreamRequest.DisconnectReason", _close_kind(client).kind.value
                 ),
                 disconnect_detail=client.close_reason or STOPPING,
             )
@@ -230,7 +234,7 @@ class Registry:
         self._closed_bytes_in += client.bytes_in
         self._closed_bytes_out += client.bytes_out
         reason = client.close_reason
-        self._disconnects[classify(reason).name.lower()] += 1
+        self._disconnects[_close_kind(client).kind.name.lower()] += 1
         self.events.publish(
             "client.disconnected",
             client=client.uuid,
@@ -309,21 +313,31 @@ class Registry:
         limit: int = 100,
         state: str | None = None,
         listener: str | None = None,
+        search: str | None = None,
     ) -> tuple[list[Client], int | None]:
         """Clients connected after cursor ``after``, oldest first, filtered.
 
         ``state`` is ``active`` or ``inactive`` (``None``: both). Returns the
         page and the cursor of the next page (``None`` on the last page). The
         cost is one seek plus the clients looked at, whatever the total.
+        ``search`` keeps the clients whose UUID, remote address or listener
+        contains it (case-insensitive).
         """
         if state not in (None, "active", "inactive"):
             raise ValueError(f"state must be active or inactive, got {state!r}")
         now, window = time.monotonic(), self.config.activity_window
         want_active = state == "active"
+        needle = (search or "").lower()
         page: list[Client] = []
         for seq in self._by_seq.irange(minimum=after, inclusive=(False, True)):
             client = self._by_seq[seq]
             if listener is not None and client.listener != listener:
+                continue
+            if needle and not (
+                needle in client.uuid
+                or needle in client.remote.lower()
+                or needle in client.listener.lower()
+            ):
                 continue
             if state is not None and client.is_active(now, window) is not want_active:
                 continue
@@ -335,7 +349,7 @@ class Registry:
     def kick(self, uuid: str, reason: str = "kicked by an operator") -> Client:
         """Disconnect one client; ``KeyError`` if there is no such client."""
         client = self.clients[uuid]
-        client.close(reason)
+        client.close(reason, Reason.KICKED)
         return client
 
     def send_to(self, uuid: str, payload: bytes) -> bool:
@@ -911,10 +925,10 @@ class Registry:
             self._invalid(f"unknown action value {reply.action}")
         elif target == "client_uuid":
             for client in self._targets([reply.client_uuid], reply, forward, from_node):
-                client.close(UPSTREAM_ACTION)
+                client.close(UPSTREAM_ACTION, Reason.UPSTREAM_ACTION)
         elif target == "multicast":
             for client in self._targets(reply.multicast.client_uuids, reply, forward, from_node):
-                client.close(UPSTREAM_ACTION)
+                client.close(UPSTREAM_ACTION, Reason.UPSTREAM_ACTION)
         else:
             self._invalid("disconnect needs a client_uuid or multicast target")
 
@@ -1091,3 +1105,8 @@ class Registry:
             redelivered=self.redelivered,
             undeliverable=self.undeliverable,
         )
+
+
+def _close_kind(client: Client) -> Reason:
+    """Why ``client`` went: a client cancelled from outside (pmlb stopping) is a drain."""
+    return client.close_kind or Reason.DRAIN

@@ -62,6 +62,10 @@ port = 0
 host = "10.0.0.1"
 port = 50051
 live_interval = 0.25
+max_header_block = 16384
+control_frame_burst = 50
+control_frame_rate = 5.5
+max_reply_size = 1048576
 
 [[upstream]]
 host = "::1"
@@ -139,7 +143,15 @@ def test_server_and_listener_tables_give_several_listeners(tmp_path: Path) -> No
         "[::]:7998",
         "127.0.0.1:0",
     ]
-    assert config.upstreams[0] == UpstreamConfig(host="10.0.0.1", port=50051, live_interval=0.25)
+    assert config.upstreams[0] == UpstreamConfig(
+        host="10.0.0.1",
+        port=50051,
+        live_interval=0.25,
+        max_header_block=16384,
+        control_frame_burst=50,
+        control_frame_rate=5.5,
+        max_reply_size=1048576,
+    )
     assert config.upstreams[1].address == "[::1]:50051"
     assert (config.activity_window, config.client_queue_size, config.upstream_queue_size) == (
         2.5,
@@ -439,6 +451,27 @@ INVALID_FILES = [
         "[server]\nclient_queue_bytes = -1",
         "pmlb.toml: server.client_queue_bytes: must be an integer >= 0, got -1",
         id="client-queue-bytes-negative",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "a"\nport = 1\nmax_header_block = 10',
+        "pmlb.toml: upstream[0].max_header_block: must be an integer from 1024 to 16777216, got 10",
+        id="max-header-block-small",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "a"\nport = 1\ncontrol_frame_rate = 0',
+        "pmlb.toml: upstream[0].control_frame_rate: must be a number > 0, got 0",
+        id="control-frame-rate-zero",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "a"\nport = 1\ncontrol_frame_burst = 0',
+        "pmlb.toml: upstream[0].control_frame_burst: must be an integer >= 1, got 0",
+        id="control-frame-burst-zero",
+    ),
+    pytest.param(
+        '[[upstream]]\nhost = "a"\nport = 1\nmax_reply_size = 1.5',
+        "pmlb.toml: upstream[0].max_reply_size: must be an integer from 1024 to 2147483647,"
+        " got float 1.5",
+        id="max-reply-size-float",
     ),
     pytest.param(
         '[server]\nclient_queue_bytes_total = "256MiB"',

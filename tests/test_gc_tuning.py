@@ -24,7 +24,7 @@ def test_serving_raises_the_gc_threshold(restore_gc: None, monkeypatch: Any) -> 
     gc.set_threshold(700, 10, 10)  # Python's default
     seen: list[tuple[int, ...]] = []
     monkeypatch.setattr(main.trio, "run", lambda *args: seen.append(gc.get_threshold()))
-    assert main._run(object()) == 0  # type: ignore[arg-type]
+    assert main.run(object()) == 0  # type: ignore[arg-type]
     # At 700, closing 19,500 held clients cost 19.5 CPU s in full collections.
     assert seen
     assert seen[0][0] >= 50_000

@@ -9,7 +9,7 @@ import h2.connection
 import hyperframe.frame
 import pytest
 
-from pmlb.upstream import h2_trace, h2_transport  # noqa: F401  (installs the patch)
+from pmlb.upstream import h2_connection, h2_trace  # noqa: F401  (installs the patch)
 
 
 def _server_and_client(logger: object | None = None) -> tuple[h2.connection.H2Connection, ...]:

@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import ssl
 import tracemalloc
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
+from typing import Any
 
 import attrs
 import pytest
 import trio
 import trio_asyncio
+import trustme
 
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.codecs.grpc import encode_messages
+from pmlb.config import UpstreamConfig
+from pmlb.server import upstream_guard
 from pmlb.upstream.grpclib_transport import GrpclibTransport
 from pmlb.upstream.h2_transport import H2Transport
 from pmlb.upstream.outbox import Outbox
@@ -36,13 +41,18 @@ TRANSPORTS = ["grpclib", "native"]
 
 
 @contextlib.asynccontextmanager
-async def serving(upstream: FakeUpstream) -> AsyncIterator[int]:
-    """``upstream`` on a TCP port of 127.0.0.1; yields the port."""
+async def serving(upstream: FakeUpstream, tls: TLS | None = None) -> AsyncIterator[int]:
+    """``upstream`` on a TCP port of 127.0.0.1 (over TLS with ``tls``); yields the port."""
 
     async def handler(stream: trio.SocketStream) -> None:
-        # the client may drop the connection at any point
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await upstream.serve(stream)
+        # the client may drop (or reset: grpclib aborts) the connection at any point
+        try:
+            if tls is None:
+                await upstream.serve(stream)
+            else:
+                await upstream.serve(trio.SSLStream(stream, tls.server, server_side=True))
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
@@ -50,15 +60,46 @@ async def serving(upstream: FakeUpstream) -> AsyncIterator[int]:
         nursery.cancel_scope.cancel()
 
 
+@attrs.frozen
+class TLS:
+    """A CA, a server context for the upstream, and a client context trusting it."""
+
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+    @classmethod
+    def make(cls) -> TLS:
+        ca = trustme.CA()
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("upstream.test").configure_cert(server)
+        server.set_alpn_protocols(["h2"])
+        client = ssl.create_default_context()
+        ca.configure_trust(client)
+        client.set_alpn_protocols(["h2"])
+        return cls(server, client)
+
+
 @contextlib.asynccontextmanager
-async def open_transport(name: str, port: int) -> AsyncIterator[Transport]:
+async def open_transport(
+    name: str, port: int, tls: TLS | None = None, **limits: Any
+) -> AsyncIterator[Transport]:
     async with contextlib.AsyncExitStack() as stack:
         transport: Transport
+        client = tls.client if tls is not None else None
         if name == "native":
-            transport = H2Transport("127.0.0.1", port)
+            transport = H2Transport(
+                "127.0.0.1", port, ssl_context=client, server_name="upstream.test", **limits
+            )
         else:
             loop = await stack.enter_async_context(trio_asyncio.open_loop())
-            transport = GrpclibTransport("127.0.0.1", port, loop)
+            transport = GrpclibTransport(
+                "127.0.0.1",
+                port,
+                loop,
+                ssl_context=(lambda: client) if client is not None else None,  # type: ignore[return-value]
+                server_name="upstream.test",
+                **limits,
+            )
         try:
             yield transport
         finally:
@@ -196,6 +237,8 @@ async def test_cancelled_while_stalled_requeues_what_was_not_written(name: str) 
 BAD_AFTER_VALID = {
     "malformed": encode_messages([b"\x0a\x05ab"]),  # a field longer than the message
     "compressed": b"\x01\x00\x00\x00\x01x",  # compression was never negotiated
+    # announces 4 GiB: refused on its header (grpclib alone read until then)
+    "oversized": b"\x00\xff\xff\xff\xf0" + b"x" * 1000,
 }
 
 
@@ -233,9 +276,12 @@ def flood(kind: int, payload: bytes, count: int = 100_000) -> Callable[[int], It
     return attack
 
 
-async def attacked(name: str, upstream: FakeUpstream) -> str:
+async def attacked(name: str, upstream: FakeUpstream, tls: TLS | None = None, **limits: Any) -> str:
     """Open a stream to ``upstream``, send it a message; the error the stream ends with."""
-    async with serving(upstream) as port, open_transport(name, port) as transport:
+    async with (
+        serving(upstream, tls) as port,
+        open_transport(name, port, tls, **limits) as transport,
+    ):
         outbox: Outbox[pb.InputStreamRequest] = Outbox(10)
         outbox.open()
         outbox.put_nowait(requests(1))
@@ -244,11 +290,14 @@ async def attacked(name: str, upstream: FakeUpstream) -> str:
         return str(info.value)
 
 
-async def test_an_endless_header_block_is_cut_at_64_kib() -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+@pytest.mark.parametrize("name", TRANSPORTS)
+async def test_an_endless_header_block_is_cut_at_64_kib(name: str, tls: bool) -> None:
     upstream = FakeUpstream(attack=endless_continuation)
+    context = TLS.make() if tls else None
     tracemalloc.start()
     try:
-        error = await attacked("native", upstream)
+        error = await attacked(name, upstream, context)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -295,11 +344,43 @@ async def test_a_dead_connection_is_freed_without_the_cyclic_collector() -> None
     ],
     ids=["ping", "settings", "priority", "unknown", "window_update"],
 )
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+@pytest.mark.parametrize("name", TRANSPORTS)
 async def test_a_control_frame_flood_drops_the_upstream(
-    kind: int, payload: bytes, why: str
+    name: str, tls: bool, kind: int, payload: bytes, why: str
 ) -> None:
     upstream = FakeUpstream(attack=flood(kind, payload))
-    error = await attacked("native", upstream)
+    error = await attacked(name, upstream, TLS.make() if tls else None)
     assert error.startswith(f"the upstream went past a limit: {why}")
     # the flood was refused long before its end
     assert upstream.attack_sent < 100
+
+
+# -- the limits as configured (issue 17: [[upstream]] keys) -------------------
+
+
+@pytest.mark.parametrize("name", TRANSPORTS)
+async def test_configured_limits_are_the_ones_applied(name: str) -> None:
+    config = UpstreamConfig(
+        host="127.0.0.1",
+        port=1,
+        max_header_block=4096,
+        control_frame_burst=10,
+        control_frame_rate=1.0,
+        max_reply_size=2048,
+    )
+    guard = upstream_guard(config)
+    error = await attacked(name, FakeUpstream(attack=endless_continuation), guard=guard)
+    assert error == (
+        "the upstream went past a limit:"
+        " a header block over 4096 bytes (HEADERS and CONTINUATION frames)"
+    )
+    upstream = FakeUpstream(attack=flood(PING, b"12345678", count=1000))
+    error = await attacked(name, upstream, guard=guard)
+    assert error.startswith(
+        "the upstream went past a limit: control frame flood (PING frames among them):"
+        " more than 10 at once or 1/s sustained"
+    )
+    upstream = FakeUpstream(reply_padding=3000)
+    error = await attacked(name, upstream, max_message_size=config.max_reply_size)
+    assert "exceeds the maximum of 2048" in error

@@ -23,11 +23,13 @@ async def serve_admin(
     registry: Registry,
     listeners: dict[str, list[str]],
     *,
+    bind: str | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the admin API until cancelled; ``task_status`` gets its URL once it accepts.
 
-    Raises ``OSError`` if its address cannot be bound.
+    ``bind`` (hypercorn's form: ``HOST:PORT``, ``unix:/PATH``) replaces
+    ``management``'s address. Raises ``OSError`` if its address cannot be bound.
     """
     _h2.install()
     app = create_app(
@@ -42,7 +44,7 @@ async def serve_admin(
         trusted_proxies=management.trusted_proxies,
     )
     config = HypercornConfig()
-    config.bind = [management.address]
+    config.bind = [bind or management.address]
     # hypercorn's lines through pmlb's logging: its errors, and one line
     # with fields per request (pmlb.admin.audit)
     config.accesslog = None
@@ -55,5 +57,8 @@ async def serve_admin(
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(partial(hypercorn_serve, app, config))
         url = binds[0]
-        log.info("admin listening", extra={"url": url, "token": bool(management.token)})
+        if bind is None:
+            log.info("admin listening", extra={"url": url, "token": bool(management.token)})
+        else:  # a worker's, behind the parent's front (pmlb.workers.front)
+            log.info("worker admin listening", extra={"url": url})
         task_status.started(url)

@@ -46,10 +46,11 @@ from pmlb.admin import schemas as s
 from pmlb.admin.guard import Guard, HostCheck
 from pmlb.balancer import POLICIES
 from pmlb.cluster.ops import BusDown, NoAnswer, encode_payload
-from pmlb.config import UpstreamError, parse_upstream
+from pmlb.config import ConfigError, UpstreamError, parse_upstream
 from pmlb.downstream.client import Client
 from pmlb.metrics import metrics_registry
 from pmlb.registry import Registry
+from pmlb.reload import ReloadUnavailable
 from pmlb.upstream.discovery import Discovery
 from pmlb.upstream.supervisor import AdminState, Upstream
 
@@ -109,6 +110,8 @@ def _upstream_view(upstream: Upstream) -> s.Upstream:
         draining=upstream.draining,
         stalled=upstream.stalled,
         stalls=upstream.stalls,
+        failures=upstream.failures,
+        ready_failures=upstream.ready_failures,
         last_error=upstream.last_error,
         ready_at=rfc3339_from(upstream.ready_at),
         alive_at=rfc3339_from(upstream.alive_at),
@@ -529,6 +532,7 @@ def create_app(
             limit=query_args.limit,
             state=query_args.state,
             listener=query_args.listener,
+            search=query_args.q,
         )
         now, wall, window = time.monotonic(), time.time(), registry.config.activity_window
         return s.ClientPage(
@@ -551,7 +555,11 @@ def create_app(
             want = query.limit - len(clients)
             if name == bus.node:
                 page, cursor = registry.client_page(
-                    after=here, limit=want, state=query.state, listener=query.listener
+                    after=here,
+                    limit=want,
+                    state=query.state,
+                    listener=query.listener,
+                    search=query.q,
                 )
                 now, wall, window = time.monotonic(), time.time(), registry.config.activity_window
                 clients += [_client_view(c, now, wall, window, bus.node) for c in page]
@@ -562,6 +570,7 @@ def create_app(
                     "limit": want,
                     "state": query.state,
                     "listener": query.listener,
+                    "q": query.q,
                 }
                 try:
                     answer = await bus.ask_node(name, request, ASK_TIMEOUT)
@@ -768,6 +777,7 @@ def create_app(
                 broadcast_recipients=stats.broadcast_recipients,
                 unknown_client=stats.unknown_client,
                 invalid_target=stats.invalid_target,
+                dispatch_latency_mean=registry.dispatch_latency.mean(),
                 awaiting_upstream=stats.awaiting_upstream,
                 refused=stats.refused,
                 disconnects=stats.disconnects,
@@ -803,6 +813,31 @@ def create_app(
             registry.set_accepting(data.accepting)
             action("accepting", accepting=data.accepting)
         return runtime_view()
+
+    @app.post("/api/v1/runtime/reload")
+    @validate_response(s.Reloaded)
+    @validate_response(s.ReloadRefused, 422)
+    @validate_response(s.ReloadRefused, 409)
+    async def reload() -> s.Reloaded | tuple[s.ReloadRefused, int]:
+        """Load the configuration file again and apply what changed (as SIGHUP does).
+
+        A file with problems is refused with 422 and every problem; nothing
+        changes then. 409 when there is no file to reload or pmlb drains.
+        """
+        action("reload")
+        if registry.reloader is None:
+            return s.ReloadRefused(error="this pmlb has no configuration file to reload"), 409
+        try:
+            change = await registry.reloader()
+        except ConfigError as error:
+            refused = s.ReloadRefused(
+                error="the configuration is unusable; nothing changed",
+                problems=list(error.problems),
+            )
+            return refused, 422
+        except ReloadUnavailable as error:
+            return s.ReloadRefused(error=str(error)), 409
+        return s.Reloaded(reloaded=True, source=change.config.source, **change.summary())
 
     @app.post("/api/v1/runtime/drain")
     @validate_response(s.Draining, 202)

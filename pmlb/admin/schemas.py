@@ -90,6 +90,9 @@ class Upstream(BaseModel):
     #: its writes make no progress: it gets no new messages (see stall_timeout)
     stalled: bool
     stalls: int
+    #: times it stopped serving, and readiness checks that failed
+    failures: int = 0
+    ready_failures: int = 0
     last_error: str | None
     ready_at: str | None
     alive_at: str | None
@@ -163,6 +166,8 @@ class Removed(BaseModel):
 class ClientQuery(_Strict):
     state: Literal["active", "inactive"] | None = None
     listener: str | None = None
+    #: clients whose UUID, remote address or listener contains it
+    q: str | None = Field(default=None, max_length=200)
     #: a ``next_cursor`` from the page before: a number, or in a cluster NODE/NUMBER
     cursor: str = Field(default="-1", pattern=r"^(?:[A-Za-z0-9._-]{1,100}/)?(?:-1|[0-9]{1,18})$")
     limit: int = Field(default=100, ge=1, le=1000)
@@ -287,6 +292,8 @@ class Stats(BaseModel):
     broadcast_recipients: int
     unknown_client: int
     invalid_target: int
+    #: mean seconds client batches waited to be handed to an upstream's queue
+    dispatch_latency_mean: float = 0.0
     awaiting_upstream: int
     refused: int
     disconnects: dict[str, int]
@@ -314,6 +321,30 @@ class Runtime(BaseModel):
 
 class Draining(BaseModel):
     draining: bool
+
+
+class Reloaded(BaseModel):
+    """What a reload changed (names of listeners, addresses of upstreams)."""
+
+    reloaded: bool
+    source: str | None
+    upstreams_added: list[str]
+    upstreams_removed: list[str]
+    upstreams_changed: list[str]
+    listeners_added: list[str]
+    listeners_removed: list[str]
+    listeners_changed: list[str]
+    #: settings applied, as server.KEY or log.level
+    settings: list[str]
+    #: keys changed in the file that keep their old values until a restart
+    restart_required: list[str]
+
+
+class ReloadRefused(BaseModel):
+    """A reload refused: nothing changed. ``problems`` lists each, as FILE: KEY: PROBLEM."""
+
+    error: str
+    problems: list[str] = []
 
 
 class Health(BaseModel):

@@ -10,7 +10,7 @@ admin API makes them (:mod:`pmlb.admin.app`).
 Ops: ``client`` (``uuid``: its view), ``kick`` (``uuid``), ``send``
 (``uuid``, ``payload``: ``queued``), ``broadcast`` (``kind``, ``payload``:
 ``recipients``) and ``clients`` (``after``, ``limit``, ``state``,
-``listener``: a page of this node's clients, ``next_cursor``,
+``listener``, ``q``: a page of this node's clients, ``next_cursor``,
 ``connected``).
 """
 
@@ -19,12 +19,47 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from pmlb.registry import Registry
+from pmlb.config import Config
+from pmlb.downstream.client import Client
+from pmlb.events import EventBus
 
 log = logging.getLogger("pmlb.admin")
+
+
+class Core(Protocol):
+    """What answering another node needs from the core (:class:`pmlb.registry.Registry`).
+
+    A port, so that the cluster layer never imports the registry above it.
+    """
+
+    @property
+    def clients(self) -> Mapping[str, Client]: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def events(self) -> EventBus: ...
+
+    def broadcast(self, kind: str, payload: bytes) -> int: ...
+
+    def kick(self, uuid: str, reason: str = ...) -> Client: ...
+
+    def send_to(self, uuid: str, payload: bytes) -> bool: ...
+
+    def client_page(
+        self,
+        *,
+        after: int = -1,
+        limit: int = 100,
+        state: str | None = None,
+        listener: str | None = None,
+        search: str | None = None,
+    ) -> tuple[list[Client], int | None]: ...
+
 
 OPS = frozenset({"client", "kick", "send", "broadcast", "clients"})
 
@@ -45,7 +80,7 @@ def encode_payload(payload: bytes) -> str:
     return base64.b64encode(payload).decode()
 
 
-def answer(registry: Registry, request: dict[str, Any], origin: str) -> dict[str, Any]:
+def answer(registry: Core, request: dict[str, Any], origin: str) -> dict[str, Any]:
     """Do ``request`` (from node ``origin``) on this node's clients; the answer's fields.
 
     Raises :class:`BadRequest` for an unknown op or missing arguments.
@@ -79,12 +114,16 @@ def answer(registry: Registry, request: dict[str, Any], origin: str) -> dict[str
         raise BadRequest(f"bad {op} request: {type(exc).__name__}: {exc}") from None
 
 
-def _page(registry: Registry, request: dict[str, Any]) -> dict[str, Any]:
+def _page(registry: Core, request: dict[str, Any]) -> dict[str, Any]:
     after, limit = int(request["after"]), int(request["limit"])
     if limit < 1 or limit > 1000:
         raise ValueError(f"limit must be 1 to 1000, got {limit}")
     page, cursor = registry.client_page(
-        after=after, limit=limit, state=request.get("state"), listener=request.get("listener")
+        after=after,
+        limit=limit,
+        state=request.get("state"),
+        listener=request.get("listener"),
+        search=str(request.get("q") or "") or None,
     )
     now, wall, window = time.monotonic(), time.time(), registry.config.activity_window
     return {
@@ -95,7 +134,7 @@ def _page(registry: Registry, request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _audit(registry: Registry, what: str, origin: str, **fields: Any) -> None:
+def _audit(registry: Core, what: str, origin: str, **fields: Any) -> None:
     # What another node's admin did here shows in this node's events and log too.
     registry.events.publish(f"admin.{what}", via_node=origin, **fields)
     log.info(f"admin (through node {origin}): {what}", extra={"via_node": origin, **fields})

@@ -24,6 +24,7 @@ An example using every table::
     drain_period = 10           # seconds to spread client closes over when draining
     drain_timeout = 20          # seconds a drain may take before pmlb stops at once
     drain_upstream_wait = 5     # seconds a drain waits for an upstream when none serves
+    workers = 1                 # processes serving the listeners; 0: one per core
 
     [[listener]]                # more listeners, as many as needed
     name = "binary"
@@ -47,6 +48,10 @@ An example using every table::
     alive_timeout = 30
     live_interval = 5
     stall_timeout = 10          # seconds nothing may be written while messages wait
+    max_header_block = 65536    # bytes of one header block (HEADERS + CONTINUATION)
+    control_frame_burst = 1000  # control frames (PING, SETTINGS...) at once
+    control_frame_rate = 100    # control frames per second, sustained
+    max_reply_size = 4194304    # bytes of one reply
     transport = "native"        # "native" (default) or "grpclib"
     tls = true                  # default false
     tls_ca = "upstream-ca.pem"  # default: the system's CAs
@@ -118,6 +123,16 @@ An example using every table::
     30 s) and ``drain_upstream_wait`` (seconds a drain waits for an upstream
     to serve when messages wait for one and none serves, default 5).
 
+    ``workers`` (default 1) runs that many worker processes under a small
+    parent (``0``: one per core this process may run on, at most 256): the
+    parent binds every listener once per worker with ``SO_REUSEPORT``, so
+    the kernel spreads new connections evenly, and serves the one admin
+    address for all of them (see :mod:`pmlb.workers`). Each worker is a
+    full pmlb with its own upstream streams; with a ``[cluster]`` each
+    worker is a node named ``NODE-wI`` (I from 0), so that replies reach a
+    client held by another worker; without one, a worker's replies reach
+    its own clients only.
+
     A WebSocket listener ignores ``framing`` (each WebSocket message is one
     message) and reads five more keys: ``path`` (the URL path clients connect
     to, default ``"/"``; other paths get HTTP 404), ``websocket_reply``
@@ -147,6 +162,16 @@ An example using every table::
     and its queued messages fail over, default 10; after one second it
     already gets no new messages while another upstream has room; an upstream
     with no other one to fail over to is never failed for a stall),
+    the limits on what a broken or hostile upstream may make pmlb do, past
+    which its connection is dropped with the limit as the reason (see
+    :mod:`pmlb.upstream.h2_guard`, both transports): ``max_header_block``
+    (bytes of one header block, HEADERS or PUSH_PROMISE plus CONTINUATION
+    frames, default 65536), ``control_frame_burst`` and
+    ``control_frame_rate`` (control frames, PING, SETTINGS, PRIORITY,
+    RST_STREAM, unknown types, empty DATA or CONTINUATION, at once and per
+    second sustained: a token bucket, defaults 1000 and 100) and
+    ``max_reply_size`` (bytes of one reply, refused on its 5-byte header,
+    default 4 MiB),
     ``transport``: ``"native"`` (default: pmlb's own HTTP/2 client on Trio,
     the faster) or ``"grpclib"`` (grpclib driven through trio-asyncio), the
     TLS keys of the example, and ``events`` (``true``: also send this upstream
@@ -237,6 +262,7 @@ from pmlb.config.overrides import apply_overrides
 from pmlb.config.parse import UpstreamError, load_config, parse_config, parse_upstream
 from pmlb.config.render import render_config
 from pmlb.config.schema import _POLICIES as _POLICIES
+from pmlb.config.schema import MAX_WORKERS as MAX_WORKERS
 from pmlb.config.schema import (
     ClusterConfig,
     Config,

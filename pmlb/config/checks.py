@@ -17,6 +17,7 @@ from pmlb.config.schema import (
     _TRANSPORTS,
     _UPSTREAM_TRANSPORTS,
     _WEBSOCKET_REPLIES,
+    MAX_WORKERS,
     parse_nameserver,
 )
 
@@ -308,6 +309,7 @@ _SERVER_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "drain_period": _non_negative,
     "drain_timeout": _seconds,
     "drain_upstream_wait": _non_negative,
+    "workers": _integer(0, MAX_WORKERS),
 }
 _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "host": _host,
@@ -333,6 +335,10 @@ _UPSTREAM_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "resolve_interval": _seconds,
     "nameserver": _nameserver,
     "reply_scope": _one_of("local", "cluster"),
+    "max_header_block": _integer(1024, 16 * 1024 * 1024),
+    "control_frame_burst": _integer(1),
+    "control_frame_rate": _seconds,
+    "max_reply_size": _integer(1024, 2**31 - 1),
 }
 _MANAGEMENT_CHECKS: Final[Mapping[str, Callable[[object], object]]] = {
     "host": _host,

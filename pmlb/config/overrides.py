@@ -9,6 +9,7 @@ from pmlb.config.checks import (
     _Bad,
     _boolean,
     _host,
+    _integer,
     _message_size,
     _one_of,
     _port,
@@ -25,6 +26,7 @@ from pmlb.config.schema import (
     _LOG_LEVELS,
     _POLICIES,
     _UPSTREAM_TRANSPORTS,
+    MAX_WORKERS,
     Config,
     ListenerConfig,
     UpstreamConfig,
@@ -83,6 +85,7 @@ def apply_overrides(
     admin: bool | None = None,
     admin_token: str | None = None,
     cluster_redis: str | None = None,
+    workers: int | None = None,
 ) -> Config:
     """``config`` with command-line flags applied; ``None`` leaves a setting as it is.
 
@@ -90,7 +93,8 @@ def apply_overrides(
     listener. ``upstreams`` (each ``HOST:PORT`` or ``[IPv6]:PORT``) replaces
     the upstream list; the new upstreams get the default timings.
     ``upstream_transport`` sets every upstream's ``transport``.
-    ``cluster_redis`` sets ``[cluster] redis_url``. Raises
+    ``cluster_redis`` sets ``[cluster] redis_url``; ``workers`` ``[server]
+    workers``. Raises
     :class:`ConfigError` naming each bad flag.
     """
     problems = _Problems("command line")
@@ -108,6 +112,7 @@ def apply_overrides(
         [
             ("--activity-window", "activity_window", activity_window, _seconds),
             ("--balancing", "balancing", balancing, _one_of(*_POLICIES)),
+            ("--workers", "workers", workers, _integer(0, MAX_WORKERS)),
         ],
     )
     log_changes = _checked(

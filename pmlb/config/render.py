@@ -118,6 +118,7 @@ def render_config(config: Config) -> str:
         "drain_period",
         "drain_timeout",
         "drain_upstream_wait",
+        "workers",
     ):
         server[name] = getattr(config, name)
     document: dict[str, object] = {"server": server}

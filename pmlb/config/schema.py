@@ -6,15 +6,20 @@ from typing import Final
 
 import attrs
 
-_FRAMINGS: Final = ("raw", "line", "length")
+from pmlb.balancer import POLICIES
+from pmlb.codecs.framing import Framing
+
+#: the names their owners define: the codecs' Framing, the balancer's POLICIES
+_FRAMINGS: Final = tuple(framing.value for framing in Framing)
 _TRANSPORTS: Final = ("tcp", "tls", "websocket")
 _WEBSOCKET_REPLIES: Final = ("auto", "text", "binary")
-#: pmlb.balancer.POLICIES's names (config does not import the balancer)
-_POLICIES: Final = ("round_robin", "sticky", "hash", "least_loaded")
+_POLICIES: Final = tuple(POLICIES)
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _LOG_FORMATS: Final = ("text", "json")
 _UPSTREAM_TRANSPORTS: Final = ("native", "grpclib")
 _MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
+#: the most worker processes ``[server] workers`` may ask for
+MAX_WORKERS: Final = 256
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:
@@ -125,6 +130,12 @@ class UpstreamConfig:
     nameserver: str = ""
     #: "local": replies reach this pmlb's clients only; "cluster": any node's
     reply_scope: str = "local"
+    #: limits on what the upstream may make pmlb do (pmlb.upstream.h2_guard):
+    #: a header block's bytes, control frames at once and per second, a reply's bytes
+    max_header_block: int = 64 * 1024
+    control_frame_burst: int = 1000
+    control_frame_rate: float = 100.0
+    max_reply_size: int = 4 * 1024 * 1024
 
     @property
     def address(self) -> str:
@@ -243,6 +254,8 @@ class Config:
     #: messages kept while no upstream serves wait this long for one to
     #: serve during a drain; then pmlb stops without them (logged)
     drain_upstream_wait: float = 5.0
+    #: worker processes (0: one per core); see pmlb.workers
+    workers: int = 1
     management: ManagementConfig = ManagementConfig()
     log: LogConfig = LogConfig()
     cluster: ClusterConfig = ClusterConfig()

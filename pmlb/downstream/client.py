@@ -13,7 +13,7 @@ import trio
 
 from pmlb._time import rfc3339_from
 from pmlb.codecs import frame
-from pmlb.downstream.reasons import CLIENT_CLOSED, DRAINING
+from pmlb.downstream.reasons import CLIENT_CLOSED, DRAINING, Reason, classify_text
 
 #: how a direct client starts its writer task (its nursery's ``start_soon``)
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
@@ -91,6 +91,7 @@ class Client:
         "_writing_bytes",
         "bytes_in",
         "bytes_out",
+        "close_kind",
         "close_reason",
         "closed_slow",
         "connected_at",
@@ -146,7 +147,10 @@ class Client:
         self.messages_out = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        #: the first close's detail, for the log and the admin API
         self.close_reason: str | None = None
+        #: the first close's reason (see pmlb.downstream.reasons); None while open
+        self.close_kind: Reason | None = None
         #: closed by the slow-client policy
         self.closed_slow = False
         #: messages dropped by the "drop_oldest" policy
@@ -305,7 +309,7 @@ class Client:
             or self._queued_bytes >= 2 * self.queue_bytes
         ):
             self.closed_slow = True
-            self.close(self._slow_reason())
+            self.close(self._slow_reason(), Reason.SLOW)
             return False
         return True
 
@@ -330,7 +334,8 @@ class Client:
         self.close(
             f"slow client: the clients' outbound queues hold over"
             f" client_queue_bytes_total ({budget.limit} bytes), this one"
-            f" {self.held_bytes()} bytes"
+            f" {self.held_bytes()} bytes",
+            Reason.SLOW,
         )
 
     def _release_writing(self) -> None:
@@ -362,7 +367,7 @@ class Client:
         except BlockingIOError:
             written = 0
         except OSError as exc:
-            self.close(f"connection lost: {exc}")
+            self.close(f"connection lost: {exc}", Reason.ERROR)
             return
         if written == len(data):
             self._release_writing()
@@ -403,7 +408,7 @@ class Client:
                 count = len(pending)
                 self._take()
         except OSError as exc:
-            self.close(f"connection lost: {exc}")
+            self.close(f"connection lost: {exc}", Reason.ERROR)
             return
         finally:
             self._unsent = b""
@@ -412,7 +417,7 @@ class Client:
 
     def _close_if_drained(self) -> None:
         if self.draining and not self.dispatching and not self._pending:
-            self.close(DRAINING)
+            self.close(DRAINING, Reason.DRAIN)
 
     def _slow_reason(self) -> str:
         what = self._full_what or f"{self.queue_limit} messages"
@@ -441,7 +446,7 @@ class Client:
             self._release_writing()
             return False
         self.closed_slow = True
-        self.close(self._slow_reason())
+        self.close(self._slow_reason(), Reason.SLOW)
         return True
 
     def _arm_write_deadline(self) -> None:
@@ -485,16 +490,21 @@ class Client:
         """The client sent its end of input: it may still read (a half-close)."""
         self.input_ended = True
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, kind: Reason | None = None) -> None:
         """Disconnect the client (the first reason given is the one kept).
+
+        ``reason`` is the detail for the log, ``kind`` why (its wire kind and
+        WebSocket close code); without ``kind`` it is sorted from the text
+        (:func:`~pmlb.downstream.reasons.classify_text`).
 
         After the client's end of input, a broken connection is the client's
         close too: a peer that closed both ways resets the next write.
         """
         if self.close_reason is None:
             if self.input_ended and reason.startswith("connection lost"):
-                reason = CLIENT_CLOSED
+                reason, kind = CLIENT_CLOSED, Reason.CLIENT_CLOSED
             self.close_reason = reason
+            self.close_kind = kind if kind is not None else classify_text(reason)
             # Nothing more is written to it: what it held leaves the budget.
             self._budget.held -= self._queued_bytes + self._writing_bytes
             self._queued_bytes = self._writing_bytes = 0

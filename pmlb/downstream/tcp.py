@@ -22,14 +22,14 @@ import trio
 from pmlb._log import RateLimited
 from pmlb._proto import upstream_pb2 as pb
 from pmlb._time import rfc3339_now
-from pmlb.codecs import FramingError, frame, make_decoder
+from pmlb.codecs import FramingError, MessageTooLarge, frame, make_decoder
 from pmlb.codecs.proxy_protocol import ProxyHeaderParser, ProxyProtocolError
 from pmlb.config import ListenerConfig, format_address
 from pmlb.downstream.accept import serve_listeners
 from pmlb.downstream.client import Client
 from pmlb.downstream.hangup import wait_hangup
 from pmlb.downstream.limits import TokenBucket
-from pmlb.downstream.reasons import CLIENT_CLOSED, DRAINING
+from pmlb.downstream.reasons import CLIENT_CLOSED, DRAINING, Reason
 from pmlb.registry import Registry
 
 log = logging.getLogger("pmlb.downstream")
@@ -359,7 +359,7 @@ async def _read(
                     data = await stream.receive_some(decoder.read_size)
                 if idle_scope.cancelled_caught:
                     registry.connections.idle_timeouts += 1
-                    client.close(f"idle for idle_timeout ({idle:g}s)")
+                    client.close(f"idle for idle_timeout ({idle:g}s)", Reason.IDLE)
                     return
             else:
                 data = await stream.receive_some(decoder.read_size)
@@ -384,10 +384,10 @@ async def _read(
                 await trio.sleep_forever()
     except FramingError as exc:
         registry.connections.bad_input += 1
-        client.close(f"bad input: {exc}")
+        client.close(f"bad input: {exc}", _bad_input(exc))
         log.warning("client sent bad input", extra={"client": uuid_, "problem": str(exc)})
     except trio.BrokenResourceError as exc:
-        client.close(f"connection lost: {exc.__cause__ or exc}")
+        client.close(f"connection lost: {exc.__cause__ or exc}", Reason.ERROR)
 
 
 async def _read_socket(
@@ -423,7 +423,7 @@ async def _read_socket(
                             await wait_readable(fd)
                         if idle_scope.cancelled_caught:
                             registry.connections.idle_timeouts += 1
-                            client.close(f"idle for idle_timeout ({idle:g}s)")
+                            client.close(f"idle for idle_timeout ({idle:g}s)", Reason.IDLE)
                             return
                     ran = True
                     continue
@@ -448,10 +448,10 @@ async def _read_socket(
                 await trio.sleep_forever()  # draining, as in _read
     except FramingError as exc:
         registry.connections.bad_input += 1
-        client.close(f"bad input: {exc}")
+        client.close(f"bad input: {exc}", _bad_input(exc))
         log.warning("client sent bad input", extra={"client": uuid_, "problem": str(exc)})
     except OSError as exc:
-        client.close(f"connection lost: {exc}")
+        client.close(f"connection lost: {exc}", Reason.ERROR)
 
 
 async def end_of_input(client: Client, fin_timeout: float) -> None:
@@ -465,7 +465,7 @@ async def end_of_input(client: Client, fin_timeout: float) -> None:
     client.end_input()
     if fin_timeout > 0:
         await trio.sleep(fin_timeout)
-    client.close(CLIENT_CLOSED)
+    client.close(CLIENT_CLOSED, Reason.CLIENT_CLOSED)
 
 
 async def _write(stream: trio.abc.Stream, client: Client, config: ListenerConfig) -> None:
@@ -474,7 +474,7 @@ async def _write(stream: trio.abc.Stream, client: Client, config: ListenerConfig
         while True:
             batch = await client.next_batch()
             if not batch:  # drained
-                client.close(DRAINING)
+                client.close(DRAINING, Reason.DRAIN)
                 return
             data = frame(framing, batch)
             with client.writing() as scope:
@@ -484,4 +484,8 @@ async def _write(stream: trio.abc.Stream, client: Client, config: ListenerConfig
             client.messages_out += len(batch)
             client.bytes_out += len(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        client.close(f"connection lost: {exc.__cause__ or exc}")
+        client.close(f"connection lost: {exc.__cause__ or exc}", Reason.ERROR)
+
+
+def _bad_input(exc: FramingError) -> Reason:
+    return Reason.TOO_BIG if isinstance(exc, MessageTooLarge) else Reason.ERROR

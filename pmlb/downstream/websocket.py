@@ -61,11 +61,11 @@ from pmlb.config import ListenerConfig, format_address
 from pmlb.downstream.accept import serve_listeners
 from pmlb.downstream.client import Client
 from pmlb.downstream.reasons import (
+    CLIENT_CLOSED,
     DRAINING,
     PROTOCOL_ERROR,
     STOPPING,
-    WEBSOCKET_CLOSE_CODES,
-    classify,
+    Reason,
 )
 from pmlb.downstream.tcp import Gate, PrefixedStream, handshake, server_ssl_context
 from pmlb.registry import Registry
@@ -257,13 +257,6 @@ async def close(ws: WebSocketConnection, code: int, reason: str) -> None:
         await ws.aclose(code, _truncate(reason))
 
 
-def close_code(reason: str | None) -> int:
-    """The WebSocket close code for a ``Client.close_reason``."""
-    if reason is not None and reason.startswith("idle for"):
-        return POLICY_VIOLATION
-    return WEBSOCKET_CLOSE_CODES[classify(reason)]
-
-
 async def _run_client(
     ws: WebSocketConnection,
     remote: str,
@@ -300,9 +293,10 @@ async def _run_client(
                 counters.slow_client_disconnects += 1
             counters.slow_client_dropped += client.dropped
             registry.remove_client(client)
-            if client.close_reason is None:
-                client.close_reason = STOPPING
-            await close(ws, close_code(client.close_reason), client.close_reason)
+            client.close(STOPPING, Reason.DRAIN)  # kept only if it is the first
+            assert client.close_kind is not None
+            assert client.close_reason is not None
+            await close(ws, client.close_kind.websocket_code, client.close_reason)
             fields["reason"] = client.close_reason
             log.info("client disconnected", extra={**fields, **client.summary()})
 
@@ -438,21 +432,23 @@ async def _read(
                 message = await ws.get_message()
             if message is None:
                 registry.connections.idle_timeouts += 1
-                client.close(f"idle for idle_timeout ({idle:g}s)")
+                client.close(f"idle for idle_timeout ({idle:g}s)", Reason.IDLE)
                 return
         except ConnectionClosed as closed:
             reason = closed.reason
             if reason is not None and reason.code == 1009:
                 registry.connections.bad_input += 1
-                client.close(f"bad input: message too big ({reason.reason})")
+                client.close(f"bad input: message too big ({reason.reason})", Reason.TOO_BIG)
             elif corked.violation() is not None:
                 assert reason is not None
                 registry.connections.bad_input += 1
-                client.close(f"{PROTOCOL_ERROR} ({reason.code}): {reason.reason}")
+                client.close(
+                    f"{PROTOCOL_ERROR} ({reason.code}): {reason.reason}", Reason.PROTOCOL_ERROR
+                )
             elif reason is not None and reason.code == 1006:
-                client.close("connection lost")
+                client.close("connection lost", Reason.ERROR)
             else:
-                client.close("client closed the connection")
+                client.close(CLIENT_CLOSED, Reason.CLIENT_CLOSED)
             return
         messages = [message, *_buffered(ws)]
         payloads = [m.encode() if isinstance(m, str) else m for m in messages]
@@ -507,7 +503,7 @@ async def _write(
         while True:
             batch = await client.next_batch()
             if not batch:  # drained
-                client.close(DRAINING)
+                client.close(DRAINING, Reason.DRAIN)
                 return
             # Each message is framed on its own; the batch goes out in one write.
             with client.writing() as scope:
@@ -523,7 +519,7 @@ async def _write(
             if client.written(scope):
                 return
     except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-        client.close("connection lost while writing")
+        client.close("connection lost while writing", Reason.ERROR)
 
 
 async def _keepalive(ws: WebSocketConnection, client: Client, config: ListenerConfig) -> None:
@@ -535,5 +531,5 @@ async def _keepalive(ws: WebSocketConnection, client: Client, config: ListenerCo
             except ConnectionClosed:
                 return  # the reader sees it too, and says why
         if scope.cancelled_caught:
-            client.close(f"no pong within ping_timeout ({config.ping_timeout:g}s)")
+            client.close(f"no pong within ping_timeout ({config.ping_timeout:g}s)", Reason.ERROR)
             return

@@ -31,6 +31,8 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from pmlb._proto import upstream_pb2 as pb
+from pmlb.upstream.grpclib_transport import GuardedChannel
+from pmlb.upstream.h2_guard import FrameGuard
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.transport import Deliver, Transport, UpstreamError
 
@@ -74,8 +76,11 @@ class GrpcHealthTransport:
         service: str = "",
         ssl_context: Callable[[], ssl.SSLContext] | None = None,
         server_name: str | None = None,
+        guard: Callable[[], FrameGuard] = FrameGuard,
     ) -> None:
         self._inner = inner
+        self._guard = guard
+        self._limit_error: str | None = None
         self._host = host
         self._port = port
         self._loop = loop
@@ -86,16 +91,24 @@ class GrpcHealthTransport:
 
     def _stub(self) -> HealthStub:
         if self._channel is None:
-            if self._ssl_context is None:
-                self._channel = grpclib.client.Channel(self._host, self._port)
-            else:
-                self._channel = grpclib.client.Channel(
-                    self._host,
-                    self._port,
-                    ssl=self._ssl_context(),
-                    config=grpclib.config.Configuration(ssl_target_name_override=self._server_name),
+            options: dict[str, Any] = {}
+            if self._ssl_context is not None:
+                options["ssl"] = self._ssl_context()
+                options["config"] = grpclib.config.Configuration(
+                    ssl_target_name_override=self._server_name
                 )
+            # The same limits as the stream's transport (see GuardedChannel).
+            self._channel = GuardedChannel(
+                self._host,
+                self._port,
+                guard=self._guard,
+                on_limit=self._set_limit_error,
+                **options,
+            )
         return HealthStub(self._channel)
+
+    def _set_limit_error(self, error: str | None) -> None:
+        self._limit_error = error
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -103,6 +116,8 @@ class GrpcHealthTransport:
         except UpstreamError:
             raise
         except _FAILURES as exc:
+            if self._limit_error is not None:
+                raise UpstreamError(self._limit_error) from None
             raise UpstreamError(_describe(exc)) from None
 
     # -- readiness -------------------------------------------------------

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ import grpclib.config
 import grpclib.const
 import grpclib.encoding.proto
 import grpclib.exceptions
+import grpclib.protocol
 import h2.exceptions
 import trio
 import trio_asyncio
@@ -33,6 +35,7 @@ from google.protobuf.message import DecodeError
 
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.codecs.grpc import DEFAULT_MAX_MESSAGE_SIZE
+from pmlb.upstream.h2_guard import FloodError, FrameGuard
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.transport import Deliver, UpstreamError
 
@@ -82,6 +85,164 @@ class _LimitedCodec(grpclib.encoding.proto.ProtoCodec):
         return super().decode(data, message_type)
 
 
+class _GuardedProtocol(grpclib.protocol.H2Protocol):
+    """grpclib's HTTP/2 protocol with the native transport's limits in front of h2.
+
+    Every read goes through a :class:`~pmlb.upstream.h2_guard.FrameGuard`
+    before h2 parses it: past a limit the connection is aborted and its
+    streams fail with the reason. A read of more than ``frames_per_step``
+    frames is handed to h2 in pieces, one per turn of the event loop, with
+    reading paused meanwhile (as the native transport lets other tasks run).
+    DATA frames pmlb sends are counted by wrapping h2's ``send_data``, which
+    grpclib calls once per frame.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        guard: Callable[[], FrameGuard],
+        on_limit: Callable[[str | None], None],
+        max_message_size: int,
+    ) -> None:
+        super().__init__(*args)
+        self._max_message_size = max_message_size
+        self._make_guard = guard
+        self._on_limit = on_limit
+        self._pieces: deque[bytes] = deque()
+        self._done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._transport = transport
+        self._guard = guard = self._make_guard()
+        self._on_limit(None)
+        h2_connection = self.connection._connection
+        send_data = h2_connection.send_data
+
+        def counted(*args: Any, **kwargs: Any) -> None:
+            guard.sent_data_frames(1)
+            send_data(*args, **kwargs)
+
+        h2_connection.send_data = counted  # type: ignore[method-assign]
+        # Every stream of the connection (ready, the bidi stream, live,
+        # health) reads its messages through _SizeChecked.
+        connection = self.connection
+
+        def create_stream(
+            *, stream_id: int | None = None, wrapper: Any = None
+        ) -> grpclib.protocol.Stream:
+            stream = _SizeChecked(
+                connection,
+                h2_connection,
+                connection._transport,
+                stream_id=stream_id,
+                wrapper=wrapper,
+            )
+            stream.max_message_size = self._max_message_size
+            return stream
+
+        connection.create_stream = create_stream  # type: ignore[method-assign]
+
+    def data_received(self, data: bytes) -> None:
+        if self._done:
+            return
+        try:
+            cuts = self._guard.feed(data, time.monotonic())
+        except FloodError as exc:
+            self._done = True
+            reason = f"the upstream went past a limit: {exc}"
+            self._on_limit(reason)
+            self._pieces.clear()
+            self.processor.close(reason)
+            assert isinstance(self._transport, asyncio.Transport)
+            self._transport.abort()
+            return
+        if len(cuts) == 1 and not self._pieces:
+            self._parse(data)
+            return
+        start = 0
+        for cut in cuts:
+            self._pieces.append(data[start:cut])
+            start = cut
+        assert isinstance(self._transport, asyncio.ReadTransport)
+        self._transport.pause_reading()
+        self._next_piece()
+
+    def _next_piece(self) -> None:
+        if self._done or not self._pieces:
+            return
+        self._parse(self._pieces.popleft())
+        if self._done:
+            return
+        if self._pieces:
+            asyncio.get_running_loop().call_soon(self._next_piece)
+        else:
+            assert isinstance(self._transport, asyncio.ReadTransport)
+            self._transport.resume_reading()
+
+    def _parse(self, data: bytes) -> None:
+        super().data_received(data)
+        # The acks h2 owed went out with the rest, unless the upstream does not read.
+        assert isinstance(self._transport, asyncio.WriteTransport)
+        if not self._transport.get_write_buffer_size():
+            self._guard.written()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._done = True
+        self._pieces.clear()
+        super().connection_lost(exc)
+
+
+class GuardedChannel(grpclib.client.Channel):
+    """A grpclib channel whose connections are guarded (see :class:`_GuardedProtocol`).
+
+    Built on grpclib 0.4's private ``Channel._protocol_factory``,
+    ``Connection.create_stream`` and ``Connection._connection`` (the h2
+    connection); pyproject.toml pins grpclib below 0.5.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        guard: Callable[[], FrameGuard],
+        on_limit: Callable[[str | None], None],
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._make_guard = guard
+        self._on_limit = on_limit
+        self._max_message_size = max_message_size
+
+    def _protocol_factory(self) -> grpclib.protocol.H2Protocol:
+        return _GuardedProtocol(
+            grpclib.client.Handler(),
+            self._config,
+            self._h2_config,
+            guard=self._make_guard,
+            on_limit=self._on_limit,
+            max_message_size=self._max_message_size,
+        )
+
+
+class _SizeChecked(grpclib.protocol.Stream):
+    """grpclib's HTTP/2 stream, refusing a message over the limit on its 5-byte prefix.
+
+    grpclib reads a message whole (``recv_data(length)``) before its codec
+    sees it: an upstream that announced 4 GiB was read until then.
+    """
+
+    max_message_size = DEFAULT_MAX_MESSAGE_SIZE
+
+    async def recv_data(self, size: int) -> bytes:
+        if size > self.max_message_size:
+            raise UpstreamError(
+                f"bad gRPC message from the upstream: message of {size} bytes"
+                f" exceeds the maximum of {self.max_message_size}"
+            )
+        return await super().recv_data(size)
+
+
 class GrpclibTransport:
     """One HTTP/2 connection to one upstream, made with grpclib."""
 
@@ -93,9 +254,15 @@ class GrpclibTransport:
         *,
         ssl_context: Callable[[], ssl.SSLContext] | None = None,
         server_name: str | None = None,
+        guard: Callable[[], FrameGuard] = FrameGuard,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         self._host = host
         self._port = port
+        self._guard = guard
+        self._max_message_size = max_message_size
+        # Why the connection was dropped, when it went past one of the guard's limits.
+        self._limit_error: str | None = None
         # Made at connect time (inside _call, so a bad file is an UpstreamError).
         self._ssl_context = ssl_context
         self._server_name = server_name
@@ -108,18 +275,26 @@ class GrpclibTransport:
 
     def _get_channel(self) -> grpclib.client.Channel:
         if self._channel is None:
-            codec = _LimitedCodec(DEFAULT_MAX_MESSAGE_SIZE)
-            if self._ssl_context is None:
-                self._channel = grpclib.client.Channel(self._host, self._port, codec=codec)
-            else:
-                self._channel = grpclib.client.Channel(
-                    self._host,
-                    self._port,
-                    codec=codec,
-                    ssl=self._ssl_context(),
-                    config=grpclib.config.Configuration(ssl_target_name_override=self._server_name),
+            codec = _LimitedCodec(self._max_message_size)
+            options: dict[str, Any] = {}
+            if self._ssl_context is not None:
+                options["ssl"] = self._ssl_context()
+                options["config"] = grpclib.config.Configuration(
+                    ssl_target_name_override=self._server_name
                 )
+            self._channel = GuardedChannel(
+                self._host,
+                self._port,
+                codec=codec,
+                guard=self._guard,
+                on_limit=self._set_limit_error,
+                max_message_size=self._max_message_size,
+                **options,
+            )
         return self._channel
+
+    def _set_limit_error(self, error: str | None) -> None:
+        self._limit_error = error
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -127,6 +302,8 @@ class GrpclibTransport:
         except UpstreamError:
             raise
         except _FAILURES as exc:
+            if self._limit_error is not None:
+                raise UpstreamError(self._limit_error) from exc
             raise UpstreamError(_describe(exc)) from exc
 
     # -- readiness -------------------------------------------------------

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
 from tests.helpers import ROOT, Processes, admin_url, free_low_port, upstream_arg, wait_serving
+from tests.redis_server import RedisServer, needs_redis
 
 pytestmark = pytest.mark.e2e
 
@@ -119,3 +121,60 @@ async def test_embedding_example_broadcasts_ticks(procs: Processes) -> None:
     assert lines.count("ping") == 1
     assert all(line.startswith("tick ") for line in lines if line != "ping")
     assert await embed.wait() == 0
+
+
+@needs_redis
+async def test_two_node_cluster_example_chats_across_nodes(
+    procs: Processes, redis: RedisServer, tmp_path: Path
+) -> None:
+    up_port = await example_upstream(procs, "chat_upstream.py")
+    nodes = []
+    for name in ("a", "b"):
+        shipped = (EXAMPLES / f"cluster_node_{name}.toml").read_text()
+        assert 'reply_scope = "cluster"' in shipped
+        assert "port = 45888" in shipped
+        config = tmp_path / f"{name}.toml"
+        config.write_text(shipped.replace("port = 45888", f"port = {up_port}"))
+        # The test's own Redis (--cluster-redis overrides the file's) and free ports.
+        pmlb, port = await procs.pmlb("--config", str(config), "--cluster-redis", redis.url)
+        await pmlb.wait_for(rf"cluster joined node={name}\b")
+        await wait_serving(pmlb, up_port)
+        nodes.append((pmlb, port))
+    (a, a_port), (b, b_port) = nodes
+
+    alice = await procs.client(a_port)
+    assert (await alice.recv()).endswith("joined (tcp)")
+    # A broadcast reaches the other node a little later than this one's
+    # clients: bob connects once node b has had alice's "joined" (polled).
+    async with httpx.AsyncClient(base_url=await admin_url(b)) as http:
+        for _ in range(200):
+            metrics = (await http.get("/metrics")).text
+            if 'pmlb_cluster_messages_total{direction="from_nodes"} 1.0' in metrics:
+                break
+            await trio.sleep(0.05)
+        else:
+            pytest.fail("node b never received alice's joined broadcast")
+    bob = await procs.client(b_port)  # on the other node
+    for client in (alice, bob):
+        assert (await client.recv()).endswith("joined (tcp)")
+    await bob.send("/nick bob")
+    for client in (alice, bob):
+        assert (await client.recv()).endswith("is now bob")
+    await alice.send("/nick alice")
+    for client in (alice, bob):
+        assert (await client.recv()).endswith("is now alice")
+    await bob.send("hi alice")
+    for client in (alice, bob):
+        assert await client.recv() == "bob: hi alice"
+    await alice.send("/kick bob")  # bob's node disconnects him
+    await bob.expect_closed()
+    assert await alice.recv() == "* bob left (kicked)"
+
+    # a's admin lists both nodes once a's heartbeat (every 2 s here) saw b's
+    async with httpx.AsyncClient(base_url=await admin_url(a)) as http:
+        for _ in range(200):
+            cluster = (await http.get("/api/v1/cluster")).json()
+            if len(cluster["nodes"]) == 2:
+                break
+            await trio.sleep(0.05)
+    assert [node["name"] for node in cluster["nodes"]] == ["a", "b"]

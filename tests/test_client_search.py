@@ -1,0 +1,43 @@
+"""The client list's search, as the dashboard uses it (server side, with paging)."""
+
+from __future__ import annotations
+
+import trio
+
+from pmlb.config import Config
+from pmlb.downstream.client import Client
+from pmlb.registry import Registry
+
+
+def add(registry: Registry, uuid: str, remote: str, listener: str = "default") -> Client:
+    client = Client(
+        uuid,
+        listener=listener,
+        remote=remote,
+        transport="tcp",
+        queue_limit=1,
+        scope=trio.CancelScope(),
+    )
+    registry.add_client(client)
+    return client
+
+
+def test_search_matches_uuid_remote_or_listener_and_pages() -> None:
+    registry = Registry(Config())
+    add(registry, "aaaa-1", "10.0.0.1:5000")
+    add(registry, "bbbb-2", "10.0.0.2:5000", listener="WS")
+    add(registry, "cccc-3", "192.0.2.9:7000")
+    add(registry, "dddd-4", "10.0.0.4:7000")
+
+    def uuids(**kw: object) -> tuple[list[str], int | None]:
+        page, cursor = registry.client_page(**kw)  # type: ignore[arg-type]
+        return [c.uuid for c in page], cursor
+
+    assert uuids(search="BBBB")[0] == ["bbbb-2"]
+    assert uuids(search="ws")[0] == ["bbbb-2"]
+    assert uuids(search=":7000")[0] == ["cccc-3", "dddd-4"]
+    first, cursor = uuids(search="10.0.0.", limit=2)
+    assert first == ["aaaa-1", "bbbb-2"]
+    assert uuids(search="10.0.0.", limit=2, after=cursor) == (["dddd-4"], None)
+    assert uuids(search="nothing") == ([], None)
+    assert len(uuids(search="")[0]) == 4
