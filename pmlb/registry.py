@@ -407,11 +407,21 @@ class Registry:
             self._redispatch(requests)
             return False
         self.messages_from_clients += len(requests)
-        pending = list(requests)
-        self._held[id(pending)] = pending
-        client.dispatching = True
         cluster = self.cluster
         started = time.perf_counter()
+        if cluster is None or not cluster.unregistered:
+            # The common case, an outbox with room: placed without waiting,
+            # so without the cancel scope a drain would need (no await below
+            # suspends: Outbox.put only parks when it is full).
+            pending = requests
+            if await self._dispatch(pending, wait=False):
+                self.dispatch_latency.observe(time.perf_counter() - started, len(requests))
+                return not client.input_ended
+            pending = list(pending)
+        else:
+            pending = list(requests)
+        self._held[id(pending)] = pending
+        client.dispatching = True
         try:
             with trio.CancelScope() as client.dispatch_scope:
                 if cluster is not None and cluster.unregistered:

@@ -454,8 +454,7 @@ INVALID_FILES = [
     ),
     pytest.param(
         '[[upstream]]\nhost = "a"\nport = 1\nmax_header_block = 10',
-        "pmlb.toml: upstream[0].max_header_block: must be an integer from 1024 to 16777216,"
-        " got 10",
+        "pmlb.toml: upstream[0].max_header_block: must be an integer from 1024 to 16777216, got 10",
         id="max-header-block-small",
     ),
     pytest.param(
