@@ -62,9 +62,9 @@ port = 0
 framing = "line"
 drain_period = {period}
 drain_timeout = {timeout}
-# flood() queues 300 x 30 KB for a client that does not read: over the
-# default 4 MiB, it would be cut as a slow client before the drain
-client_queue_bytes = 16777216
+# the floods below queue 9 MB for one client that reads nothing: no byte
+# bound, so that it stays (queued, not disconnected as slow) until the drain
+client_queue_bytes = 0
 
 [[listener]]
 name = "ws"
