@@ -279,3 +279,24 @@ def test_check_config_shows_the_workers(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "\nworkers = 0\n" in result.stdout  # the flag wins over the file
+
+
+async def test_a_second_signal_stops_every_worker_at_once(procs: Processes, tmp_path: Path) -> None:
+    _, up_port = await procs.upstream("U", kind="grpcio")
+    config = tmp_path / "slow-drain.toml"
+    config.write_text(
+        '[server]\nframing = "line"\ndrain_period = 120\ndrain_timeout = 180\n'
+        f'[[upstream]]\nhost = "127.0.0.1"\nport = {up_port}\n'
+    )
+    proc, port, _ = await start_workers(procs, config, 2)
+    clients = await connect(procs, port, 10)
+    mark = proc.mark()
+    proc.signal(signal.SIGINT)
+    await proc.wait_for(r"signal received: draining workers", after=mark)
+    for index in range(2):  # each worker started its (two-minute) drain
+        await proc.wait_for(rf"parent: stopping worker={index}", after=mark)
+    proc.signal(signal.SIGINT)
+    for client in clients:  # long before drain_period
+        await client.expect_closed(timeout=TIMEOUT)
+    assert await proc.wait(timeout=TIMEOUT) == 0
+    assert proc.count(r"parent: stopping now") == 2
