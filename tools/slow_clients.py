@@ -5,12 +5,16 @@ Starts ``pmlb serve`` (line framing, no upstream; the admin API on
 read and one client that reads everything, then broadcasts ``--messages``
 messages of ``--size`` bytes through the admin API (``POST
 /api/v1/broadcast``, which takes the same path to the clients as an
-upstream's broadcast). Prints pmlb's RSS before, at its peak and after, its
-CPU, how many slow clients were cut and what the reader got. Bounded in count
-and time; everything local.
+upstream's broadcast; one payload object shared by all clients), or with
+``--distinct`` sends each client a message of its own (``POST
+/api/v1/clients/UUID/messages``, as replies to each client would be).
+Prints pmlb's RSS before, at its peak and after, its CPU, how many slow
+clients were cut and what the reader got. Bounded in count and time;
+everything local.
 
     python tools/slow_clients.py                      # 4 clients, 1,100 x 60 KB
     python tools/slow_clients.py --set client_queue_bytes=0   # the count limit only
+    python tools/slow_clients.py --distinct  # a message of its own to each client
     PYTHONPATH=/path/to/other/pmlb python tools/slow_clients.py  # another pmlb
 """
 
@@ -25,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -91,14 +96,20 @@ def main(args: argparse.Namespace) -> None:
         peak = start_rss
         got = 0
         body = json.dumps({"kind": "all", "payload": "x" * args.size}).encode()
+        routes = [f"{admin}/api/v1/broadcast"]
+        if args.distinct:
+            with urllib.request.urlopen(f"{admin}/api/v1/clients?limit=1000", timeout=10) as r:
+                uuids = [c["uuid"] for c in json.load(r)["clients"]]
+            routes = [f"{admin}/api/v1/clients/{uuid}/messages" for uuid in uuids]
+            body = json.dumps({"payload": "x" * args.size}).encode()
         started = time.monotonic()
         for n in range(args.messages):
-            request = urllib.request.Request(
-                f"{admin}/api/v1/broadcast",
-                data=body,
-                headers={"Content-Type": "application/json"},
-            )
-            urllib.request.urlopen(request, timeout=30).close()
+            for route in routes:
+                request = urllib.request.Request(
+                    route, data=body, headers={"Content-Type": "application/json"}
+                )
+                with contextlib.suppress(urllib.error.HTTPError):  # 404: a client cut
+                    urllib.request.urlopen(request, timeout=30).close()
             with contextlib.suppress(BlockingIOError):
                 while data := reader.recv(1 << 20):
                     got += data.count(b"\n")
@@ -140,8 +151,9 @@ if __name__ == "__main__":
     parser.add_argument("--size", type=int, default=60_000, help="bytes per message")
     parser.add_argument("--timeout", type=float, default=120, help="seconds at most")
     parser.add_argument(
-        "--set", action="append", default=[], help="KEY=VALUE added to [server]"
+        "--distinct", action="store_true", help="a message of its own to each client"
     )
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE added to [server]")
     args = parser.parse_args()
     if not 0 < args.messages <= 5000 or not 0 < args.slow <= 64:
         parser.error("--messages must be 1..5000 and --slow 1..64")
