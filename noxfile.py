@@ -41,12 +41,25 @@ def protos(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """pmlb beside a plain echo server and HAProxy (never in CI; see tools/bench/run.py).
+    """pmlb beside a plain echo server and HAProxy (never in CI; see tools/bench/run.py),
+    then what crossing cluster nodes costs (tools/cluster_cost.py).
 
-    Needs gcc and Debian's haproxy (``apt-get install haproxy``); takes ~5 minutes.
+    Needs gcc and Debian's haproxy (``apt-get install haproxy``), and
+    redis-server for the cluster part (skipped without it); ~7 minutes.
+    The cluster part uses the grpc-js upstream once its node_modules exist
+    (``npm ci --prefix tests/upstreams/grpcjs``), the grpclib one else.
     """
+    import shutil
+    from pathlib import Path
+
     session.install("-e", ".")
     session.run("python", "tools/bench/run.py", *session.posargs)
+    if shutil.which("redis-server") is None:
+        session.log("cluster costs skipped: redis-server is not installed")
+        return
+    grpcjs = Path("tests/upstreams/grpcjs/node_modules").is_dir() and shutil.which("node")
+    upstream = "grpcjs" if grpcjs else "grpclib"
+    session.run("python", "tools/cluster_cost.py", "--upstream", upstream)
 
 
 @nox.session

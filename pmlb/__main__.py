@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import gc
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -28,7 +27,8 @@ from pmlb.config import (
     UpstreamConfig,
     apply_overrides,
     check_admin_exposure,
-    load_config,
+    load_with_environment,
+    read_environment,
     render_config,
 )
 from pmlb.downstream.tcp import ListenError
@@ -38,8 +38,6 @@ from pmlb.server import Server, serve
 log = logging.getLogger("pmlb.server")
 
 DEMO_UPSTREAM_STOP_TIMEOUT = 30.0
-#: The environment variable holding the admin API's bearer token.
-TOKEN_ENV = "PMLB_ADMIN_TOKEN"
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -138,7 +136,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace, path: str | None) -> Config:
-    config = load_config(path) if path else Config()
+    # The file, then the environment (PMLB_SERVER_PORT, ...), then the flags.
+    config = load_with_environment(path)
     return apply_overrides(
         config,
         host=args.host,
@@ -154,7 +153,6 @@ def _config(args: argparse.Namespace, path: str | None) -> Config:
         admin_host=args.admin_host,
         admin_port=args.admin_port,
         admin=args.admin,
-        admin_token=os.environ.get(TOKEN_ENV) or None,
         cluster_redis=args.cluster_redis,
         workers=getattr(args, "workers", None),
     )
@@ -335,7 +333,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if config.cluster.redis_url:  # its password too
         url = _hide_password(config.cluster.redis_url)
         shown = attrs.evolve(shown, cluster=attrs.evolve(config.cluster, redis_url=url))
-    print(render_config(shown), end="")
+    header, _, body = render_config(shown).partition("\n")
+    names = read_environment().names
+    if names:  # the names only: a value may be a secret
+        header += "\n# with the environment's " + ", ".join(names)
+    print(header, body, sep="\n", end="")
     return 0
 
 

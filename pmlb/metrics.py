@@ -180,6 +180,29 @@ class RegistryCollector(Collector):
             "pmlb_upstreams_serving", "Upstreams serving now.", value=stats.upstreams_serving
         )
         yield GaugeMetricFamily(
+            "pmlb_accepting",
+            "1 while new clients are accepted (0: paused by an operator, or draining).",
+            value=float(stats.accepting),
+        )
+        yield GaugeMetricFamily(
+            "pmlb_draining",
+            "1 once a drain has started (SIGTERM, the admin API); the process exits after it.",
+            value=float(registry.stop_requested.is_set()),
+        )
+        reloads = CounterMetricFamily(
+            "pmlb_config_reloads",
+            "Configuration reloads (SIGHUP, the admin API), applied or refused.",
+            labels=["result"],
+        )
+        for result in ("applied", "refused"):
+            reloads.add_metric([result], registry.reloads[result])
+        yield reloads
+        yield GaugeMetricFamily(
+            "pmlb_config_last_reload_successful",
+            "0 when the last reload was refused (the file has a problem), else 1.",
+            value=float(registry.last_reload_ok),
+        )
+        yield GaugeMetricFamily(
             "pmlb_awaiting_upstream",
             "Accepted client messages not yet written to an upstream.",
             value=stats.awaiting_upstream,

@@ -174,6 +174,9 @@ class Registry:
         #: reloads the configuration (set by the server when it has one to
         #: reload from; see pmlb.reload): returns the plan it applied
         self.reloader: Callable[[], Awaitable[Plan]] | None = None
+        #: reloads applied and refused, and whether the last one was applied
+        self.reloads: Counter[str] = Counter()
+        self.last_reload_ok = True
 
     # -- clients --------------------------------------------------------
 
@@ -404,11 +407,21 @@ class Registry:
             self._redispatch(requests)
             return False
         self.messages_from_clients += len(requests)
-        pending = list(requests)
-        self._held[id(pending)] = pending
-        client.dispatching = True
         cluster = self.cluster
         started = time.perf_counter()
+        if cluster is None or not cluster.unregistered:
+            # The common case, an outbox with room: placed without waiting,
+            # so without the cancel scope a drain would need (no await below
+            # suspends: Outbox.put only parks when it is full).
+            pending = requests
+            if await self._dispatch(pending, wait=False):
+                self.dispatch_latency.observe(time.perf_counter() - started, len(requests))
+                return not client.input_ended
+            pending = list(pending)
+        else:
+            pending = list(requests)
+        self._held[id(pending)] = pending
+        client.dispatching = True
         try:
             with trio.CancelScope() as client.dispatch_scope:
                 if cluster is not None and cluster.unregistered:
@@ -949,6 +962,11 @@ class Registry:
         self.policy = make_policy(name)
         log.info("balancing policy set", extra={"policy": name})
         self.events.publish("runtime.policy", policy=name)
+
+    def count_reload(self, applied: bool) -> None:
+        """Count a configuration reload, applied or refused (for /metrics)."""
+        self.reloads["applied" if applied else "refused"] += 1
+        self.last_reload_ok = applied
 
     def set_accepting(self, accepting: bool) -> None:
         """Let listeners take new clients, or close new connections at once."""

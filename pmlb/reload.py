@@ -22,11 +22,12 @@ What a reload applies, and how:
   ``balancing`` (when the file's value changed: a policy set through the
   admin API otherwise stays), ``max_clients_total``, ``client_fin_timeout``,
   the ``drain_*`` timings, ``log.level``; and for what connects or starts
-  after the reload: ``client_queue_size``, ``slow_client_policy`` and
-  ``slow_client_timeout`` (new clients), ``upstream_queue_size`` (new
-  upstreams).
+  after the reload: ``client_queue_size``, ``client_queue_bytes``,
+  ``slow_client_policy`` and ``slow_client_timeout`` (new clients),
+  ``upstream_queue_size`` (new upstreams).
 - Only a restart changes ``[management_server]`` (its address, token, TLS
-  and options), ``[cluster]`` and ``log.format``: a reload that changes them
+  and options), ``[cluster]``, ``log.format``,
+  ``client_queue_bytes_total`` and ``workers``: a reload that changes them
   applies the rest, keeps those as they are and says so (a warning in the
   log, ``restart_required`` in the admin API's answer).
 """
@@ -52,10 +53,13 @@ RUNTIME_SETTINGS = (
     "drain_timeout",
     "drain_upstream_wait",
     "client_queue_size",
+    "client_queue_bytes",
     "slow_client_policy",
     "slow_client_timeout",
     "upstream_queue_size",
 )
+#: the Config fields a reload compares table by table (the rest are [server] settings)
+TABLES = ("listeners", "upstreams", "management", "log", "cluster", "source")
 
 
 class ReloadUnavailable(Exception):
@@ -133,11 +137,23 @@ def plan(old: Config, new: Config) -> Plan:
     ]
     if old.log.format != new.log.format:
         restart.append("log.format")
+    # A [server] setting a reload does not know how to apply (one added
+    # since, or client_queue_bytes_total, whose budget is made at start)
+    # keeps its value until a restart.
+    kept = {
+        field.name: getattr(old, field.name)
+        for field in attrs.fields(Config)
+        if field.name not in TABLES
+        and field.name not in RUNTIME_SETTINGS
+        and getattr(old, field.name) != getattr(new, field.name)
+    }
+    restart += [f"server.{name}" for name in kept]
     effective = attrs.evolve(
         new,
         management=old.management,
         cluster=old.cluster,
         log=attrs.evolve(new.log, format=old.log.format),
+        **kept,
     )
 
     settings = [

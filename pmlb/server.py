@@ -425,8 +425,10 @@ class _Runtime:
                     extra={"problems": "; ".join(error.problems)},
                 )
                 self.notifier.ready("reload refused: " + "; ".join(error.problems))
+                self.registry.count_reload(applied=False)
                 raise
             await self._apply(change, bound)
+            self.registry.count_reload(applied=True)
             self.notifier.ready(_summary(change))
             return change
 

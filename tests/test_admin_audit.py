@@ -55,3 +55,10 @@ def test_a_stall_logs_how_long_it_waited_as_a_number(caplog: pytest.LogCaptureFi
         registry.set_upstream_stalled(upstream, True, waited=1.23456)
     (record,) = [r for r in caplog.records if "stalled" in r.getMessage()]
     assert json.loads(JSONFormatter().format(record))["waited"] == 1.235
+
+
+def test_check_config_prints_the_trusted_proxies() -> None:
+    from pmlb.config import render_config
+
+    config = parse_config({"management_server": {"trusted_proxies": ["10.0.0.0/8"]}})
+    assert 'trusted_proxies = ["10.0.0.0/8"]' in render_config(config)

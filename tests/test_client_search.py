@@ -41,3 +41,16 @@ def test_search_matches_uuid_remote_or_listener_and_pages() -> None:
     assert uuids(search="10.0.0.", limit=2, after=cursor) == (["dddd-4"], None)
     assert uuids(search="nothing") == ([], None)
     assert len(uuids(search="")[0]) == 4
+
+
+def test_another_node_searches_its_clients_when_asked() -> None:
+    from pmlb.cluster.ops import answer
+
+    registry = Registry(Config())
+    add(registry, "aaaa-1", "10.0.0.1:5000")
+    add(registry, "bbbb-2", "10.0.0.2:5000")
+    asked = {"op": "clients", "after": -1, "limit": 10}
+    found = answer(registry, {**asked, "q": "BBBB"}, "node-a")
+    assert [c["uuid"] for c in found["clients"]] == ["bbbb-2"]
+    # a node asked without q (an older one asking) lists them all
+    assert len(answer(registry, asked, "node-a")["clients"]) == 2

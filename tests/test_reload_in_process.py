@@ -106,6 +106,8 @@ async def test_a_bad_configuration_changes_nothing(procs: Processes) -> None:
         with pytest.raises(pmlb.ConfigError, match="upstream"):
             await server.reload()
         assert server.registry.config is before
+        assert server.registry.reloads == {"refused": 1}
+        assert not server.registry.last_reload_ok
         assert list(server.registry.upstreams) == [f"127.0.0.1:{a_port}"]
         server.stop()
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 import pmlb
 from pmlb.config import parse_config
-from pmlb.reload import plan
+from pmlb.reload import RUNTIME_SETTINGS, TABLES, plan
 
 
 def cfg(**tables: Any) -> pmlb.Config:
@@ -82,3 +84,16 @@ def test_keys_that_need_a_restart_keep_their_old_values() -> None:
     assert change.config.cluster == old.cluster
     assert change.config.log.format == "text"
     assert not change.changes_anything
+
+
+def test_a_server_setting_reload_cannot_apply_needs_a_restart() -> None:
+    old = cfg()
+    change = plan(old, cfg(server={"client_queue_bytes_total": 1 << 20}))
+    assert change.restart_required == ("server.client_queue_bytes_total",)
+    assert change.config.client_queue_bytes_total == old.client_queue_bytes_total
+
+
+def test_every_server_setting_is_either_applied_or_needs_a_restart() -> None:
+    # A new Config field fails this: decide whether a reload applies it.
+    fields = {f.name for f in attrs.fields(pmlb.Config)} - set(TABLES)
+    assert fields - set(RUNTIME_SETTINGS) == {"client_queue_bytes_total", "workers"}

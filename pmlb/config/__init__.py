@@ -3,7 +3,9 @@
 The configuration is a TOML file. Every table and key is optional: an empty file
 (or no file at all) runs on safe defaults, with one listener on 127.0.0.1:7999
 using raw framing, no upstreams, and the management server on 127.0.0.1:8000.
-Command-line flags override the file.
+Environment variables (``PMLB_SERVER_PORT``..., see
+:mod:`pmlb.config.environment`) override the file, and command-line flags
+override both.
 
 An example using every table::
 
@@ -258,6 +260,7 @@ The package is split by job: :mod:`~pmlb.config.schema` (the records and
 
 from pmlb.config.checks import host_problem as host_problem
 from pmlb.config.checks import redis_url_problem as redis_url_problem
+from pmlb.config.environment import Environment, load_with_environment, read_environment
 from pmlb.config.overrides import apply_overrides
 from pmlb.config.parse import UpstreamError, load_config, parse_config, parse_upstream
 from pmlb.config.render import render_config
@@ -281,6 +284,7 @@ __all__ = [
     "ClusterConfig",
     "Config",
     "ConfigError",
+    "Environment",
     "ListenerConfig",
     "LogConfig",
     "ManagementConfig",
@@ -289,7 +293,9 @@ __all__ = [
     "UpstreamError",
     "apply_overrides",
     "load_config",
+    "load_with_environment",
     "parse_config",
     "parse_upstream",
+    "read_environment",
     "render_config",
 ]

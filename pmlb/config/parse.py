@@ -328,6 +328,11 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     Raises :class:`ConfigError` if the file cannot be read or parsed, or
     describes an unusable configuration.
     """
+    return parse_config(read_config_file(path), os.fspath(path))
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The TOML document at ``path``, not checked yet; :class:`ConfigError` if unreadable."""
     source = os.fspath(path)
     try:
         with open(path, "rb") as file:
@@ -349,4 +354,4 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         if match is not None:
             message = f"line {match['line']}: {match['message']} (column {match['column']})"
         raise ConfigError(f"{source}: {message}") from None
-    return parse_config(data, source)
+    return data

@@ -26,9 +26,12 @@ from pmlb.codecs.grpc import (
     GrpcMessageDecoder,
     GrpcMessageError,
 )
+from pmlb.upstream import h2_trace
 from pmlb.upstream.grpc_status import status_name
 from pmlb.upstream.h2_guard import FloodError, FrameGuard
 from pmlb.upstream.transport import UpstreamError
+
+h2_trace.install()
 
 _READ_SIZE = 256 * 1024
 #: What we let the upstream send before it must wait for our WINDOW_UPDATE,

@@ -180,7 +180,7 @@ class FrameGuard:
                 if self.owed > self.max_outbound_control:
                     raise FloodError(
                         f"more than {self.max_outbound_control} SETTINGS/PING acks owed"
-                        " and not written: the upstream does not read them"
+                        " and not written: the peer does not read them"
                     )
             self._control(_NAMES.get(kind, f"unknown (type {kind})"))
 

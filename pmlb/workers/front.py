@@ -23,6 +23,8 @@ the token, ``Host`` and origins as a single pmlb's admin does (the same
   change (add, remove, drain an upstream, ``PATCH`` runtime) goes to every
   worker;
 - ``/api/v1/runtime/drain``: drains the whole machine, as SIGTERM does;
+- ``/api/v1/events``: every running worker's events in one WebSocket, each
+  with its ``worker`` (a ``hello`` from each worker first);
 - ``/api/v1/workers``: the workers (pid, running, restarts, node);
 - any other route: a ``GET`` is answered by the first running worker, a
   change is sent to every worker and the first answer returned.
@@ -31,11 +33,12 @@ the token, ``Host`` and origins as a single pmlb's admin does (the same
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from importlib import resources
 from typing import Any
@@ -47,8 +50,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
-from quart import Response, request
+from quart import Response, request, websocket
 from quart_trio import QuartTrio
+from trio_websocket import ConnectionClosed, HandshakeError, wrap_client_stream
 
 from pmlb._time import rfc3339_from
 from pmlb.admin.guard import Guard, HostCheck
@@ -63,6 +67,8 @@ log = logging.getLogger("pmlb.admin")
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
 #: a front cursor is (worker cursor + 1) * CURSOR_SPAN + worker index
 CURSOR_SPAN = 1024
+#: events waiting to be sent to one consumer of /api/v1/events
+EVENTS_BUFFER = 1024
 #: seconds the front waits for a worker's answer
 WORKER_TIMEOUT = 10.0
 
@@ -463,6 +469,21 @@ def create_front(supervisor: Supervisor, management: ManagementConfig) -> QuartT
         await supervisor.refresh_config()
         return _failure_or_first(answers)
 
+    @app.websocket("/api/v1/events")
+    async def events() -> None:
+        # As a single pmlb's: the token in the header, or as the first message.
+        if not authorized(websocket.headers.get("Authorization")):
+            given = ""
+            with trio.move_on_after(10):
+                first = await websocket.receive()
+                given = first if isinstance(first, str) else first.decode(errors="replace")
+            if not authorized(f"Bearer {given.strip()}"):
+                await websocket.close(1008, "missing or wrong bearer token")
+                return
+        else:
+            await websocket.accept()
+        await _relay_events(front, websocket.send)
+
     @app.get("/")
     async def dashboard() -> Response:
         page = resources.files("pmlb.admin").joinpath("dashboard.html").read_text()
@@ -483,6 +504,36 @@ def create_front(supervisor: Supervisor, management: ManagementConfig) -> QuartT
         return _failure_or_first(answers)
 
     return app
+
+
+async def _relay_events(front: Front, send: Callable[[str], Awaitable[None]]) -> None:
+    """Every running worker's events, each marked with its worker, until they all end."""
+    sender, receiver = trio.open_memory_channel[str](EVENTS_BUFFER)
+
+    async def relay(worker: Worker, out: trio.MemorySendChannel[str]) -> None:
+        with out, contextlib.suppress(OSError, ConnectionClosed, HandshakeError):
+            stream = await trio.open_unix_socket(worker.admin_socket)
+            async with trio.open_nursery() as nursery:
+                ws = await wrap_client_stream(nursery, stream, "127.0.0.1", "/api/v1/events")
+                try:
+                    while True:
+                        event = json.loads(await ws.get_message())
+                        event["worker"] = worker.index
+                        for recent in event.get("recent", ()):
+                            recent["worker"] = worker.index
+                        # Full: this worker's feed waits, and its admin closes
+                        # it (1008) if it falls too far behind.
+                        await out.send(json.dumps(event))
+                finally:
+                    await ws.aclose()
+
+    async with trio.open_nursery() as nursery:
+        with sender:
+            for worker in front.running():
+                nursery.start_soon(relay, worker, sender.clone())
+        async with receiver:
+            async for text in receiver:
+                await send(text)
 
 
 def _failure_or_first(answers: list[tuple[Worker, _http.Answer]]) -> Reply:

@@ -171,3 +171,50 @@ def test_version() -> None:
     assert result.returncode == 0
     assert result.stdout.startswith("pmlb ")
     assert "(pmlb-proxy)" in result.stdout
+
+
+def test_check_config_shows_the_environment_between_file_and_flags(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[server]\nhost = "127.0.0.1"\nport = 7000\nactivity_window = 30\n')
+    env = {
+        "PMLB_SERVER_PORT": "7001",
+        "PMLB_SERVER_ACTIVITY_WINDOW": "12",
+        "PMLB_SERVER_MAX_CLIENTS_TOTAL": "777",
+        "PMLB_ADMIN_TOKEN": "env-s3cret",
+        "PMLB_UPSTREAMS": "127.0.0.1:5001,127.0.0.1:5002",
+    }
+    result = pmlb_cli("check-config", str(path), "--activity-window", "9", env=env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "port = 7001" in out  # the environment over the file
+    assert "activity_window = 9" in out  # the flag over the environment
+    assert "max_clients_total = 777" in out
+    assert "port = 5001" in out
+    assert "port = 5002" in out
+    assert 'token = "***"' in out
+    assert "env-s3cret" not in out
+    assert (
+        "# with the environment's PMLB_ADMIN_TOKEN, PMLB_SERVER_ACTIVITY_WINDOW,"
+        " PMLB_SERVER_MAX_CLIENTS_TOTAL, PMLB_SERVER_PORT, PMLB_UPSTREAMS"
+    ) in out
+
+
+def test_a_bad_environment_variable_stops_serve_with_code_2_naming_it() -> None:
+    env = {"PMLB_SERVER_MAX_CLIENTS_TOTAL": "lots", "PMLB_LOG_LEVL": "debug"}
+    result = pmlb_cli("serve", "--no-admin", env=env)
+    assert result.returncode == 2
+    assert (
+        "environment: PMLB_SERVER_MAX_CLIENTS_TOTAL: must be an integer >= 0, got string 'lots'"
+        in result.stderr
+    )
+    assert "PMLB_LOG_LEVL: unknown variable (did you mean PMLB_LOG_LEVEL?)" in result.stderr
+
+
+async def test_serve_listens_where_the_environment_says(procs: Processes) -> None:
+    _, up_port = await procs.upstream("A")
+    env = {"PMLB_UPSTREAMS": f"127.0.0.1:{up_port}", "PMLB_SERVER_FRAMING": "line"}
+    pmlb, port = await procs.pmlb(env=env)
+    await wait_serving(pmlb, up_port)
+    client = await procs.client(port)
+    await client.send("hello")
+    assert await client.recv() == "A:hello"

@@ -223,3 +223,27 @@ async def test_pmlb_ctl_on_one_node_sees_and_steers_the_others(
     assert code == 0
     assert out.strip() == f"disconnected {ub}"
     await on_b.expect_closed()
+
+
+@pytest.mark.timeout(300)
+def test_the_cluster_cost_tool_runs_and_reports_its_figures() -> None:
+    import subprocess
+
+    from tests.helpers import ROOT
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "cluster_cost.py"),
+            *("--pairs", "2", "--messages", "20", "--rounds", "1", "--latency-messages", "5"),
+            *("--broadcast-clients", "20", "--broadcasts", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^cross/local pmlb CPU per reply: (\d+\.\d\dx|n/a .*)$", result.stdout, re.M)
+    assert re.search(r"^local +40 ", result.stdout, re.M)
+    assert re.search(r"^cross +40 ", result.stdout, re.M)
+    assert re.search(r"^  two nodes +\d+\.\d ms$", result.stdout, re.M)

@@ -62,6 +62,9 @@ port = 0
 framing = "line"
 drain_period = {period}
 drain_timeout = {timeout}
+# the floods below queue 9 MB for one client that reads nothing: no byte
+# bound, so that it stays (queued, not disconnected as slow) until the drain
+client_queue_bytes = 0
 
 [[listener]]
 name = "ws"

@@ -135,6 +135,10 @@ async def test_the_api_and_ctl_reload_listeners_and_report_problems(
         assert any("upstream[1].host: must not be empty" in p for p in problems), problems
         assert any("upstream[1].port: must be an integer from 1" in p for p in problems)
         assert (await http.get("/api/v1/runtime")).json()["config"]["activity_window"] == 9
+        metrics = (await http.get("/metrics")).text
+        assert 'pmlb_config_reloads_total{result="applied"} 2.0' in metrics
+        assert 'pmlb_config_reloads_total{result="refused"} 1.0' in metrics
+        assert "pmlb_config_last_reload_successful 0.0" in metrics
         ctl = await ctl_reload(url)
         assert ctl.returncode == 1
         assert "422: the configuration is unusable" in ctl.stderr

@@ -6,6 +6,7 @@ The clients connect to the one port; the admin answers on the one address
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from trio_websocket import open_websocket_url
 
 from tests.helpers import TIMEOUT, LineClient, Proc, Processes, admin_url
 from tests.redis_server import RedisServer, needs_redis
@@ -114,8 +116,23 @@ async def test_three_workers_share_the_port_and_one_admin_sees_them_all(
         assert re.search(rf'^pmlb_clients\{{.*worker="{index}".*\}} \d', metrics, re.M), metrics
     assert "pmlb_workers 3.0" in metrics
 
+    # One event stream for the machine: every worker's events, marked.
+    ws_url = str(http.base_url).rstrip("/").replace("http://", "ws://") + "/api/v1/events"
+    async with open_websocket_url(ws_url) as ws:
+        hellos = [json.loads(await ws.get_message()) for _ in range(3)]
+        assert sorted((h["type"], h["worker"]) for h in hellos) == [
+            ("hello", 0),
+            ("hello", 1),
+            ("hello", 2),
+        ]
+        newcomer = (await connect(procs, port, 1))[0]
+        event = json.loads(await ws.get_message())
+        assert event["type"] == "client.connected"
+        assert event["client"] == newcomer.uuid
+        assert event["worker"] == (await worker_of(http))[str(newcomer.uuid)]
+
     proc.signal(signal.SIGTERM)
-    for client in clients[2:]:
+    for client in [*clients[2:], newcomer]:
         await client.expect_closed()
     assert await proc.wait() == 0
     assert proc.count(r"worker stopped .*exit=\"code 0\"") == 3
@@ -159,6 +176,12 @@ async def test_workers_with_a_cluster_reach_each_others_clients(
     proc, port, http = await start_workers(procs, config, 3, "--cluster-redis", redis.url)
     for index in range(3):
         await proc.wait_for(rf"cluster joined node=m-w{index}\b")
+    # A node lists the clients of the nodes its last heartbeat saw: wait (polled)
+    # until the worker answering the admin has seen all three.
+    for _ in range(int(TIMEOUT / 0.05)):
+        if len((await http.get("/api/v1/cluster")).json()["nodes"]) == 3:
+            break
+        await trio.sleep(0.05)
     clients = await connect(procs, port, 30)
     workers = await worker_of(http)
     by_uuid = {c.uuid: c for c in clients}
@@ -241,3 +264,45 @@ async def test_sighup_reloads_every_worker_and_the_ones_started_later(
     await wait_ready(http, 2)
     upstreams = (await http.get("/api/v1/upstreams")).json()["upstreams"]
     assert all(len(u["workers"]) == 2 for u in upstreams), upstreams
+
+
+def test_a_bad_workers_value_in_the_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[server]\nworkers = "two"\n')
+    result = serve("--config", str(path))
+    assert result.returncode == 2
+    assert "server.workers: must be an integer from 0 to 256, got string 'two'" in result.stderr
+
+
+def test_check_config_shows_the_workers(tmp_path: Path) -> None:
+    path = tmp_path / "w.toml"
+    path.write_text("[server]\nworkers = 3\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pmlb", "check-config", str(path), "--workers", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "\nworkers = 0\n" in result.stdout  # the flag wins over the file
+
+
+async def test_a_second_signal_stops_every_worker_at_once(procs: Processes, tmp_path: Path) -> None:
+    _, up_port = await procs.upstream("U", kind="grpcio")
+    config = tmp_path / "slow-drain.toml"
+    config.write_text(
+        '[server]\nframing = "line"\ndrain_period = 120\ndrain_timeout = 180\n'
+        f'[[upstream]]\nhost = "127.0.0.1"\nport = {up_port}\n'
+    )
+    proc, port, _ = await start_workers(procs, config, 2)
+    clients = await connect(procs, port, 10)
+    mark = proc.mark()
+    proc.signal(signal.SIGINT)
+    await proc.wait_for(r"signal received: draining workers", after=mark)
+    for index in range(2):  # each worker started its (two-minute) drain
+        await proc.wait_for(rf"parent: stopping worker={index}", after=mark)
+    proc.signal(signal.SIGINT)
+    for client in clients:  # long before drain_period
+        await client.expect_closed(timeout=TIMEOUT)
+    assert await proc.wait(timeout=TIMEOUT) == 0
+    assert proc.count(r"parent: stopping now") == 2
