@@ -406,7 +406,8 @@ class Registry:
             self.messages_from_clients += len(requests)
             self._redispatch(requests)
             return False
-        self.messages_from_clients += len(requests)
+        count = len(requests)  # _dispatch takes from the list it is given
+        self.messages_from_clients += count
         cluster = self.cluster
         started = time.perf_counter()
         if cluster is None or not cluster.unregistered:
@@ -415,7 +416,7 @@ class Registry:
             # suspends: Outbox.put only parks when it is full).
             pending = requests
             if await self._dispatch(pending, wait=False):
-                self.dispatch_latency.observe(time.perf_counter() - started, len(requests))
+                self.dispatch_latency.observe(time.perf_counter() - started, count)
                 return not client.input_ended
             pending = list(pending)
         else:
@@ -439,7 +440,7 @@ class Registry:
         finally:
             client.dispatch_scope = None
             del self._held[id(pending)]
-            self.dispatch_latency.observe(time.perf_counter() - started, len(requests))
+            self.dispatch_latency.observe(time.perf_counter() - started, count)
         client.dispatching = False
         if pending:  # interrupted: accepted, so it goes on as failover does
             self._redispatch(pending)
