@@ -42,7 +42,8 @@ def protos(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """pmlb beside a plain echo server and HAProxy (never in CI; see tools/bench/run.py),
-    then what crossing cluster nodes costs (tools/cluster_cost.py).
+    then ``--workers 2`` beside one process (tools/bench/workers.py) and what
+    crossing cluster nodes costs (tools/cluster_cost.py).
 
     Needs gcc and Debian's haproxy (``apt-get install haproxy``), and
     redis-server for the cluster part (skipped without it); ~7 minutes.
@@ -54,6 +55,7 @@ def bench(session: nox.Session) -> None:
 
     session.install("-e", ".")
     session.run("python", "tools/bench/run.py", *session.posargs)
+    session.run("python", "tools/bench/workers.py")  # --workers 2 beside one process
     if shutil.which("redis-server") is None:
         session.log("cluster costs skipped: redis-server is not installed")
         return
