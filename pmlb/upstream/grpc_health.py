@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Any
 
 import grpclib.client
-import grpclib.config
 import grpclib.const
 import grpclib.exceptions
 import trio
@@ -31,7 +30,7 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from pmlb._proto import upstream_pb2 as pb
-from pmlb.upstream.grpclib_transport import GuardedChannel
+from pmlb.upstream.grpclib_transport import GuardedChannel, tls_options
 from pmlb.upstream.h2_guard import FrameGuard
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.transport import Deliver, Transport, UpstreamError
@@ -91,12 +90,7 @@ class GrpcHealthTransport:
 
     def _stub(self) -> HealthStub:
         if self._channel is None:
-            options: dict[str, Any] = {}
-            if self._ssl_context is not None:
-                options["ssl"] = self._ssl_context()
-                options["config"] = grpclib.config.Configuration(
-                    ssl_target_name_override=self._server_name
-                )
+            options = tls_options(self._ssl_context, self._server_name)
             # The same limits as the stream's transport (see GuardedChannel).
             self._channel = GuardedChannel(
                 self._host,

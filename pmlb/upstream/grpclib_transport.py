@@ -193,6 +193,21 @@ class _GuardedProtocol(grpclib.protocol.H2Protocol):
         super().connection_lost(exc)
 
 
+def tls_options(
+    ssl_context: Callable[[], ssl.SSLContext] | None, server_name: str | None
+) -> dict[str, Any]:
+    """A grpclib ``Channel``'s keyword arguments for TLS (none for plain TCP).
+
+    ``server_name`` is the name the upstream's certificate is checked against.
+    """
+    if ssl_context is None:
+        return {}
+    return {
+        "ssl": ssl_context(),
+        "config": grpclib.config.Configuration(ssl_target_name_override=server_name),
+    }
+
+
 class GuardedChannel(grpclib.client.Channel):
     """A grpclib channel whose connections are guarded (see :class:`_GuardedProtocol`).
 
@@ -276,12 +291,7 @@ class GrpclibTransport:
     def _get_channel(self) -> grpclib.client.Channel:
         if self._channel is None:
             codec = _LimitedCodec(self._max_message_size)
-            options: dict[str, Any] = {}
-            if self._ssl_context is not None:
-                options["ssl"] = self._ssl_context()
-                options["config"] = grpclib.config.Configuration(
-                    ssl_target_name_override=self._server_name
-                )
+            options = tls_options(self._ssl_context, self._server_name)
             self._channel = GuardedChannel(
                 self._host,
                 self._port,
