@@ -125,7 +125,8 @@ def drive_dashboard(url: str, a: str, b_port: int, uuid: str, screenshot: Path) 
 
             # the charts fill up, one point a second; figures for latency and errors
             page.wait_for_function("history.length >= 3", timeout=20_000)
-            assert page.evaluate(LINE_PIXELS) > 50
+            # drawn on the next frame after a point arrives: wait for the line itself
+            page.wait_for_function(f"({LINE_PIXELS})() > 50", timeout=20_000)
             expect(page.locator("#clients-max")).to_have_text("max 22")
             expect(page.locator("#ping")).not_to_have_text("\N{EN DASH}")
             expect(page.locator("#failures")).to_have_text("0")
