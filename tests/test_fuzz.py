@@ -31,7 +31,7 @@ import pytest
 import trio
 import trio.testing
 from google.protobuf.message import DecodeError
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pmlb._proto import upstream_pb2 as pb
@@ -675,6 +675,9 @@ def h2_script(stream_id: int, steps: list[tuple[str, int, bytes]]) -> bytes:
     return b"".join(out)
 
 
+_EDGE_REPLY = pb.OutputStreamRequest(client_uuid="c", payload=b"x").SerializeToString()
+
+
 def h2_within_limits(steps: list[tuple[str, int, bytes]]) -> bool:
     """Whether the script stays within every limit and h2's rules (malformed messages aside)."""
     counts: Counter[str] = Counter()
@@ -683,21 +686,23 @@ def h2_within_limits(steps: list[tuple[str, int, bytes]]) -> bool:
     # A header block after the response headers is trailers without
     # END_STREAM: always refused (by the guard when over 64 KiB, else by h2).
     control = sum(counts[k] for k in ("ping", "settings", "priority", "unknown", "empty_data"))
-    # the transport writes the outbox as one DATA frame: 100 + 10 WINDOW_UPDATEs
-    return not counts["header_block"] and control <= 1000 and counts["window_update"] <= 110
+    # The bucket holds 1000 control frames, but the handshake takes 3 of them
+    # (the upstream's SETTINGS, its ACK of ours, ...): a script of 998 was
+    # refused, now and then in CI. The transport writes the outbox as one
+    # DATA frame of one message: 100 + 10 x 2 WINDOW_UPDATEs, less the fake's
+    # own. Between these and the limits, either outcome is right.
+    return not counts["header_block"] and control <= 990 and counts["window_update"] <= 110
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="flaky: now and then delivers no valid reply although all were in limits"
-    " (2 of 4 fresh .ci/run today); to be found and fixed, see the session note",
-)
 @FUZZ
 @given(
     steps=st.lists(h2_steps(), max_size=8),
     # often none: then all of it comes in one read, as from a fast upstream
     h2_cuts=st.one_of(st.just([]), st.lists(st.integers(0, 1 << 20), max_size=8)),
 )
+# the edges of h2_within_limits, every run
+@example(steps=[("reply", 1, _EDGE_REPLY), ("ping", 990, b"")], h2_cuts=[])
+@example(steps=[("reply", 1, _EDGE_REPLY), ("window_update", 110, b"")], h2_cuts=[])
 @counted
 def test_hostile_h2_frames_through_the_native_transport(
     steps: list[tuple[str, int, bytes]], h2_cuts: list[int]

@@ -338,8 +338,9 @@ class Connection:
         *,
         end: bool = False,
         progress: Callable[[], None] | None = None,
+        messages: int = 1,
     ) -> None:
-        """Write ``data`` on ``stream``, waiting for flow-control window as needed.
+        """Write ``data`` (``messages`` gRPC messages) on ``stream``, waiting for window as needed.
 
         However it ends, ``stream.written`` says how many bytes of ``data``
         were handed to h2 (and so may have reached the upstream).
@@ -350,6 +351,8 @@ class Connection:
         view = memoryview(data)
         pos, total = 0, len(data)
         stream.written = 0
+        # The peer may credit each message as it reads it (grpcio does).
+        self._guard.sent_data_frames(0, messages)
         try:
             while pos < total:
                 self.check()

@@ -17,8 +17,11 @@ connection with :class:`FloodError` when the upstream:
   not yet written: it does not read what it asks for (Envoy's
   ``max_outbound_control_frames``);
 - sends more WINDOW_UPDATE frames than ``window_update_base`` plus
-  ``window_updates_per_data_frame`` per DATA frame pmlb sent (Envoy's
-  ``max_inbound_window_update_frames_per_data_frame_sent``).
+  ``window_updates_per_data_frame`` per DATA frame and per gRPC message
+  pmlb sent (Envoy's ``max_inbound_window_update_frames_per_data_frame_sent``;
+  the messages count too because a gRPC peer may credit each message as its
+  application reads it: grpcio sent 131 WINDOW_UPDATEs for 200 small
+  messages that pmlb had written in 3 DATA frames).
 
 It also cuts the input so that h2 is handed at most ``frames_per_step``
 frames at a time: the transport lets other tasks run between the pieces,
@@ -84,11 +87,16 @@ class FrameGuard:
         self.owed = 0
         self.window_updates = 0
         self.data_frames_sent = 0
+        self.messages_sent = 0
         self.frames = 0
 
-    def sent_data_frames(self, count: int) -> None:
-        """pmlb handed ``count`` more DATA frames to h2 (each may earn a WINDOW_UPDATE)."""
+    def sent_data_frames(self, count: int, messages: int = 0) -> None:
+        """pmlb handed ``count`` more DATA frames to h2, holding ``messages`` gRPC messages.
+
+        Each frame and each message may earn WINDOW_UPDATEs.
+        """
         self.data_frames_sent += count
+        self.messages_sent += messages
 
     def written(self) -> None:
         """Everything h2 had to send was written: the acks owed are paid."""
@@ -164,15 +172,14 @@ class FrameGuard:
                 self._control("empty DATA")
         elif kind == _WINDOW_UPDATE:
             self.window_updates += 1
-            allowed = (
-                self.window_update_base + self.window_updates_per_data_frame * self.data_frames_sent
-            )
+            earned = self.data_frames_sent + self.messages_sent
+            allowed = self.window_update_base + self.window_updates_per_data_frame * earned
             if self.window_updates > allowed:
                 raise FloodError(
                     f"WINDOW_UPDATE flood: {self.window_updates} frames for"
-                    f" {self.data_frames_sent} DATA frames sent"
-                    f" (at most {self.window_update_base}"
-                    f" + {self.window_updates_per_data_frame} per DATA frame)"
+                    f" {self.data_frames_sent} DATA frames and {self.messages_sent}"
+                    f" messages sent (at most {self.window_update_base}"
+                    f" + {self.window_updates_per_data_frame} per DATA frame or message)"
                 )
         elif kind in _CONTROL or kind not in _KNOWN:
             if kind in (_SETTINGS, _PING) and not flags & _ACK:

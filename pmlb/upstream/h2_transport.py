@@ -181,7 +181,12 @@ class H2Transport:
                 continue
             encoded = [message.SerializeToString() for message in batch]
             try:
-                await connection.send(stream, encode_messages(encoded), progress=outbox.progressed)
+                await connection.send(
+                    stream,
+                    encode_messages(encoded),
+                    progress=outbox.progressed,
+                    messages=len(encoded),
+                )
             except BaseException:
                 outbox.requeue(_unwritten(batch, encoded, stream.written))
                 raise
