@@ -124,7 +124,8 @@ def test_window_updates_are_allowed_per_message_sent() -> None:
     # WINDOW_UPDATEs came for 200 small messages written in 3 DATA frames.
     update = raw_frame(WINDOW_UPDATE, 0, 0, b"\x00\x00\x00\x01")
     guard = FrameGuard(window_update_base=100, window_updates_per_data_frame=10)
-    guard.sent_data_frames(3, 200)
+    guard.sent_data_frames(3)
+    guard.sent_messages(200)
     guard.feed(update * 2130, 0.0)
     with pytest.raises(
         FloodError, match="WINDOW_UPDATE flood: 2131 frames for 3 DATA frames and 200 messages"

@@ -351,8 +351,7 @@ class Connection:
         view = memoryview(data)
         pos, total = 0, len(data)
         stream.written = 0
-        # The peer may credit each message as it reads it (grpcio does).
-        self._guard.sent_data_frames(0, messages)
+        self._guard.sent_messages(messages)
         try:
             while pos < total:
                 self.check()

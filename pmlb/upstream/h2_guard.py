@@ -90,13 +90,13 @@ class FrameGuard:
         self.messages_sent = 0
         self.frames = 0
 
-    def sent_data_frames(self, count: int, messages: int = 0) -> None:
-        """pmlb handed ``count`` more DATA frames to h2, holding ``messages`` gRPC messages.
-
-        Each frame and each message may earn WINDOW_UPDATEs.
-        """
+    def sent_data_frames(self, count: int) -> None:
+        """pmlb handed ``count`` more DATA frames to h2 (each may earn WINDOW_UPDATEs)."""
         self.data_frames_sent += count
-        self.messages_sent += messages
+
+    def sent_messages(self, count: int) -> None:
+        """pmlb is writing ``count`` more gRPC messages (a peer may credit each as it reads it)."""
+        self.messages_sent += count
 
     def written(self) -> None:
         """Everything h2 had to send was written: the acks owed are paid."""
