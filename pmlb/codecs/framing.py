@@ -12,6 +12,8 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from pmlb.codecs.prefixed import PrefixedDecoder
+
 __all__ = [
     "Decoder",
     "Framing",
@@ -158,7 +160,7 @@ class LineDecoder:
         return lines
 
 
-class LengthPrefixDecoder:
+class LengthPrefixDecoder(PrefixedDecoder):
     """Messages each preceded by their length, a 4-byte big-endian unsigned integer.
 
     Zero-length messages are allowed. A length over ``max_size`` is rejected as
@@ -166,51 +168,16 @@ class LengthPrefixDecoder:
     :class:`MessageTooLarge`, every later :meth:`feed` raises it again.
     """
 
+    # No flag: a zero-width field (see PrefixedDecoder.header).
+    header = struct.Struct(">0sI")
+
     def __init__(self, max_size: int) -> None:
         _check_max_size(max_size)
+        super().__init__(max_size)
         self.read_size = _READ_SIZE
-        self._max_size = max_size
-        # The start of an unfinished frame, its header included.
-        self._partial = bytearray()
-        self._error: MessageTooLarge | None = None
 
-    @property
-    def buffered(self) -> int:
-        """Bytes of the unfinished last frame, its length prefix included."""
-        return len(self._partial)
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Return the messages that ``data`` completes, without their length prefixes."""
-        if self._error is not None:
-            raise self._error
-        buf: bytes | bytearray
-        if self._partial:
-            self._partial += data
-            buf = self._partial
-        else:
-            # Nothing pending: decode straight from data and copy only its tail.
-            buf = data
-        messages: list[bytes] = []
-        pos = 0
-        end = len(buf)
-        with memoryview(buf) as view:
-            while end - pos >= _HEADER.size:
-                (size,) = _HEADER.unpack_from(view, pos)
-                if size > self._max_size:
-                    self._error = MessageTooLarge(size, self._max_size)
-                    raise self._error
-                start = pos + _HEADER.size
-                stop = start + size
-                if stop > end:
-                    break
-                messages.append(view[start:stop].tobytes())
-                pos = stop
-            if buf is data:
-                self._partial += view[pos:]
-        if buf is self._partial:
-            # Deleting a bytearray's head moves its start pointer, not its bytes.
-            del self._partial[:pos]
-        return messages
+    def _refuse(self, flag: object, size: int, messages: list[bytes]) -> MessageTooLarge:
+        return MessageTooLarge(size, self._max_size)
 
 
 _DECODERS: dict[Framing, Callable[[int], Decoder]] = {
