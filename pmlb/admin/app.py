@@ -25,7 +25,6 @@ from quart import Response, request, websocket
 from quart_schema import (
     QuartSchema,
     RequestSchemaValidationError,
-    validate_querystring,
     validate_request,
     validate_response,
 )
@@ -37,7 +36,7 @@ from pmlb._time import rfc3339_from
 from pmlb._version import pmlb_version
 from pmlb.admin import audit
 from pmlb.admin import schemas as s
-from pmlb.admin.context import Context, degraded, message_payload
+from pmlb.admin.context import Context, degraded
 from pmlb.admin.errors import (
     Conflict,
     Invalid,
@@ -47,11 +46,9 @@ from pmlb.admin.errors import (
     error_response,
 )
 from pmlb.admin.guard import Guard, HostCheck
-from pmlb.admin.routes import health, metrics, upstreams
+from pmlb.admin.routes import broadcast, clients, health, metrics, upstreams
 from pmlb.balancer import POLICIES
-from pmlb.cluster.ops import BusDown, NoAnswer, encode_payload
 from pmlb.config import ConfigError
-from pmlb.downstream.client import Client
 from pmlb.metrics import metrics_registry
 from pmlb.registry import Registry
 from pmlb.reload import ReloadUnavailable
@@ -67,12 +64,6 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
 
 def _version() -> str:
     return pmlb_version()
-
-
-def _client_view(
-    client: Client, now: float, wall: float, window: float, node: str | None = None
-) -> s.Client:
-    return s.Client(**client.view(now, wall, window), node=node)
 
 
 class _Request(TrioRequest):
@@ -245,186 +236,8 @@ def create_app(
     health.register(app, ctx)
     metrics.register(app, ctx)
     upstreams.register(app, ctx)
-
-    # -- clients ----------------------------------------------------------
-
-    @app.get("/api/v1/clients")
-    @validate_querystring(s.ClientQuery)
-    @validate_response(s.ClientPage)
-    async def list_clients(query_args: s.ClientQuery) -> s.ClientPage:
-        """Connected clients, oldest first, ``limit`` at a time from ``cursor``."""
-        if query_args.listener is not None and query_args.listener not in listeners:
-            raise NotFound(f"no listener {query_args.listener!r}")
-        node, _, after = query_args.cursor.rpartition("/")
-        if registry.cluster is not None:
-            return await cluster_page(query_args, node, int(after))
-        if node:
-            raise Invalid("cursor: NODE/NUMBER is for a cluster; this pmlb is alone", "cursor")
-        page, cursor = registry.client_page(
-            after=int(after),
-            limit=query_args.limit,
-            state=query_args.state,
-            listener=query_args.listener,
-            search=query_args.q,
-        )
-        now, wall, window = time.monotonic(), time.time(), registry.config.activity_window
-        return s.ClientPage(
-            clients=[_client_view(c, now, wall, window) for c in page],
-            next_cursor=cursor,
-            connected=len(registry.clients),
-        )
-
-    async def cluster_page(query: s.ClientQuery, start: str, after: int) -> s.ClientPage:
-        # Pages go over the nodes in name order, each node's clients oldest
-        # first; a cursor NODE/N goes on after client N of NODE (or at the
-        # next name, if NODE is gone).
-        bus = registry.cluster
-        assert bus is not None
-        names = sorted({bus.node, *bus.nodes}) if bus.connected else [bus.node]
-        clients: list[s.Client] = []
-        missing: list[str] = []
-        for name in (n for n in names if n >= start):
-            here = after if name == start else -1
-            want = query.limit - len(clients)
-            if name == bus.node:
-                page, cursor = registry.client_page(
-                    after=here,
-                    limit=want,
-                    state=query.state,
-                    listener=query.listener,
-                    search=query.q,
-                )
-                now, wall, window = time.monotonic(), time.time(), registry.config.activity_window
-                clients += [_client_view(c, now, wall, window, bus.node) for c in page]
-            else:
-                request = {
-                    "op": "clients",
-                    "after": here,
-                    "limit": want,
-                    "state": query.state,
-                    "listener": query.listener,
-                    "q": query.q,
-                }
-                try:
-                    answer = await bus.ask_node(name, request, ASK_TIMEOUT)
-                except (BusDown, NoAnswer) as exc:
-                    missing.append(f"{name}: {exc}")
-                    continue
-                if answer is None:  # it left since the last heartbeat
-                    continue
-                clients += [s.Client(**c, node=name) for c in answer["clients"]]
-                cursor = answer["next_cursor"]
-            if cursor is not None:
-                next_cursor: str | None = f"{name}/{cursor}"
-                break
-            later = [n for n in names if n > name]
-            if len(clients) >= query.limit and later:
-                next_cursor = f"{later[0]}/-1"
-                break
-        else:
-            next_cursor = None
-        if not bus.connected:
-            missing.insert(0, f"the other nodes: {degraded(bus)}")
-        return s.ClientPage(
-            clients=clients,
-            next_cursor=next_cursor,
-            connected=bus.cluster_clients if bus.connected else len(registry.clients),
-            partial="; ".join(missing) or None,
-        )
-
-    async def remote(uuid: str, request: dict[str, Any]) -> dict[str, Any]:
-        """The answer of the node holding ``uuid`` (not this one); 404, 503, 504 else."""
-        bus = registry.cluster
-        if bus is None:
-            raise NotFound(f"no client {uuid}")
-        try:
-            answer = await bus.ask_owner(uuid, {**request, "uuid": uuid}, ASK_TIMEOUT)
-        except BusDown as exc:
-            raise Unavailable(
-                f"no client {uuid} on this node, and the other nodes cannot be asked: {exc}"
-            ) from None
-        except NoAnswer as exc:
-            raise Unavailable(f"client {uuid}: {exc}", 504) from None
-        if answer is None or answer.get("status") != 200:
-            raise NotFound(f"no client {uuid} in the cluster")
-        return answer
-
-    def this_node() -> str | None:
-        return None if registry.cluster is None else registry.cluster.node
-
-    @app.get("/api/v1/clients/<uuid>")
-    @validate_response(s.Client)
-    async def get_client(uuid: str) -> s.Client:
-        """One client, on this node or (in a cluster) any other."""
-        client = registry.clients.get(uuid)
-        if client is None:
-            answer = await remote(uuid, {"op": "client"})
-            return s.Client(**answer["client"], node=answer["node"])
-        window = registry.config.activity_window
-        return _client_view(client, time.monotonic(), time.time(), window, this_node())
-
-    @app.delete("/api/v1/clients/<uuid>")
-    @validate_response(s.Disconnected)
-    async def kick_client(uuid: str) -> s.Disconnected:
-        """Disconnect a client, on this node or (in a cluster) any other."""
-        if uuid not in registry.clients:
-            answer = await remote(uuid, {"op": "kick"})
-            action("client_kicked", client=uuid, node=answer["node"])
-            return s.Disconnected(disconnected=uuid, node=answer["node"])
-        registry.kick(uuid)
-        action("client_kicked", client=uuid)
-        return s.Disconnected(disconnected=uuid, node=this_node())
-
-    @app.post("/api/v1/clients/<uuid>/messages")
-    @validate_request(s.Message)
-    @validate_response(s.Queued, 202)
-    async def send_to_client(uuid: str, data: s.Message) -> tuple[s.Queued, int]:
-        """Queue a message for one client, as an upstream would; any node's in a cluster."""
-        payload = message_payload(data)
-        if uuid not in registry.clients:
-            answer = await remote(uuid, {"op": "send", "payload": encode_payload(payload)})
-            queued = bool(answer["queued"])
-            action("client_message", client=uuid, queued=queued, node=answer["node"])
-            return s.Queued(client=uuid, queued=queued, node=answer["node"]), 202
-        queued = registry.send_to(uuid, payload)
-        action("client_message", client=uuid, queued=queued)
-        return s.Queued(client=uuid, queued=queued, node=this_node()), 202
-
-    @app.post("/api/v1/broadcast")
-    @validate_request(s.BroadcastIn)
-    @validate_response(s.BroadcastOut)
-    async def broadcast(data: s.BroadcastIn) -> s.BroadcastOut:
-        """Send a message to all, active or inactive clients (of every node, in a cluster).
-
-        ``nodes`` says how many nodes answered of ``nodes_asked``; a node
-        that did not answer in time may still have delivered it.
-        """
-        payload = message_payload(data)
-        recipients = registry.broadcast(data.kind, payload)
-        answered = asked = 1
-        partial = None
-        bus = registry.cluster
-        if bus is not None:
-            request = {"op": "broadcast", "kind": data.kind, "payload": encode_payload(payload)}
-            try:
-                answers, others = await bus.ask_all(request, ASK_TIMEOUT)
-            except BusDown as exc:
-                partial = f"this node only: {exc}"
-            else:
-                recipients += sum(int(a.get("recipients", 0)) for a in answers)
-                answered, asked = 1 + len(answers), 1 + others
-                if len(answers) < others:
-                    partial = (
-                        f"{others - len(answers)} node(s) did not answer within {ASK_TIMEOUT:g} s"
-                    )
-        action("broadcast", kind=data.kind, recipients=recipients, nodes=answered)
-        return s.BroadcastOut(
-            kind=data.kind,
-            recipients=recipients,
-            nodes=answered,
-            nodes_asked=asked,
-            partial=partial,
-        )
+    clients.register(app, ctx)
+    broadcast.register(app, ctx)
 
     # -- cluster ----------------------------------------------------------
 
