@@ -67,6 +67,7 @@ def _results() -> dict[str, Any]:
             "WebSocket C=100 D=1": {
                 "haproxy": _load(10.0, 2000),
                 "pmlb-native": _load(40.0, 6000),
+                "haproxy-ws": _load(20.0, 3500),
                 "pmlb-ws": _load(120.0, 7000),
             },
         },
@@ -88,8 +89,10 @@ def test_each_target_is_divided_by_the_haproxy_of_its_protocol(run: ModuleType) 
     assert run.ratios(by, "pmlb-native") == (f"4.00{X}", f"3.00{X}")  # by plain haproxy
     assert run.ratios(by, "pmlb-tls") == (f"4.00{X}", f"3.00{X}")  # by haproxy-tls
     assert run.ratios(by, "haproxy-tls") == (f"1.00{X}", f"1.00{X}")
-    # no HAProxy speaks WebSocket in the run: no ratio rather than a wrong one
     ws = _results()["throughput"]["WebSocket C=100 D=1"]
+    assert run.ratios(ws, "pmlb-ws") == (f"6.00{X}", f"2.00{X}")  # by haproxy-ws
+    # no HAProxy speaks WebSocket in the run: no ratio rather than a wrong one
+    del ws["haproxy-ws"]
     assert run.ratios(ws, "pmlb-ws") == ("-", "-")
 
 
@@ -121,7 +124,7 @@ def test_chart_rows_pair_each_scenario_with_its_own_pmlb_and_haproxy(run: Module
     assert rows == [
         ("C=100 D=1", "pmlb-native", True),
         ("TLS C=100 D=1", "pmlb-tls", True),
-        ("WebSocket C=100 D=1", "pmlb-ws", False),
+        ("WebSocket C=100 D=1", "pmlb-ws", True),
     ]
 
 
@@ -130,6 +133,7 @@ def test_derived_gives_tls_and_websocket_against_plain_tcp(run: ModuleType) -> N
     assert out["pmlb-tls µs/msg ÷ pmlb-native µs/msg, TLS C=100 D=1"] == 1.6
     assert out["pmlb-ws µs/msg ÷ pmlb-native µs/msg, WebSocket C=100 D=1"] == 3.0
     assert out["pmlb-tls p99 ÷ haproxy-tls p99, TLS C=100 D=1"] == 3.0
+    assert out["pmlb-ws p99 ÷ haproxy-ws p99, WebSocket C=100 D=1"] == 2.0
     # the plain-TCP p99 ratio only for the plain scenarios
     assert "pmlb-native p99 ÷ haproxy p99, C=100 D=1" in out
     assert "pmlb-native p99 ÷ haproxy p99, TLS C=100 D=1" not in out
@@ -156,3 +160,10 @@ def test_a_run_without_an_echo_gets_no_ratio(run: ModuleType) -> None:
     by["haproxy"]["messages"] = 0
     assert run.ratios(by, "pmlb-native") == ("-", "-")
     assert run.chart_rows(results)[0][3] is None
+    ws = results["throughput"]["WebSocket C=100 D=1"]
+    ws["pmlb-ws"]["messages"] = 0
+    assert (
+        "| WebSocket C=100 D=1 | pmlb-ws | 1,234 | 3500 | 7000 | 14000 | - (no echo) | - | - "
+        in (run.table(results))
+    )
+    assert not [key for key in run.derived(results) if "pmlb-ws" in key]

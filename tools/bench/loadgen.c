@@ -4,6 +4,9 @@
  * as a binary. Every mode prints one JSON object per result line on stdout.
  *
  *   loadgen echo  PORT                       a plain epoll echo server (the baseline)
+ *   loadgen wsecho PORT                      the same speaking WebSocket: answers the
+ *                                            upgrade, echoes each frame's payload in an
+ *                                            unmasked frame (HAProxy's backend for ws)
  *   loadgen load  PORT C D S SECONDS RATE [PROTO]
  *                                            C connections, D messages in flight each,
  *                                            S-byte lines; RATE > 0 caps the total
@@ -36,6 +39,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +51,8 @@
 #include <unistd.h>
 #ifndef NO_TLS
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <openssl/ssl.h>
 #else
 typedef struct ssl_st SSL;
@@ -101,7 +107,8 @@ static int connect_to(int port, const char *src, int nonblock) {
 
 /* -- echo server ------------------------------------------------------ */
 
-static __attribute__((noreturn)) void echo_server(int port) {
+/* A non-blocking listener on 127.0.0.1:port; prints "LISTENING <port>". */
+static int open_listener(int port) {
     int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     int one = 1;
     setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -113,6 +120,29 @@ static __attribute__((noreturn)) void echo_server(int port) {
     getsockname(lfd, (struct sockaddr *)&addr, &len);
     printf("LISTENING %d\n", ntohs(addr.sin_port));
     fflush(stdout);
+    return lfd;
+}
+
+/* Blocking retry on a full socket buffer: enough for a baseline server. */
+static void write_all(int fd, const char *buf, size_t n) {
+    size_t off = 0;
+    while (off < n) {
+        ssize_t w = write(fd, buf + off, n - off);
+        if (w < 0) {
+            if (errno == EAGAIN) {
+                struct pollfd p = {fd, POLLOUT, 0};
+                poll(&p, 1, 1000);
+                continue;
+            }
+            return;
+        }
+        off += w;
+    }
+}
+
+static __attribute__((noreturn)) void echo_server(int port) {
+    int lfd = open_listener(port);
+    int one = 1;
     int ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = lfd};
     epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
@@ -136,24 +166,150 @@ static __attribute__((noreturn)) void echo_server(int port) {
                 close(fd);
                 continue;
             }
-            /* Small echoes always fit the socket buffer; a blocking retry is
-             * enough for a baseline server. */
-            ssize_t off = 0;
-            while (off < r) {
-                ssize_t w = write(fd, buf + off, r - off);
-                if (w < 0) {
-                    if (errno == EAGAIN) {
-                        struct pollfd p = {fd, POLLOUT, 0};
-                        poll(&p, 1, 1000);
-                        continue;
-                    }
-                    break;
-                }
-                off += w;
-            }
+            /* Small echoes always fit the socket buffer. */
+            write_all(fd, buf, (size_t)r);
         }
     }
 }
+
+/* -- WebSocket echo server ----------------------------------------------- */
+
+#ifndef NO_TLS
+typedef struct {
+    int upgraded;
+    size_t len;
+    unsigned char buf[65536 + 16];
+} wsconn_t;
+
+/* The 101 answer to the request head in c->buf (NUL-terminated); 0 if none. */
+static int ws_accept(int fd, wsconn_t *c) {
+    const char *key = strcasestr((char *)c->buf, "\r\nSec-WebSocket-Key:");
+    if (!key) return 0;
+    key += strlen("\r\nSec-WebSocket-Key:");
+    while (*key == ' ') key++;
+    size_t klen = strcspn(key, "\r\n ");
+    char joined[256];
+    int n = snprintf(joined, sizeof joined, "%.*s258EAFA5-E914-47DA-95CA-C5AB0DC85B11",
+                     (int)klen, key);
+    unsigned char digest[SHA_DIGEST_LENGTH];
+    SHA1((unsigned char *)joined, (size_t)n, digest);
+    unsigned char accept[64];
+    EVP_EncodeBlock(accept, digest, SHA_DIGEST_LENGTH);
+    char resp[256];
+    n = snprintf(resp, sizeof resp,
+                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+                 accept);
+    write_all(fd, resp, (size_t)n);
+    return 1;
+}
+
+/* Echo every whole frame in c->buf, unmasked; -1 on a close frame or garbage. */
+static int ws_echo_frames(int fd, wsconn_t *c) {
+    static char out[sizeof c->buf + 16];
+    size_t off = 0, olen = 0;
+    int rc = 0;
+    while (c->len - off >= 2) {
+        unsigned char *f = c->buf + off;
+        int opcode = f[0] & 0x0f, masked = f[1] & 0x80;
+        size_t plen = f[1] & 0x7f, h = 2;
+        if (plen == 126) {
+            if (c->len - off < 4) break;
+            plen = (size_t)f[2] << 8 | f[3];
+            h = 4;
+        } else if (plen == 127) {
+            rc = -1; /* no 64-bit lengths here */
+            break;
+        }
+        size_t mh = h + (masked ? 4 : 0);
+        if (c->len - off < mh + plen) break;
+        if (opcode == 0x8) {
+            rc = -1;
+            break;
+        }
+        unsigned char *payload = f + mh;
+        if (masked)
+            for (size_t i = 0; i < plen; i++) payload[i] ^= f[h + (i & 3)];
+        if (opcode == 0x1 || opcode == 0x2 || opcode == 0x9) {
+            out[olen] = (char)(0x80 | (opcode == 0x9 ? 0xa : opcode)); /* a ping gets its pong */
+            if (plen < 126) {
+                out[olen + 1] = (char)plen;
+                olen += 2;
+            } else {
+                out[olen + 1] = 126;
+                out[olen + 2] = (char)(plen >> 8);
+                out[olen + 3] = (char)plen;
+                olen += 4;
+            }
+            memcpy(out + olen, payload, plen);
+            olen += plen;
+        }
+        off += mh + plen;
+    }
+    if (olen) write_all(fd, out, olen);
+    memmove(c->buf, c->buf + off, c->len - off);
+    c->len -= off;
+    if (c->len >= sizeof c->buf - 1) rc = -1; /* a frame larger than the buffer */
+    return rc;
+}
+
+static __attribute__((noreturn)) void ws_echo_server(int port) {
+    int lfd = open_listener(port);
+    int one = 1;
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = lfd};
+    epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
+    static wsconn_t *conns[1 << 16];
+    struct epoll_event events[512];
+    for (;;) {
+        int n = epoll_wait(ep, events, 512, -1);
+        for (int i = 0; i < n; i++) {
+            int fd = events[i].data.fd;
+            if (fd == lfd) {
+                int c;
+                while ((c = accept4(lfd, NULL, NULL, SOCK_NONBLOCK)) >= 0) {
+                    if (c >= (1 << 16)) {
+                        close(c);
+                        continue;
+                    }
+                    setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                    if (!conns[c]) conns[c] = malloc(sizeof(wsconn_t));
+                    conns[c]->upgraded = 0;
+                    conns[c]->len = 0;
+                    struct epoll_event cev = {.events = EPOLLIN, .data.fd = c};
+                    epoll_ctl(ep, EPOLL_CTL_ADD, c, &cev);
+                }
+                continue;
+            }
+            wsconn_t *c = conns[fd];
+            ssize_t r = read(fd, c->buf + c->len, sizeof c->buf - 1 - c->len);
+            if (r <= 0) {
+                if (r < 0 && errno == EAGAIN) continue;
+                close(fd);
+                continue;
+            }
+            c->len += r;
+            if (!c->upgraded) {
+                c->buf[c->len] = 0;
+                char *end = strstr((char *)c->buf, "\r\n\r\n");
+                if (!end) {
+                    if (c->len >= sizeof c->buf - 1) close(fd);
+                    continue;
+                }
+                if (!ws_accept(fd, c)) {
+                    close(fd);
+                    continue;
+                }
+                c->upgraded = 1;
+                size_t head = (size_t)(end + 4 - (char *)c->buf);
+                memmove(c->buf, c->buf + head, c->len - head);
+                c->len -= head;
+            }
+            if (ws_echo_frames(fd, c) < 0) close(fd);
+        }
+    }
+}
+#endif
 
 /* -- load --------------------------------------------------------------- */
 
@@ -660,7 +816,14 @@ static int accept_rate(int port, double seconds, int par, const char *src) {
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    /* A write to a connection the peer reset is an error to count (load) or
+     * a connection to drop (echo servers), never the end of the process:
+     * the echo server died so behind HAProxy once its clients were reset. */
+    signal(SIGPIPE, SIG_IGN);
     if (argc >= 3 && !strcmp(argv[1], "echo")) echo_server(atoi(argv[2]));
+#ifndef NO_TLS
+    if (argc >= 3 && !strcmp(argv[1], "wsecho")) ws_echo_server(atoi(argv[2]));
+#endif
     if (argc >= 8 && !strcmp(argv[1], "load"))
         return load(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atof(argv[6]),
                     atof(argv[7]), argc >= 9 ? argv[8] : "tcp");

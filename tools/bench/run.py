@@ -5,9 +5,11 @@ CI. It compiles tools/bench/loadgen.c with the system gcc into a temporary
 directory, starts:
 
 - ``echo``: loadgen's plain epoll echo server (the physical limit here);
-- ``haproxy``: Debian's HAProxy, ``mode tcp``, 1 thread, in front of it, and
+- ``haproxy``: Debian's HAProxy, ``mode tcp``, 1 thread, in front of it,
   ``haproxy-tls``: the same process terminating TLS (``bind ... ssl crt``)
-  in front of the same echo server;
+  in front of the same echo server, and ``haproxy-ws``: the same process,
+  ``mode http``, passing WebSocket upgrades to loadgen's WebSocket echo
+  server (``wsecho``), which it then tunnels as HAProxy does;
 - ``pmlb-native`` / ``pmlb-grpclib``: ``pmlb serve`` (line framing) with a
   batched h2 echo upstream (tools/bench/echo_upstream.py), one per transport.
   One upstream, because round robin over several would reorder a client's
@@ -57,9 +59,14 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 STARTUP_TIMEOUT = 30.0
 SCENARIOS = ("throughput", "latency", "tls", "websocket", "idle", "broadcast", "max", "accept")
 #: the protocol each target's clients speak (default "tcp")
-PROTOCOLS = {"haproxy-tls": "tls", "pmlb-tls": "tls", "pmlb-ws": "ws"}
+PROTOCOLS = {"haproxy-tls": "tls", "pmlb-tls": "tls", "haproxy-ws": "ws", "pmlb-ws": "ws"}
 #: the HAProxy each target is compared with: the one speaking its protocol
-BASELINES = {"haproxy-tls": "haproxy-tls", "pmlb-tls": "haproxy-tls", "pmlb-ws": "haproxy-ws"}
+BASELINES = {
+    "haproxy-tls": "haproxy-tls",
+    "pmlb-tls": "haproxy-tls",
+    "haproxy-ws": "haproxy-ws",
+    "pmlb-ws": "haproxy-ws",
+}
 #: the scenario name prefixes of the TLS and WebSocket runs
 SCENARIO_PROTOCOLS = {"TLS ": "tls", "WebSocket ": "ws"}
 #: (connections, messages in flight) of the TLS and WebSocket runs: the issue's two targets
@@ -214,13 +221,24 @@ class Bench:
         self.targets["echo"] = Target("echo", echo_port, echo.pid)
         cert, key, both = make_certificate(self.build)
         if haproxy:
-            port, tls_port = free_port(), free_port()
+            port, tls_port, ws_port = free_port(), free_port(), free_port()
             cfg = self.build / "haproxy.cfg"
-            tls_frontend = (
-                f"frontend ftls\n  bind 127.0.0.1:{tls_port} ssl crt {both}\n  default_backend b\n"
-                if self.tls
-                else ""
-            )
+            tls_frontend = ws_frontend = ""
+            if self.tls:  # loadgen's TLS and its WebSocket echo server need OpenSSL
+                tls_frontend = (
+                    f"frontend ftls\n  bind 127.0.0.1:{tls_port} ssl crt {both}\n"
+                    "  default_backend b\n"
+                )
+                wsecho = self.start(
+                    [self.loadgen, "wsecho", "0"], stdout=subprocess.PIPE, text=True
+                )
+                assert wsecho.stdout is not None
+                wsecho_port = int(wsecho.stdout.readline().split()[1])
+                ws_frontend = (
+                    f"frontend fws\n  mode http\n  bind 127.0.0.1:{ws_port}\n"
+                    "  default_backend bws\n"
+                    f"backend bws\n  mode http\n  server wsecho 127.0.0.1:{wsecho_port}\n"
+                )
             cfg.write_text(
                 "global\n  nbthread 1\n  maxconn 9500\n"
                 "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n"
@@ -228,6 +246,7 @@ class Bench:
                 f"frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n"
                 f"{tls_frontend}"
                 f"backend b\n  server echo 127.0.0.1:{echo_port}\n"
+                f"{ws_frontend}"
             )
             proc = self.start([haproxy, "-db", "-f", str(cfg)])
             wait_port(port, proc)
@@ -235,6 +254,8 @@ class Bench:
             if self.tls:
                 wait_port(tls_port, proc)
                 self.targets["haproxy-tls"] = Target("haproxy-tls", tls_port, proc.pid, proto="tls")
+                wait_port(ws_port, proc)
+                self.targets["haproxy-ws"] = Target("haproxy-ws", ws_port, proc.pid, proto="ws")
         upstreams = []
         for _ in range(self.upstreams):
             up = self.start(
@@ -481,9 +502,11 @@ def table(results: dict[str, Any]) -> str:
     for scenario, by_target in results["throughput"].items():
         for name, r in by_target.items():
             cpu_ratio, p99_ratio = ratios(by_target, name)
+            # no echo in the window: the CPU was not spent on messages that came back
+            per_msg = r["target_us_per_msg"] if r.get("messages", 1) else "- (no echo)"
             lines.append(
                 f"| {scenario} | {name} | {r['msgs_per_s']:,.0f} | {r['p50_us']} | {r['p99_us']} "
-                f"| {r['max_us']} | {r['target_us_per_msg']} | {cpu_ratio} | {p99_ratio} "
+                f"| {r['max_us']} | {per_msg} | {cpu_ratio} | {p99_ratio} "
                 f"| {'+'.join(str(c) for c in r['upstream_cpu_s']) or '-'} | {r['loadgen_cpu_s']} "
                 f"| {r['least_served']}-{r['most_served']} |"
             )
@@ -570,8 +593,9 @@ def chart(results: dict[str, Any], path: Path) -> bool:
             if b:
                 ax.annotate(ratio(value, b), (x - width / 2, value), ha="center", va="bottom")
         ax.set_yscale("log")
+        ax.set_ylim(top=max([*pmlb, *base, 1]) * 6)  # room for the ratios and the legend
         ax.set_ylabel(title)
-        ax.legend(loc="upper left")
+        ax.legend(loc="upper left", ncols=2, fontsize=8)
         ax.grid(axis="y", which="both", alpha=0.3)
     axes[1].set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=8)
     fig.suptitle(f"pmlb beside HAProxy (ratio above each pmlb bar), {results['date']}")
@@ -625,6 +649,7 @@ def main() -> None:
     if args.from_json:
         source = Path(args.from_json)
         done: dict[str, Any] = json.loads(source.read_text())
+        done["derived"] = derived(done)  # as this version of the script derives them
         chart_path = (
             None if args.chart == "none" else Path(args.chart or source.with_suffix(".png"))
         )
@@ -747,6 +772,7 @@ def derived(results: dict[str, Any]) -> dict[str, Any]:
             )
     # the target: TLS and WebSocket clients at most twice plain TCP's CPU per message
     for key, by in t.items():
+        by = {name: r for name, r in by.items() if r.get("messages", 1)}  # had echoes
         for name in ("pmlb-tls", "pmlb-ws"):
             if name in by and "pmlb-native" in by:
                 out[f"{name} µs/msg ÷ pmlb-native µs/msg, {key}"] = round(
