@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import trio
 from sortedcontainers import SortedDict
@@ -25,9 +25,7 @@ from pmlb.downstream.limits import ConnectionCounters
 from pmlb.downstream.reasons import STOPPING, Reason
 from pmlb.events import EventBus
 from pmlb.hub.dispatch import Dispatcher
-
-if TYPE_CHECKING:
-    from pmlb.cluster import Bus
+from pmlb.hub.nodes import Nodes
 
 
 class ClientTable:
@@ -38,7 +36,7 @@ class ClientTable:
         self._dispatcher = dispatcher
         self._events = events
         #: the cluster bus, when this pmlb is a node of a cluster (see pmlb.cluster)
-        self.cluster: Bus | None = None
+        self.cluster: Nodes | None = None
         self.clients: dict[str, Client] = {}
         # The same clients by connection number, for stable cursor paging.
         self._by_seq: SortedDict = SortedDict()

@@ -15,7 +15,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -26,11 +25,9 @@ from pmlb.config import Config
 from pmlb.downstream.client import Client
 from pmlb.events import EventBus
 from pmlb.histogram import LatencyHistogram
+from pmlb.hub.nodes import Nodes
 from pmlb.upstream.acks import strip
 from pmlb.upstream.supervisor import Upstream
-
-if TYPE_CHECKING:
-    from pmlb.cluster import Bus
 
 log = logging.getLogger("pmlb.registry")
 
@@ -61,7 +58,7 @@ class Dispatcher:
         self._events = events
         self._dropped_log = dropped_log
         #: the cluster bus, when this pmlb is a node of a cluster (see pmlb.cluster)
-        self.cluster: Bus | None = None
+        self.cluster: Nodes | None = None
         #: how long client batches wait in dispatch for an upstream to take them
         self.dispatch_latency = LatencyHistogram()
         self.messages_from_clients = 0

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
 
 from pmlb._log import RateLimited
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.config import Config
 from pmlb.downstream.client import Client
 from pmlb.downstream.reasons import UPSTREAM_ACTION, Reason
-
-if TYPE_CHECKING:
-    from pmlb.cluster import Bus
-
+from pmlb.hub.nodes import Nodes
 
 _BROADCAST_NAMES = {
     pb.OutputStreamRequest.BROADCAST_ALL: "all",
@@ -41,7 +37,7 @@ class Router:
         self._clients = clients
         self._dropped_log = dropped_log
         #: the cluster bus, when this pmlb is a node of a cluster (see pmlb.cluster)
-        self.cluster: Bus | None = None
+        self.cluster: Nodes | None = None
         #: directly written clients with something queued: whoever sends to
         #: clients writes them out with flush_clients() before it next waits
         self.unflushed: list[Client] = []
@@ -100,7 +96,7 @@ class Router:
     def _deliver(
         self,
         replies: list[pb.OutputStreamRequest],
-        forward: Bus | None,
+        forward: Nodes | None,
         *,
         from_node: bool = False,
     ) -> None:
@@ -148,7 +144,7 @@ class Router:
         self,
         uuids: Iterable[str],
         reply: pb.OutputStreamRequest | None = None,
-        forward: Bus | None = None,
+        forward: Nodes | None = None,
         from_node: bool = False,
     ) -> list[Client]:
         """The clients with these UUIDs, each once; unknown ones are counted and logged.
@@ -182,7 +178,7 @@ class Router:
         self,
         reply: pb.OutputStreamRequest,
         target: str | None,
-        forward: Bus | None = None,
+        forward: Nodes | None = None,
         from_node: bool = False,
     ) -> None:
         if reply.action != pb.OutputStreamRequest.ACTION_DISCONNECT:
