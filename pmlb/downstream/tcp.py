@@ -30,9 +30,16 @@ from pmlb.downstream.client import Client
 from pmlb.downstream.hangup import wait_hangup
 from pmlb.downstream.limits import TokenBucket
 from pmlb.downstream.port import Core
+from pmlb.downstream.reader import END_OF_INPUT, READ_NO_MORE, Member, shared_reader
 from pmlb.downstream.reasons import CLIENT_CLOSED, DRAINING, Reason
 
 log = logging.getLogger("pmlb.downstream")
+
+#: whether plain-TCP clients are read by the shared reader
+#: (pmlb.downstream.reader) instead of a reader task each: an internal
+#: switch, off until the shared reader passes every test
+#: (``PMLB_TCP_READER=shared`` in the environment turns it on)
+SHARED_READER = os.environ.get("PMLB_TCP_READER", "task") == "shared"
 
 
 class ListenError(Exception):
@@ -308,7 +315,9 @@ async def _run_client(
             extra={"client": client.uuid, "listener": config.name, "peer": remote},
         )
         try:
-            if fd is not None:
+            if fd is not None and SHARED_READER:
+                await _read_shared(fd, client, config, registry, initial)
+            elif fd is not None:
                 await _read_socket(fd, client, config, registry, initial)
             else:
                 nursery.start_soon(_write, stream, client, config)
@@ -452,6 +461,64 @@ async def _read_socket(
         log.warning("client sent bad input", extra={"client": uuid_, "problem": str(exc)})
     except OSError as exc:
         client.close(f"connection lost: {exc}", Reason.ERROR)
+
+
+async def _read_shared(
+    fd: int,
+    client: Client,
+    config: ListenerConfig,
+    registry: Core,
+    initial: bytes = b"",
+) -> None:
+    """:func:`_read_socket` by this run's :class:`~pmlb.downstream.reader.SharedReader`.
+
+    This task sleeps while the reader reads its socket with the others', and
+    does only what has to wait: a batch with no room upstream yet
+    (backpressure: the socket is not read meanwhile), the end of input, a
+    drain.
+    """
+    hangup = partial(wait_hangup, fd)
+    fin_timeout = registry.config.client_fin_timeout
+    member = Member(
+        fd,
+        client,
+        config.framing,
+        config.max_message_size,
+        registry.connections,
+        registry.dispatch_from_nowait,
+    )
+    if initial:
+        try:
+            requests = member.requests(initial)
+        except FramingError as exc:
+            member.bad_input(exc)
+            return
+        if requests and not await registry.dispatch_from(client, requests, hangup):
+            if client.input_ended:
+                await end_of_input(client, fin_timeout)
+                return
+            await trio.sleep_forever()  # draining, as in _read
+    reader = shared_reader(config.idle_timeout)
+    reader.add(member)
+    try:
+        while True:
+            work = await reader.next_work(member)
+            if work == END_OF_INPUT:
+                await end_of_input(client, fin_timeout)
+                return
+            if work == READ_NO_MORE:
+                reading = False
+            else:
+                assert isinstance(work, tuple)
+                reading = await registry.dispatch_held(client, *work, hangup)
+            if not reading:
+                if client.input_ended:  # it hung up while not read
+                    await end_of_input(client, fin_timeout)
+                    return
+                await trio.sleep_forever()  # draining, as in _read
+            reader.resume(member)
+    finally:
+        reader.remove(member)
 
 
 async def end_of_input(client: Client, fin_timeout: float) -> None:
