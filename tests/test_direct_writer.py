@@ -7,7 +7,9 @@ take, every counter, the drain close and a lost connection.
 
 from __future__ import annotations
 
+import os
 import socket
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +18,7 @@ import trio
 import trio.testing
 
 from pmlb.codecs import frame
+from pmlb.downstream import client as client_module
 from pmlb.downstream.client import Client
 from pmlb.downstream.reasons import DRAINING
 
@@ -220,3 +223,88 @@ async def test_a_detached_client_is_never_written(pair: Pair) -> None:
     pair.flush()
     assert client.messages_out == 0
     assert client.bytes_out == 0
+
+
+# -- found by mutation testing (docs/mutation.md) ------------------------------
+
+
+def fill(sock: socket.socket) -> int:
+    """Write to ``sock`` until the kernel takes no more; how many bytes it took."""
+    total = 0
+    while True:
+        try:
+            total += sock.send(b"f" * 65536)
+        except BlockingIOError:
+            return total
+
+
+async def test_a_flush_into_a_full_socket_leaves_it_all_to_the_writer(
+    make_pair: MakePair,
+) -> None:
+    pair = make_pair(sndbuf=4096)
+    filler = fill(pair.ours)
+    client = pair.client
+    client.send(b"msg")
+    pair.flush()
+    assert client.bytes_out == 0, "the kernel took nothing"
+    assert await pair.receive(filler + 4) == b"f" * filler + b"msg\n"
+    await trio.testing.wait_all_tasks_blocked()
+    assert client.bytes_out == 4
+    assert client.messages_out == 1
+
+
+async def test_a_client_closed_before_its_writer_starts_is_written_no_more(
+    make_pair: MakePair,
+) -> None:
+    pair = make_pair(sndbuf=4096)
+    client = pair.client
+    client.send(b"x" * 1_000_000)
+    pair.flush()  # partial: the writer task is started, not yet run
+    written = client.bytes_out
+    client.close("kicked")
+    assert await pair.receive(written) == b"x" * written
+    await trio.testing.wait_all_tasks_blocked()
+    with pytest.raises(BlockingIOError):  # nothing more came (a non-blocking socket)
+        os.read(pair.theirs.fileno(), 1)
+    assert client.bytes_out == written
+
+
+async def test_a_spurious_wakeup_of_the_writer_loses_nothing(
+    make_pair: MakePair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Writable, then EAGAIN (it happens): the writer waits again.
+    pair = make_pair(sndbuf=4096)
+    calls = 0
+
+    def write(fd: int, data: bytes) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the writer task's first write
+            raise BlockingIOError
+        return os.write(fd, data)
+
+    monkeypatch.setattr(client_module, "os", types.SimpleNamespace(write=write))
+    client = pair.client
+    big = b"s" * 500_000
+    client.send(big)
+    pair.flush()
+    assert await pair.receive(len(big) + 1) == big + b"\n"
+    await trio.testing.wait_all_tasks_blocked()
+    assert calls > 2
+    assert client.messages_out == 1
+    assert client.bytes_out == len(big) + 1
+
+
+async def test_a_connection_lost_in_the_writer_task_closes_the_client(
+    make_pair: MakePair,
+) -> None:
+    pair = make_pair(sndbuf=4096)
+    client = pair.client
+    client.send(b"z" * 1_000_000)
+    pair.flush()
+    pair.theirs.close()
+    await trio.testing.wait_all_tasks_blocked()
+    assert client.close_reason is not None
+    assert client.close_reason.startswith("connection lost:")
+    assert pair.scope.cancel_called
+    assert client.messages_out == 0
