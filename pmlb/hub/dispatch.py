@@ -27,7 +27,7 @@ from pmlb.events import EventBus
 from pmlb.histogram import LatencyHistogram
 from pmlb.hub.nodes import Nodes
 from pmlb.upstream.acks import strip
-from pmlb.upstream.supervisor import Upstream
+from pmlb.upstream.state import Upstream
 
 log = logging.getLogger("pmlb.registry")
 
