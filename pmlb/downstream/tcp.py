@@ -223,6 +223,8 @@ async def handshake(
     ssl_context: ssl.SSLContext | None,
 ) -> tuple[trio.abc.Stream | None, str, bytes]:
     """The PROXY header and TLS handshake, where configured: (stream or None, remote, data)."""
+    if not config.proxy_protocol and ssl_context is None:
+        return stream, remote, b""
     counters = registry.connections
     fields = {"listener": config.name, "peer": remote}
     client_stream: trio.abc.Stream = stream
