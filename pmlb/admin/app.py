@@ -11,26 +11,21 @@ a request's body is read.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.openmetrics import exposition as openmetrics
 from quart import Response, request, websocket
 from quart_schema import (
     QuartSchema,
     RequestSchemaValidationError,
     document_request,
-    document_response,
     validate_querystring,
     validate_request,
     validate_response,
@@ -43,7 +38,17 @@ from pmlb._time import rfc3339_from
 from pmlb._version import pmlb_version
 from pmlb.admin import audit
 from pmlb.admin import schemas as s
+from pmlb.admin.context import Context, degraded, message_payload
+from pmlb.admin.errors import (
+    Conflict,
+    Invalid,
+    InvalidFields,
+    NotFound,
+    Unavailable,
+    error_response,
+)
 from pmlb.admin.guard import Guard, HostCheck
+from pmlb.admin.routes import health, metrics
 from pmlb.balancer import POLICIES
 from pmlb.cluster.ops import BusDown, NoAnswer, encode_payload
 from pmlb.config import ConfigError, UpstreamError, parse_upstream
@@ -53,9 +58,6 @@ from pmlb.registry import Registry
 from pmlb.reload import ReloadUnavailable
 from pmlb.upstream.discovery import Discovery
 from pmlb.upstream.supervisor import AdminState, Upstream
-
-if TYPE_CHECKING:
-    from pmlb.cluster.bus import Bus
 
 log = logging.getLogger("pmlb.admin")
 
@@ -71,31 +73,6 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
 
 def _version() -> str:
     return pmlb_version()
-
-
-def _wants_openmetrics(accept: str) -> bool:
-    """Whether an ``Accept`` header prefers OpenMetrics (as Prometheus sends it) to text."""
-    best_open = best_text = 0.0
-    for part in accept.split(","):
-        kind, *params = (p.strip() for p in part.split(";"))
-        quality = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        if kind.lower() == "application/openmetrics-text":
-            best_open = max(best_open, quality)
-        elif kind.lower() in ("text/plain", "text/*", "*/*"):
-            best_text = max(best_text, quality)
-    return best_open > 0 and best_open >= best_text
-
-
-def _error(status: int, message: str, fields: list[str] | None = None) -> tuple[Response, int]:
-    body = s.Error(error=message, fields=fields or []).model_dump()
-    return Response(json.dumps(body), content_type="application/json"), status
 
 
 def _upstream_view(upstream: Upstream) -> s.Upstream:
@@ -154,35 +131,10 @@ def _client_view(
     return s.Client(**client.view(now, wall, window), node=node)
 
 
-def _payload(message: s.Message) -> bytes:
-    if message.encoding == "base64":
-        try:
-            return base64.b64decode(message.payload, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise _Invalid(f"payload is not valid base64: {exc}", "payload") from None
-    return message.payload.encode()
-
-
-class _Invalid(Exception):
-    """A request that passed the schema but cannot be done as asked (400)."""
-
-    def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class _InvalidFields(Exception):
-    """A body with problems in several fields (400)."""
-
-    def __init__(self, message: str, fields: list[str]) -> None:
-        super().__init__(message)
-        self.fields = fields
-
-
 class _Request(TrioRequest):
     def on_json_loading_failed(self, error: Exception) -> Any:
         # A JSON body that does not parse names the body, as a wrong one does.
-        raise _Invalid(f"invalid request: the body is not valid JSON: {error}", "body")
+        raise Invalid(f"invalid request: the body is not valid JSON: {error}", "body")
 
 
 def _public_config(registry: Registry) -> dict[str, object]:
@@ -237,7 +189,6 @@ def create_app(
         security=[{"bearer": []}],
     )
     started_at, started = time.time(), time.monotonic()
-    metrics = metrics_registry(registry, started_at)
     expected = token.encode()
     public = PUBLIC_PATHS | {"/metrics"} if public_metrics else PUBLIC_PATHS
 
@@ -294,118 +245,84 @@ def create_app(
             text = "; ".join(
                 f"{'.'.join(str(p) for p in d['loc']) or 'body'}: {d['msg']}" for d in details
             )
-            return _error(400, f"invalid request: {text}", fields)
-        return _error(400, f"invalid request: {problem}", ["body"])
+            return error_response(400, f"invalid request: {text}", fields)
+        return error_response(400, f"invalid request: {problem}", ["body"])
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> tuple[Response, int]:
         status = error.code or 500
-        return _error(status, error.description or error.name)
+        return error_response(status, error.description or error.name)
 
     @app.errorhandler(UnicodeDecodeError)
     async def not_utf8(error: UnicodeDecodeError) -> tuple[Response, int]:
-        return _error(400, "invalid request: the body is not UTF-8 JSON", ["body"])
+        return error_response(400, "invalid request: the body is not UTF-8 JSON", ["body"])
 
     @app.errorhandler(Exception)
     async def internal_error(error: Exception) -> tuple[Response, int]:
         # A bug in a route: the proxy carries on, the operator gets a 500 and
         # the log gets the traceback.
         log.exception("internal error in the admin API", extra={"path": request.path})
-        return _error(500, f"internal error: {type(error).__name__}")
+        return error_response(500, f"internal error: {type(error).__name__}")
 
-    @app.errorhandler(_Invalid)
-    async def invalid(error: _Invalid) -> tuple[Response, int]:
-        return _error(400, str(error), [error.field])
+    @app.errorhandler(Invalid)
+    async def invalid(error: Invalid) -> tuple[Response, int]:
+        return error_response(400, str(error), [error.field])
 
-    @app.errorhandler(_InvalidFields)
-    async def invalid_fields(error: _InvalidFields) -> tuple[Response, int]:
-        return _error(400, str(error), error.fields)
+    @app.errorhandler(InvalidFields)
+    async def invalid_fields(error: InvalidFields) -> tuple[Response, int]:
+        return error_response(400, str(error), error.fields)
 
-    # -- health -----------------------------------------------------------
+    @app.errorhandler(NotFound)
+    async def not_found(error: NotFound) -> tuple[Response, int]:
+        return error_response(404, str(error))
 
-    @app.get("/healthz")
-    @validate_response(s.Health)
-    async def healthz() -> s.Health:
-        """The process is alive (no token needed)."""
-        return s.Health(status="ok")
+    @app.errorhandler(Unavailable)
+    async def unavailable(error: Unavailable) -> tuple[Response, int]:
+        return error_response(error.status, str(error))
 
-    @app.get("/readyz")
-    @document_response(s.Ready, 200)
-    @document_response(s.Ready, 503)
-    async def readyz() -> Response:
-        """Whether pmlb accepts clients (no token needed); the upstream counts in the body.
+    @app.errorhandler(Conflict)
+    async def conflict(error: Conflict) -> tuple[Response, int]:
+        return error_response(409, str(error))
 
-        An upstream outage leaves pmlb ready by default: it holds clients
-        and their messages meanwhile, so taking it out of rotation would
-        only move them. ``ready_requires_upstream`` changes that.
-        """
-        stats = registry.statistics()
-        reason = None
-        if registry.stop_requested.is_set():
-            reason = "stopping"
-        elif not stats.accepting:
-            reason = "not accepting clients"
-        elif ready_requires_upstream and stats.upstreams_serving == 0:
-            reason = "no upstream is serving"
-        bus = registry.cluster
-        answer = s.Ready(
-            ready=reason is None,
-            reason=reason,
-            upstreams=stats.upstreams,
-            upstreams_serving=stats.upstreams_serving,
-            # Degraded is not unready: local traffic goes on without Redis.
-            cluster=None if bus is None else "ok" if bus.connected else "degraded",
-            cluster_reason=None if bus is None or bus.connected else _degraded(bus),
-        )
-        # Outside a cluster the body stays as it was (no cluster fields).
-        body = answer.model_dump(exclude={"cluster", "cluster_reason"} if bus is None else None)
-        status = 200 if reason is None else 503
-        return Response(json.dumps(body), status, content_type="application/json")
-
-    @app.get("/metrics")
-    async def metrics_text() -> Response:
-        """Prometheus text format, or OpenMetrics when the ``Accept`` header asks for it."""
-        if _wants_openmetrics(request.headers.get("Accept", "")):
-            return Response(
-                openmetrics.generate_latest(metrics),  # type: ignore[no-untyped-call]
-                content_type=openmetrics.CONTENT_TYPE_LATEST,
-            )
-        return Response(generate_latest(metrics), content_type=CONTENT_TYPE_LATEST)
+    ctx = Context(
+        registry=registry,
+        listeners=listeners,
+        action=action,
+        authorized=authorized,
+        # read at each request, so that a test can shorten it
+        ask_timeout=lambda: ASK_TIMEOUT,
+        metrics=metrics_registry(registry, started_at),
+        started_at=started_at,
+        started=started,
+        log_level=log_level,
+        set_log_level=set_log_level,
+        ready_requires_upstream=ready_requires_upstream,
+    )
+    health.register(app, ctx)
+    metrics.register(app, ctx)
 
     # -- upstreams --------------------------------------------------------
 
     def find_upstream(address: str) -> Upstream:
         upstream = registry.upstreams.get(address)
         if upstream is None:
-            raise _NotFound(f"no upstream {address}")
+            raise NotFound(f"no upstream {address}")
         return upstream
-
-    @app.errorhandler(_NotFound)
-    async def not_found(error: _NotFound) -> tuple[Response, int]:
-        return _error(404, str(error))
-
-    @app.errorhandler(_Unavailable)
-    async def unavailable(error: _Unavailable) -> tuple[Response, int]:
-        return _error(error.status, str(error))
-
-    @app.errorhandler(_Conflict)
-    async def conflict(error: _Conflict) -> tuple[Response, int]:
-        return _error(409, str(error))
 
     def add_upstream(body: object) -> tuple[s.Upstream | s.Discovery, int]:
         # Checked by the file's own checks, so that the API takes exactly
         # what a file's [[upstream]] takes, with the same messages.
         if not isinstance(body, dict):
-            raise _Invalid("invalid request: the body must be a JSON object", "body")
+            raise Invalid("invalid request: the body must be a JSON object", "body")
         try:
             config = parse_upstream(body)
         except UpstreamError as exc:
-            raise _InvalidFields(
+            raise InvalidFields(
                 "invalid request: " + "; ".join(f"{k}: {p}" for k, p in exc.problems),
                 [key for key, _ in exc.problems],
             ) from None
         if config.address in registry.upstreams or config.address in registry.discoveries:
-            raise _Conflict(f"upstream {config.address} already exists")
+            raise Conflict(f"upstream {config.address} already exists")
         if config.discovery == "dns":
             entry = registry.start_discovery(config)
             action("discovery_added", upstream=config.address)
@@ -521,12 +438,12 @@ def create_app(
     async def list_clients(query_args: s.ClientQuery) -> s.ClientPage:
         """Connected clients, oldest first, ``limit`` at a time from ``cursor``."""
         if query_args.listener is not None and query_args.listener not in listeners:
-            raise _NotFound(f"no listener {query_args.listener!r}")
+            raise NotFound(f"no listener {query_args.listener!r}")
         node, _, after = query_args.cursor.rpartition("/")
         if registry.cluster is not None:
             return await cluster_page(query_args, node, int(after))
         if node:
-            raise _Invalid("cursor: NODE/NUMBER is for a cluster; this pmlb is alone", "cursor")
+            raise Invalid("cursor: NODE/NUMBER is for a cluster; this pmlb is alone", "cursor")
         page, cursor = registry.client_page(
             after=int(after),
             limit=query_args.limit,
@@ -591,7 +508,7 @@ def create_app(
         else:
             next_cursor = None
         if not bus.connected:
-            missing.insert(0, f"the other nodes: {_degraded(bus)}")
+            missing.insert(0, f"the other nodes: {degraded(bus)}")
         return s.ClientPage(
             clients=clients,
             next_cursor=next_cursor,
@@ -603,17 +520,17 @@ def create_app(
         """The answer of the node holding ``uuid`` (not this one); 404, 503, 504 else."""
         bus = registry.cluster
         if bus is None:
-            raise _NotFound(f"no client {uuid}")
+            raise NotFound(f"no client {uuid}")
         try:
             answer = await bus.ask_owner(uuid, {**request, "uuid": uuid}, ASK_TIMEOUT)
         except BusDown as exc:
-            raise _Unavailable(
+            raise Unavailable(
                 f"no client {uuid} on this node, and the other nodes cannot be asked: {exc}"
             ) from None
         except NoAnswer as exc:
-            raise _Unavailable(f"client {uuid}: {exc}", 504) from None
+            raise Unavailable(f"client {uuid}: {exc}", 504) from None
         if answer is None or answer.get("status") != 200:
-            raise _NotFound(f"no client {uuid} in the cluster")
+            raise NotFound(f"no client {uuid} in the cluster")
         return answer
 
     def this_node() -> str | None:
@@ -647,7 +564,7 @@ def create_app(
     @validate_response(s.Queued, 202)
     async def send_to_client(uuid: str, data: s.Message) -> tuple[s.Queued, int]:
         """Queue a message for one client, as an upstream would; any node's in a cluster."""
-        payload = _payload(data)
+        payload = message_payload(data)
         if uuid not in registry.clients:
             answer = await remote(uuid, {"op": "send", "payload": encode_payload(payload)})
             queued = bool(answer["queued"])
@@ -666,7 +583,7 @@ def create_app(
         ``nodes`` says how many nodes answered of ``nodes_asked``; a node
         that did not answer in time may still have delivered it.
         """
-        payload = _payload(data)
+        payload = message_payload(data)
         recipients = registry.broadcast(data.kind, payload)
         answered = asked = 1
         partial = None
@@ -743,7 +660,7 @@ def create_app(
             enabled=True,
             node=bus.node,
             connected=bus.connected,
-            degraded=None if bus.connected else _degraded(bus),
+            degraded=None if bus.connected else degraded(bus),
             clients=bus.cluster_clients if bus.connected else stats.clients,
             nodes=nodes,
         )
@@ -802,7 +719,7 @@ def create_app(
         """Change the log level, the balancing policy or whether new clients are accepted."""
         if data.policy is not None and data.policy not in POLICIES:
             known = ", ".join(sorted(POLICIES))
-            raise _Invalid(f"unknown policy {data.policy!r}; known: {known}", "policy")
+            raise Invalid(f"unknown policy {data.policy!r}; known: {known}", "policy")
         if data.log_level is not None:
             set_log_level(data.log_level)
             action("log_level", level=data.log_level)
@@ -880,10 +797,6 @@ def create_app(
     return app
 
 
-def _degraded(bus: Bus) -> str:
-    return f"Redis unreachable: {bus.last_error or 'not connected yet'}"
-
-
 async def _stream_events(registry: Registry, send: Callable[[str], Awaitable[None]]) -> None:
     with registry.events.subscribe() as subscription:
         await send(json.dumps({"type": "hello", "recent": list(registry.events.recent)}))
@@ -892,19 +805,3 @@ async def _stream_events(registry: Registry, send: Callable[[str], Awaitable[Non
                 await send(json.dumps(event))
     if subscription.dropped:
         await websocket.close(1008, "event consumer too slow: dropped")
-
-
-class _NotFound(Exception):
-    pass
-
-
-class _Unavailable(Exception):
-    """The cluster cannot be asked now (503), or a node did not answer (504)."""
-
-    def __init__(self, message: str, status: int = 503) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class _Conflict(Exception):
-    pass
