@@ -542,4 +542,6 @@ class Client:
             self._budget.held -= self._queued_bytes + self._writing_bytes
             self._queued_bytes = self._writing_bytes = 0
             self._pending.clear()
-        self._scope.cancel()
+        # Idempotent, but trio's cancel() formats a reason each time.
+        if not self._scope.cancel_called:
+            self._scope.cancel()

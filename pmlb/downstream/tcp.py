@@ -326,7 +326,8 @@ async def _run_client(
             registry.connections.slow_client_dropped += client.dropped
             registry.remove_client(client)
             client.detach()
-            nursery.cancel_scope.cancel()
+            if not nursery.cancel_scope.cancel_called:  # client.close() cancels it
+                nursery.cancel_scope.cancel()
             log.info(
                 "client disconnected",
                 extra={
