@@ -192,16 +192,17 @@ class Registry:
         self.clients[client.uuid] = client
         self._by_seq[client.seq] = client
         self.clients_total += 1
-        self._send_event(
-            pb.InputStreamRequest(
-                time=rfc3339_now(),
-                client_uuid=client.uuid,
-                event=pb.InputStreamRequest.EVENT_CONNECTED,
-                remote_address=client.remote,
-                listener=client.listener,
-                transport=client.transport,
+        if self._events_taken():
+            self._send_event(
+                pb.InputStreamRequest(
+                    time=rfc3339_now(),
+                    client_uuid=client.uuid,
+                    event=pb.InputStreamRequest.EVENT_CONNECTED,
+                    remote_address=client.remote,
+                    listener=client.listener,
+                    transport=client.transport,
+                )
             )
-        )
         self._by_listener[client.listener] += 1
         self._total_by_listener[client.listener] += 1
         if self.cluster is not None:
@@ -219,17 +220,18 @@ class Registry:
             return
         if self.cluster is not None:
             self.cluster.client_removed(client.uuid)
-        self._send_event(
-            pb.InputStreamRequest(
-                time=rfc3339_now(),
-                client_uuid=client.uuid,
-                event=pb.InputStreamRequest.EVENT_DISCONNECTED,
-                disconnect_reason=cast(
-                    "pb.InputStreamRequest.DisconnectReason", _close_kind(client).kind.value
-                ),
-                disconnect_detail=client.close_reason or STOPPING,
+        if self._events_taken():
+            self._send_event(
+                pb.InputStreamRequest(
+                    time=rfc3339_now(),
+                    client_uuid=client.uuid,
+                    event=pb.InputStreamRequest.EVENT_DISCONNECTED,
+                    disconnect_reason=cast(
+                        "pb.InputStreamRequest.DisconnectReason", _close_kind(client).kind.value
+                    ),
+                    disconnect_detail=client.close_reason or STOPPING,
+                )
             )
-        )
         self.policy.forget(client.uuid)
         self._event_policy.forget(client.uuid)
         del self._by_seq[client.seq]
@@ -246,6 +248,11 @@ class Registry:
         )
         if self._client_removed:
             self._client_removed.unpark_all()
+
+    def _events_taken(self) -> bool:
+        # Whether any upstream takes lifecycle events: if none does,
+        # _send_event drops them, and they need not be built.
+        return any(u.config.events for u in self.upstreams.values())
 
     def _send_event(self, event: pb.InputStreamRequest) -> None:
         """Queue a lifecycle event for one upstream that takes events, by the policy."""
