@@ -45,8 +45,13 @@ def bench(session: nox.Session) -> None:
     then ``--workers 2`` beside one process (tools/bench/workers.py) and what
     crossing cluster nodes costs (tools/cluster_cost.py).
 
-    Needs gcc and Debian's haproxy (``apt-get install haproxy``), and
-    redis-server for the cluster part (skipped without it); ~7 minutes.
+    Needs gcc, OpenSSL's headers (``apt-get install libssl-dev``: the load
+    generator's TLS; without them the TLS scenarios are skipped), the
+    ``openssl`` command (the throwaway certificate) and Debian's haproxy
+    (``apt-get install haproxy``), and redis-server for the cluster part
+    (skipped without it); ~9 minutes. Writes bench-results.json, the README's
+    table beside it (.md) and a chart (.png, by matplotlib, installed here
+    only: never a dependency of pmlb).
     The cluster part uses the grpc-js upstream once its node_modules exist
     (``npm ci --prefix tests/upstreams/grpcjs``), the grpclib one else.
     """
@@ -54,6 +59,7 @@ def bench(session: nox.Session) -> None:
     from pathlib import Path
 
     session.install("-e", ".")
+    session.install("matplotlib")  # the chart of tools/bench/run.py, nothing else
     session.run("python", "tools/bench/run.py", *session.posargs)
     session.run("python", "tools/bench/workers.py")  # --workers 2 beside one process
     if shutil.which("redis-server") is None:

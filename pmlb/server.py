@@ -227,7 +227,7 @@ async def serve(
 
             registry.attach_supervisor(
                 lambda upstream: upstreams.start_soon(
-                    supervise, upstream, registry, transport_factory
+                    supervise, upstream, registry.upstream_table, transport_factory
                 )
             )
 

@@ -362,8 +362,8 @@ async def test_draining_an_upstream_waits_for_its_acks_then_fails_over_the_rest(
             await fake.wait_until(lambda: len(fake.received) == 3)
             left = await registry.drain_upstream(upstream.address, grace=5)
             assert left == 3  # never acknowledged: failed over (held, no other upstream)
-            assert len(registry._orphans) == 3
-            assert all(r.delivery_attempt == 1 for r in registry._orphans)
+            assert len(registry.dispatcher._orphans) == 3
+            assert all(r.delivery_attempt == 1 for r in registry.dispatcher._orphans)
             nursery.cancel_scope.cancel()
 
 

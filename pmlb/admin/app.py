@@ -25,8 +25,6 @@ from quart import Response, request, websocket
 from quart_schema import (
     QuartSchema,
     RequestSchemaValidationError,
-    document_request,
-    validate_querystring,
     validate_request,
     validate_response,
 )
@@ -38,7 +36,7 @@ from pmlb._time import rfc3339_from
 from pmlb._version import pmlb_version
 from pmlb.admin import audit
 from pmlb.admin import schemas as s
-from pmlb.admin.context import Context, degraded, message_payload
+from pmlb.admin.context import Context, degraded
 from pmlb.admin.errors import (
     Conflict,
     Invalid,
@@ -48,21 +46,14 @@ from pmlb.admin.errors import (
     error_response,
 )
 from pmlb.admin.guard import Guard, HostCheck
-from pmlb.admin.routes import health, metrics
+from pmlb.admin.routes import broadcast, clients, health, metrics, upstreams
 from pmlb.balancer import POLICIES
-from pmlb.cluster.ops import BusDown, NoAnswer, encode_payload
-from pmlb.config import ConfigError, UpstreamError, parse_upstream
-from pmlb.downstream.client import Client
+from pmlb.config import ConfigError
 from pmlb.metrics import metrics_registry
 from pmlb.registry import Registry
 from pmlb.reload import ReloadUnavailable
-from pmlb.upstream.discovery import Discovery
-from pmlb.upstream.supervisor import AdminState, Upstream
 
 log = logging.getLogger("pmlb.admin")
-
-#: Seconds a DELETE of an upstream waits for its connection to close.
-REMOVE_WAIT = 10.0
 
 #: Seconds a route waits for another node of the cluster to answer
 ASK_TIMEOUT = 5.0
@@ -73,62 +64,6 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
 
 def _version() -> str:
     return pmlb_version()
-
-
-def _upstream_view(upstream: Upstream) -> s.Upstream:
-    config = upstream.config
-    unacked = upstream.outbox.unacked
-    return s.Upstream(
-        address=upstream.address,
-        host=config.host,
-        port=config.port,
-        state=str(upstream.state),
-        admin_state=str(upstream.admin_state),  # type: ignore[arg-type]
-        draining=upstream.draining,
-        stalled=upstream.stalled,
-        stalls=upstream.stalls,
-        failures=upstream.failures,
-        ready_failures=upstream.ready_failures,
-        last_error=upstream.last_error,
-        ready_at=rfc3339_from(upstream.ready_at),
-        alive_at=rfc3339_from(upstream.alive_at),
-        ping_seconds=upstream.last_ping,
-        ready_timeout=config.ready_timeout,
-        alive_timeout=config.alive_timeout,
-        live_interval=config.live_interval,
-        stall_timeout=config.stall_timeout,
-        transport=config.transport,
-        tls=config.tls,
-        events=config.events,
-        health=config.health,
-        messages_to_upstream=upstream.messages_dispatched,
-        messages_from_upstream=upstream.messages_received,
-        messages_written=upstream.messages_written,
-        queued=len(upstream.outbox),
-        acks=config.acks,
-        unacked=upstream.unacked,
-        acks_received=unacked.acks_received if unacked is not None else 0,
-        acks_unknown=unacked.acks_unknown if unacked is not None else 0,
-        redelivered=upstream.redelivered,
-        undeliverable=upstream.undeliverable,
-    )
-
-
-def _discovery_view(entry: Discovery) -> s.Discovery:
-    config = entry.config
-    return s.Discovery(
-        address=entry.address,
-        host=config.host,
-        port=config.port,
-        resolve_interval=config.resolve_interval,
-        upstreams=sorted(entry.addresses),
-    )
-
-
-def _client_view(
-    client: Client, now: float, wall: float, window: float, node: str | None = None
-) -> s.Client:
-    return s.Client(**client.view(now, wall, window), node=node)
 
 
 class _Request(TrioRequest):
@@ -300,315 +235,9 @@ def create_app(
     )
     health.register(app, ctx)
     metrics.register(app, ctx)
-
-    # -- upstreams --------------------------------------------------------
-
-    def find_upstream(address: str) -> Upstream:
-        upstream = registry.upstreams.get(address)
-        if upstream is None:
-            raise NotFound(f"no upstream {address}")
-        return upstream
-
-    def add_upstream(body: object) -> tuple[s.Upstream | s.Discovery, int]:
-        # Checked by the file's own checks, so that the API takes exactly
-        # what a file's [[upstream]] takes, with the same messages.
-        if not isinstance(body, dict):
-            raise Invalid("invalid request: the body must be a JSON object", "body")
-        try:
-            config = parse_upstream(body)
-        except UpstreamError as exc:
-            raise InvalidFields(
-                "invalid request: " + "; ".join(f"{k}: {p}" for k, p in exc.problems),
-                [key for key, _ in exc.problems],
-            ) from None
-        if config.address in registry.upstreams or config.address in registry.discoveries:
-            raise Conflict(f"upstream {config.address} already exists")
-        if config.discovery == "dns":
-            entry = registry.start_discovery(config)
-            action("discovery_added", upstream=config.address)
-            return _discovery_view(entry), 202
-        upstream = registry.start_upstream(config)
-        action("upstream_added", upstream=config.address)
-        return _upstream_view(upstream), 201
-
-    @app.get("/api/v1/upstreams")
-    @validate_response(s.UpstreamList)
-    async def list_upstreams() -> s.UpstreamList:
-        """Every upstream with its state, timings and traffic."""
-        return s.UpstreamList(
-            upstreams=[_upstream_view(u) for u in registry.upstreams.values()],
-            discoveries=[_discovery_view(d) for d in registry.discoveries.values()],
-        )
-
-    @app.post("/api/v1/upstreams")
-    @document_request(s.UpstreamIn)
-    @validate_response(s.Upstream, 201)
-    @validate_response(s.Discovery, 202)
-    async def create_upstream() -> tuple[s.Upstream | s.Discovery, int]:
-        """Add an upstream and start supervising it (409 if its address is taken).
-
-        Takes every key of a file's ``[[upstream]]``, checked the same way.
-        With ``discovery = "dns"`` it starts resolving the name instead (202):
-        each address found becomes an upstream.
-        """
-        return add_upstream(await request.get_json())
-
-    @app.post("/upstream/add")
-    @validate_request(s.LegacyUpstreamIn)
-    @validate_response(s.Upstream, 201)
-    async def legacy_add_upstream(data: s.LegacyUpstreamIn) -> tuple[s.Upstream | s.Discovery, int]:
-        """The original project's route, kept for its callers."""
-        return add_upstream(data.model_dump())
-
-    @app.get("/api/v1/upstreams/<address>")
-    @validate_response(s.Upstream)
-    async def get_upstream(address: str) -> s.Upstream:
-        return _upstream_view(find_upstream(address))
-
-    @app.delete("/api/v1/upstreams/<address>")
-    @validate_response(s.Removed, 200)
-    @validate_response(s.Removed, 202)
-    async def delete_upstream(address: str) -> tuple[s.Removed, int]:
-        """Remove an upstream at once; messages queued for it fail over.
-
-        202 with ``pending`` if its connection takes long to close: it is
-        removed from the list once closed.
-        """
-        if address in registry.discoveries:
-            action("discovery_removed", upstream=address)
-            with trio.move_on_after(REMOVE_WAIT):
-                await registry.stop_discovery(address)
-                return s.Removed(removed=address), 200
-            return s.Removed(removed=address, pending=True), 202
-        find_upstream(address)
-        action("upstream_removed", upstream=address)
-        with trio.move_on_after(REMOVE_WAIT):
-            await registry.remove_upstream(address)
-            return s.Removed(removed=address), 200
-        log.warning("upstream removal still pending", extra={"upstream": address})
-        return s.Removed(removed=address, pending=True), 202
-
-    @app.post("/api/v1/upstreams/<address>/drain")
-    @validate_request(s.DrainIn)
-    @validate_response(s.Drained, 200)
-    @validate_response(s.Drained, 202)
-    async def drain_upstream(address: str, data: s.DrainIn) -> tuple[s.Drained, int]:
-        """No new messages; answers it owes still arrive (up to ``timeout``); then removed.
-
-        202 with ``pending`` if its connection takes long to close.
-        """
-        find_upstream(address)
-        action("upstream_drain", upstream=address)
-        with trio.move_on_after(data.timeout + REMOVE_WAIT):
-            left = await registry.drain_upstream(address, grace=data.timeout)
-            return s.Drained(upstream=address, failed_over=left), 200
-        return s.Drained(upstream=address, failed_over=0, pending=True), 202
-
-    async def set_state(address: str, data: s.UpstreamStateIn) -> s.Upstream:
-        upstream = find_upstream(address)
-        moved = registry.set_upstream_admin_state(upstream, AdminState(data.state))
-        action("upstream_state", upstream=address, admin_state=data.state, moved=moved)
-        return _upstream_view(upstream)
-
-    @app.put("/api/v1/upstreams/<address>/state")
-    @validate_request(s.UpstreamStateIn)
-    @validate_response(s.Upstream)
-    async def put_upstream_state(address: str, data: s.UpstreamStateIn) -> s.Upstream:
-        """Set an upstream's state as an operator: ``ready``, ``drain`` or ``maint``.
-
-        Reversible, unlike ``/drain`` (which removes it): ``drain`` sends it
-        no new messages while its queue is written and its replies and
-        acknowledgements still flow; ``maint`` moves its queue to the other
-        upstreams at once; ``ready`` puts it back in rotation.
-        """
-        return await set_state(address, data)
-
-    @app.post("/api/v1/upstreams/<address>/state")
-    @validate_request(s.UpstreamStateIn)
-    @validate_response(s.Upstream)
-    async def post_upstream_state(address: str, data: s.UpstreamStateIn) -> s.Upstream:
-        """The same as ``PUT``, for clients that only POST."""
-        return await set_state(address, data)
-
-    # -- clients ----------------------------------------------------------
-
-    @app.get("/api/v1/clients")
-    @validate_querystring(s.ClientQuery)
-    @validate_response(s.ClientPage)
-    async def list_clients(query_args: s.ClientQuery) -> s.ClientPage:
-        """Connected clients, oldest first, ``limit`` at a time from ``cursor``."""
-        if query_args.listener is not None and query_args.listener not in listeners:
-            raise NotFound(f"no listener {query_args.listener!r}")
-        node, _, after = query_args.cursor.rpartition("/")
-        if registry.cluster is not None:
-            return await cluster_page(query_args, node, int(after))
-        if node:
-            raise Invalid("cursor: NODE/NUMBER is for a cluster; this pmlb is alone", "cursor")
-        page, cursor = registry.client_page(
-            after=int(after),
-            limit=query_args.limit,
-            state=query_args.state,
-            listener=query_args.listener,
-            search=query_args.q,
-        )
-        now, wall, window = time.monotonic(), time.time(), registry.config.activity_window
-        return s.ClientPage(
-            clients=[_client_view(c, now, wall, window) for c in page],
-            next_cursor=cursor,
-            connected=len(registry.clients),
-        )
-
-    async def cluster_page(query: s.ClientQuery, start: str, after: int) -> s.ClientPage:
-        # Pages go over the nodes in name order, each node's clients oldest
-        # first; a cursor NODE/N goes on after client N of NODE (or at the
-        # next name, if NODE is gone).
-        bus = registry.cluster
-        assert bus is not None
-        names = sorted({bus.node, *bus.nodes}) if bus.connected else [bus.node]
-        clients: list[s.Client] = []
-        missing: list[str] = []
-        for name in (n for n in names if n >= start):
-            here = after if name == start else -1
-            want = query.limit - len(clients)
-            if name == bus.node:
-                page, cursor = registry.client_page(
-                    after=here,
-                    limit=want,
-                    state=query.state,
-                    listener=query.listener,
-                    search=query.q,
-                )
-                now, wall, window = time.monotonic(), time.time(), registry.config.activity_window
-                clients += [_client_view(c, now, wall, window, bus.node) for c in page]
-            else:
-                request = {
-                    "op": "clients",
-                    "after": here,
-                    "limit": want,
-                    "state": query.state,
-                    "listener": query.listener,
-                    "q": query.q,
-                }
-                try:
-                    answer = await bus.ask_node(name, request, ASK_TIMEOUT)
-                except (BusDown, NoAnswer) as exc:
-                    missing.append(f"{name}: {exc}")
-                    continue
-                if answer is None:  # it left since the last heartbeat
-                    continue
-                clients += [s.Client(**c, node=name) for c in answer["clients"]]
-                cursor = answer["next_cursor"]
-            if cursor is not None:
-                next_cursor: str | None = f"{name}/{cursor}"
-                break
-            later = [n for n in names if n > name]
-            if len(clients) >= query.limit and later:
-                next_cursor = f"{later[0]}/-1"
-                break
-        else:
-            next_cursor = None
-        if not bus.connected:
-            missing.insert(0, f"the other nodes: {degraded(bus)}")
-        return s.ClientPage(
-            clients=clients,
-            next_cursor=next_cursor,
-            connected=bus.cluster_clients if bus.connected else len(registry.clients),
-            partial="; ".join(missing) or None,
-        )
-
-    async def remote(uuid: str, request: dict[str, Any]) -> dict[str, Any]:
-        """The answer of the node holding ``uuid`` (not this one); 404, 503, 504 else."""
-        bus = registry.cluster
-        if bus is None:
-            raise NotFound(f"no client {uuid}")
-        try:
-            answer = await bus.ask_owner(uuid, {**request, "uuid": uuid}, ASK_TIMEOUT)
-        except BusDown as exc:
-            raise Unavailable(
-                f"no client {uuid} on this node, and the other nodes cannot be asked: {exc}"
-            ) from None
-        except NoAnswer as exc:
-            raise Unavailable(f"client {uuid}: {exc}", 504) from None
-        if answer is None or answer.get("status") != 200:
-            raise NotFound(f"no client {uuid} in the cluster")
-        return answer
-
-    def this_node() -> str | None:
-        return None if registry.cluster is None else registry.cluster.node
-
-    @app.get("/api/v1/clients/<uuid>")
-    @validate_response(s.Client)
-    async def get_client(uuid: str) -> s.Client:
-        """One client, on this node or (in a cluster) any other."""
-        client = registry.clients.get(uuid)
-        if client is None:
-            answer = await remote(uuid, {"op": "client"})
-            return s.Client(**answer["client"], node=answer["node"])
-        window = registry.config.activity_window
-        return _client_view(client, time.monotonic(), time.time(), window, this_node())
-
-    @app.delete("/api/v1/clients/<uuid>")
-    @validate_response(s.Disconnected)
-    async def kick_client(uuid: str) -> s.Disconnected:
-        """Disconnect a client, on this node or (in a cluster) any other."""
-        if uuid not in registry.clients:
-            answer = await remote(uuid, {"op": "kick"})
-            action("client_kicked", client=uuid, node=answer["node"])
-            return s.Disconnected(disconnected=uuid, node=answer["node"])
-        registry.kick(uuid)
-        action("client_kicked", client=uuid)
-        return s.Disconnected(disconnected=uuid, node=this_node())
-
-    @app.post("/api/v1/clients/<uuid>/messages")
-    @validate_request(s.Message)
-    @validate_response(s.Queued, 202)
-    async def send_to_client(uuid: str, data: s.Message) -> tuple[s.Queued, int]:
-        """Queue a message for one client, as an upstream would; any node's in a cluster."""
-        payload = message_payload(data)
-        if uuid not in registry.clients:
-            answer = await remote(uuid, {"op": "send", "payload": encode_payload(payload)})
-            queued = bool(answer["queued"])
-            action("client_message", client=uuid, queued=queued, node=answer["node"])
-            return s.Queued(client=uuid, queued=queued, node=answer["node"]), 202
-        queued = registry.send_to(uuid, payload)
-        action("client_message", client=uuid, queued=queued)
-        return s.Queued(client=uuid, queued=queued, node=this_node()), 202
-
-    @app.post("/api/v1/broadcast")
-    @validate_request(s.BroadcastIn)
-    @validate_response(s.BroadcastOut)
-    async def broadcast(data: s.BroadcastIn) -> s.BroadcastOut:
-        """Send a message to all, active or inactive clients (of every node, in a cluster).
-
-        ``nodes`` says how many nodes answered of ``nodes_asked``; a node
-        that did not answer in time may still have delivered it.
-        """
-        payload = message_payload(data)
-        recipients = registry.broadcast(data.kind, payload)
-        answered = asked = 1
-        partial = None
-        bus = registry.cluster
-        if bus is not None:
-            request = {"op": "broadcast", "kind": data.kind, "payload": encode_payload(payload)}
-            try:
-                answers, others = await bus.ask_all(request, ASK_TIMEOUT)
-            except BusDown as exc:
-                partial = f"this node only: {exc}"
-            else:
-                recipients += sum(int(a.get("recipients", 0)) for a in answers)
-                answered, asked = 1 + len(answers), 1 + others
-                if len(answers) < others:
-                    partial = (
-                        f"{others - len(answers)} node(s) did not answer within {ASK_TIMEOUT:g} s"
-                    )
-        action("broadcast", kind=data.kind, recipients=recipients, nodes=answered)
-        return s.BroadcastOut(
-            kind=data.kind,
-            recipients=recipients,
-            nodes=answered,
-            nodes_asked=asked,
-            partial=partial,
-        )
+    upstreams.register(app, ctx)
+    clients.register(app, ctx)
+    broadcast.register(app, ctx)
 
     # -- cluster ----------------------------------------------------------
 

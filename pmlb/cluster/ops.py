@@ -5,7 +5,8 @@ and its arguments. The answer carries the same ``id``, ``node`` (who
 answers) and ``status``, as HTTP would say it: 200, or 404 for a client this
 node does not hold (any more). Payloads travel base64-encoded. No I/O here:
 the bus carries requests and answers (:class:`pmlb.cluster.bus.Bus`), the
-admin API makes them (:mod:`pmlb.admin.app`).
+admin API makes them (:mod:`pmlb.admin.routes.clients`,
+:mod:`pmlb.admin.routes.broadcast`).
 
 Ops: ``client`` (``uuid``: its view), ``kick`` (``uuid``), ``send``
 (``uuid``, ``payload``: ``queued``), ``broadcast`` (``kind``, ``payload``:

@@ -161,7 +161,7 @@ class Client:
         #: drain waits for it, so that no message read is lost
         self.dispatching = False
         #: the scope of the reader's dispatch in progress: a drain or a
-        #: hang-up interrupts a dispatch that waits (see Registry.dispatch_from)
+        #: hang-up interrupts a dispatch that waits (see Dispatcher.dispatch_from)
         self.dispatch_scope: trio.CancelScope | None = None
         #: the client sent its end of input (EOF, FIN): it is read no more,
         #: but replies are still written to it until it is closed
@@ -230,7 +230,7 @@ class Client:
 
         ``flush_list`` is the router's: whoever calls :meth:`send` must call
         :meth:`flush` on every client on it before it next waits (the
-        :class:`~pmlb.registry.Registry` does). ``spawn`` starts a writer task
+        :class:`~pmlb.hub.route.Router` does). ``spawn`` starts a writer task
         in the connection's nursery. Call :meth:`detach` before ``fd`` closes.
         """
         self._fd = fd

@@ -4,7 +4,7 @@ A connection goes through its handshake first (the PROXY protocol header,
 then TLS, each where configured, all under ``handshake_timeout``); the
 listener's and the server's limits are checked at accept, and a connection
 over one is closed at once. Every refusal and forced close is counted in
-``Registry.connections``.
+``Core.connections`` (:mod:`pmlb.downstream.port`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from pmlb.downstream.accept import serve_listeners
 from pmlb.downstream.client import Client
 from pmlb.downstream.hangup import wait_hangup
 from pmlb.downstream.limits import TokenBucket
+from pmlb.downstream.port import Core
 from pmlb.downstream.reasons import CLIENT_CLOSED, DRAINING, Reason
-from pmlb.registry import Registry
 
 log = logging.getLogger("pmlb.downstream")
 
@@ -77,7 +77,7 @@ def server_ssl_context(config: ListenerConfig) -> ssl.SSLContext:
 class Gate:
     """The limits a listener checks for each new connection (TCP, TLS and WebSocket)."""
 
-    def __init__(self, config: ListenerConfig, registry: Registry) -> None:
+    def __init__(self, config: ListenerConfig, registry: Core) -> None:
         self.config = config
         self.registry = registry
         self.open = 0
@@ -135,7 +135,7 @@ class PrefixedStream(trio.abc.Stream):
 async def serve_tcp_listener(
     config: ListenerConfig,
     listeners: list[trio.SocketListener],
-    registry: Registry,
+    registry: Core,
     *,
     connections: trio.Nursery | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
@@ -171,7 +171,7 @@ async def handle_connection(
     stream: trio.SocketStream,
     *,
     config: ListenerConfig,
-    registry: Registry,
+    registry: Core,
     gate: Gate | None = None,
     ssl_context: ssl.SSLContext | None = None,
 ) -> None:
@@ -219,7 +219,7 @@ async def handshake(
     stream: trio.SocketStream,
     remote: str,
     config: ListenerConfig,
-    registry: Registry,
+    registry: Core,
     ssl_context: ssl.SSLContext | None,
 ) -> tuple[trio.abc.Stream | None, str, bytes]:
     """The PROXY header and TLS handshake, where configured: (stream or None, remote, data)."""
@@ -284,7 +284,7 @@ async def _run_client(
     stream: trio.abc.Stream,
     remote: str,
     config: ListenerConfig,
-    registry: Registry,
+    registry: Core,
     initial: bytes,
     raw: trio.SocketStream,
 ) -> None:
@@ -347,7 +347,7 @@ async def _read(
     stream: trio.abc.Stream,
     client: Client,
     config: ListenerConfig,
-    registry: Registry,
+    registry: Core,
     initial: bytes = b"",
     hangup: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
@@ -401,7 +401,7 @@ async def _read_socket(
     fd: int,
     client: Client,
     config: ListenerConfig,
-    registry: Registry,
+    registry: Core,
     initial: bytes = b"",
 ) -> None:
     """:func:`_read` on a plain TCP socket's descriptor, without trio's stream layers."""

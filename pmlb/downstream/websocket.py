@@ -21,7 +21,7 @@ the HTTP upgrade, all three under one ``handshake_timeout``. A client over
 at once with 1008 and the limit as the reason, so that a browser can tell
 (while ``MAX_COURTESY_CLOSES`` of them are in their upgrade already, more are
 closed at once instead).
-Every refusal and forced close is counted in ``Registry.connections``.
+Every refusal and forced close is counted in ``Core.connections`` (:mod:`pmlb.downstream.port`).
 
 pmlb pings every ``ping_interval`` seconds and disconnects a client whose
 pong does not come within ``ping_timeout``. Close codes say why: 1009 for a
@@ -60,6 +60,7 @@ from pmlb._time import rfc3339_now
 from pmlb.config import ListenerConfig, format_address
 from pmlb.downstream.accept import serve_listeners
 from pmlb.downstream.client import Client
+from pmlb.downstream.port import Core
 from pmlb.downstream.reasons import (
     CLIENT_CLOSED,
     DRAINING,
@@ -68,7 +69,6 @@ from pmlb.downstream.reasons import (
     Reason,
 )
 from pmlb.downstream.tcp import Gate, PrefixedStream, handshake, server_ssl_context
-from pmlb.registry import Registry
 
 log = logging.getLogger("pmlb.downstream")
 _refusal_log = RateLimited(log)
@@ -97,7 +97,7 @@ class _Refusing:
 async def serve_websocket_listener(
     config: ListenerConfig,
     listeners: list[trio.SocketListener],
-    registry: Registry,
+    registry: Core,
     *,
     connections: trio.Nursery | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
@@ -136,7 +136,7 @@ async def handle_connection(
     stream: trio.SocketStream,
     *,
     config: ListenerConfig,
-    registry: Registry,
+    registry: Core,
     gate: Gate,
     refusing: _Refusing,
     ssl_context: ssl.SSLContext | None = None,
@@ -217,7 +217,7 @@ async def _handle_request(
     remote: str,
     corked: _Corked,
     config: ListenerConfig,
-    registry: Registry,
+    registry: Core,
     refusal: str | None,
 ) -> None:
     """Accept (or refuse) one upgrade request and run the client."""
@@ -262,7 +262,7 @@ async def _run_client(
     remote: str,
     corked: _Corked,
     config: ListenerConfig,
-    registry: Registry,
+    registry: Core,
 ) -> None:
     client: Client | None = None
     try:
@@ -419,7 +419,7 @@ async def _read(
     corked: _Corked,
     client: Client,
     config: ListenerConfig,
-    registry: Registry,
+    registry: Core,
     texts: _TextState,
 ) -> None:
     uuid_ = client.uuid

@@ -6,7 +6,7 @@ on the first delivery, and kept on every redelivery) and ``delivery_attempt``
 (1, then one more on each redelivery). The request is kept here, by ``seq``,
 until the upstream lists that ``seq`` in ``OutputStreamRequest.acks``. When the
 stream fails, whatever is still here is redelivered (see
-:meth:`pmlb.registry.Registry.set_upstream_state`).
+:meth:`pmlb.hub.upstreams.UpstreamTable.set_upstream_state`).
 
 Pure bookkeeping: no I/O, no clock of its own (the caller passes the time).
 """

@@ -150,8 +150,9 @@ class Backoff:
 class Hub(Protocol):
     """What a supervisor needs from the core: the narrow port it reports through.
 
-    :class:`pmlb.registry.Registry` implements it; the supervisor never imports
-    the registry, so the upstream layer stays below the core.
+    :class:`pmlb.hub.upstreams.UpstreamTable` implements it (and the
+    :class:`pmlb.registry.Registry` facade); the supervisor never imports the
+    hub, so the upstream layer stays below the core.
     """
 
     def set_upstream_state(

@@ -15,7 +15,7 @@ the token, ``Host`` and origins as a single pmlb's admin does (the same
   (``GET``/``DELETE``, ``messages``) go to every worker and the one holding
   it answers; ``/api/v1/broadcast`` goes to every worker, recipients summed.
   With a ``[cluster]`` every worker is a node whose admin sees the whole
-  cluster already (see :mod:`pmlb.admin.app`): these routes then go to one
+  cluster already (see :mod:`pmlb.admin.routes.clients`): these routes then go to one
   running worker, and the front adds ``worker`` to the clients of its own
   workers;
 - ``/api/v1/upstreams`` and ``/api/v1/runtime``: every worker's view merged

@@ -4,9 +4,14 @@
  * as a binary. Every mode prints one JSON object per result line on stdout.
  *
  *   loadgen echo  PORT                       a plain epoll echo server (the baseline)
- *   loadgen load  PORT C D S SECONDS RATE    C connections, D messages in flight each,
+ *   loadgen wsecho PORT                      the same speaking WebSocket: answers the
+ *                                            upgrade, echoes each frame's payload in an
+ *                                            unmasked frame (HAProxy's backend for ws)
+ *   loadgen load  PORT C D S SECONDS RATE [PROTO]
+ *                                            C connections, D messages in flight each,
  *                                            S-byte lines; RATE > 0 caps the total
- *                                            messages/s (open loop at that offered rate)
+ *                                            messages/s (open loop at that offered rate);
+ *                                            PROTO: tcp (default), tls, ws or wss
  *   loadgen hold  PORT N SRC BCAST_LEN       hold N idle connections from source
  *                                            address SRC; print "CONNECTED"; with
  *                                            BCAST_LEN > 0 wait for one line of that
@@ -18,6 +23,14 @@
  * byte for byte, in order. Latency is from the write of a message to the
  * read of its echo. Sockets are closed with SO_LINGER 0 so that repeated runs
  * leave no TIME_WAIT behind to eat the ephemeral ports.
+ *
+ * With PROTO tls, each connection does a TLS handshake (OpenSSL, no
+ * certificate check: the servers use a throwaway self-signed one) before
+ * "go"; with ws, an HTTP upgrade to WebSocket on path /, then every message
+ * is one masked text frame and every echo must come back as one unmasked
+ * frame carrying the same line; wss is both. Handshakes are blocking and
+ * done before "go", so the measured window holds messages only. Built with
+ * -DNO_TLS (no OpenSSL headers), tls and wss are refused.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -26,6 +39,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +49,14 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#ifndef NO_TLS
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+#include <openssl/ssl.h>
+#else
+typedef struct ssl_st SSL;
+#endif
 
 static int64_t now_ns(void) {
     struct timespec ts;
@@ -85,7 +107,8 @@ static int connect_to(int port, const char *src, int nonblock) {
 
 /* -- echo server ------------------------------------------------------ */
 
-static __attribute__((noreturn)) void echo_server(int port) {
+/* A non-blocking listener on 127.0.0.1:port; prints "LISTENING <port>". */
+static int open_listener(int port) {
     int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     int one = 1;
     setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -97,6 +120,29 @@ static __attribute__((noreturn)) void echo_server(int port) {
     getsockname(lfd, (struct sockaddr *)&addr, &len);
     printf("LISTENING %d\n", ntohs(addr.sin_port));
     fflush(stdout);
+    return lfd;
+}
+
+/* Blocking retry on a full socket buffer: enough for a baseline server. */
+static void write_all(int fd, const char *buf, size_t n) {
+    size_t off = 0;
+    while (off < n) {
+        ssize_t w = write(fd, buf + off, n - off);
+        if (w < 0) {
+            if (errno == EAGAIN) {
+                struct pollfd p = {fd, POLLOUT, 0};
+                poll(&p, 1, 1000);
+                continue;
+            }
+            return;
+        }
+        off += w;
+    }
+}
+
+static __attribute__((noreturn)) void echo_server(int port) {
+    int lfd = open_listener(port);
+    int one = 1;
     int ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = lfd};
     epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
@@ -120,29 +166,156 @@ static __attribute__((noreturn)) void echo_server(int port) {
                 close(fd);
                 continue;
             }
-            /* Small echoes always fit the socket buffer; a blocking retry is
-             * enough for a baseline server. */
-            ssize_t off = 0;
-            while (off < r) {
-                ssize_t w = write(fd, buf + off, r - off);
-                if (w < 0) {
-                    if (errno == EAGAIN) {
-                        struct pollfd p = {fd, POLLOUT, 0};
-                        poll(&p, 1, 1000);
-                        continue;
-                    }
-                    break;
-                }
-                off += w;
-            }
+            /* Small echoes always fit the socket buffer. */
+            write_all(fd, buf, (size_t)r);
         }
     }
 }
+
+/* -- WebSocket echo server ----------------------------------------------- */
+
+#ifndef NO_TLS
+typedef struct {
+    int upgraded;
+    size_t len;
+    unsigned char buf[65536 + 16];
+} wsconn_t;
+
+/* The 101 answer to the request head in c->buf (NUL-terminated); 0 if none. */
+static int ws_accept(int fd, wsconn_t *c) {
+    const char *key = strcasestr((char *)c->buf, "\r\nSec-WebSocket-Key:");
+    if (!key) return 0;
+    key += strlen("\r\nSec-WebSocket-Key:");
+    while (*key == ' ') key++;
+    size_t klen = strcspn(key, "\r\n ");
+    char joined[256];
+    int n = snprintf(joined, sizeof joined, "%.*s258EAFA5-E914-47DA-95CA-C5AB0DC85B11",
+                     (int)klen, key);
+    unsigned char digest[SHA_DIGEST_LENGTH];
+    SHA1((unsigned char *)joined, (size_t)n, digest);
+    unsigned char accept[64];
+    EVP_EncodeBlock(accept, digest, SHA_DIGEST_LENGTH);
+    char resp[256];
+    n = snprintf(resp, sizeof resp,
+                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+                 accept);
+    write_all(fd, resp, (size_t)n);
+    return 1;
+}
+
+/* Echo every whole frame in c->buf, unmasked; -1 on a close frame or garbage. */
+static int ws_echo_frames(int fd, wsconn_t *c) {
+    static char out[sizeof c->buf + 16];
+    size_t off = 0, olen = 0;
+    int rc = 0;
+    while (c->len - off >= 2) {
+        unsigned char *f = c->buf + off;
+        int opcode = f[0] & 0x0f, masked = f[1] & 0x80;
+        size_t plen = f[1] & 0x7f, h = 2;
+        if (plen == 126) {
+            if (c->len - off < 4) break;
+            plen = (size_t)f[2] << 8 | f[3];
+            h = 4;
+        } else if (plen == 127) {
+            rc = -1; /* no 64-bit lengths here */
+            break;
+        }
+        size_t mh = h + (masked ? 4 : 0);
+        if (c->len - off < mh + plen) break;
+        if (opcode == 0x8) {
+            rc = -1;
+            break;
+        }
+        unsigned char *payload = f + mh;
+        if (masked)
+            for (size_t i = 0; i < plen; i++) payload[i] ^= f[h + (i & 3)];
+        if (opcode == 0x1 || opcode == 0x2 || opcode == 0x9) {
+            out[olen] = (char)(0x80 | (opcode == 0x9 ? 0xa : opcode)); /* a ping gets its pong */
+            if (plen < 126) {
+                out[olen + 1] = (char)plen;
+                olen += 2;
+            } else {
+                out[olen + 1] = 126;
+                out[olen + 2] = (char)(plen >> 8);
+                out[olen + 3] = (char)plen;
+                olen += 4;
+            }
+            memcpy(out + olen, payload, plen);
+            olen += plen;
+        }
+        off += mh + plen;
+    }
+    if (olen) write_all(fd, out, olen);
+    memmove(c->buf, c->buf + off, c->len - off);
+    c->len -= off;
+    if (c->len >= sizeof c->buf - 1) rc = -1; /* a frame larger than the buffer */
+    return rc;
+}
+
+static __attribute__((noreturn)) void ws_echo_server(int port) {
+    int lfd = open_listener(port);
+    int one = 1;
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = lfd};
+    epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
+    static wsconn_t *conns[1 << 16];
+    struct epoll_event events[512];
+    for (;;) {
+        int n = epoll_wait(ep, events, 512, -1);
+        for (int i = 0; i < n; i++) {
+            int fd = events[i].data.fd;
+            if (fd == lfd) {
+                int c;
+                while ((c = accept4(lfd, NULL, NULL, SOCK_NONBLOCK)) >= 0) {
+                    if (c >= (1 << 16)) {
+                        close(c);
+                        continue;
+                    }
+                    setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                    if (!conns[c]) conns[c] = malloc(sizeof(wsconn_t));
+                    conns[c]->upgraded = 0;
+                    conns[c]->len = 0;
+                    struct epoll_event cev = {.events = EPOLLIN, .data.fd = c};
+                    epoll_ctl(ep, EPOLL_CTL_ADD, c, &cev);
+                }
+                continue;
+            }
+            wsconn_t *c = conns[fd];
+            ssize_t r = read(fd, c->buf + c->len, sizeof c->buf - 1 - c->len);
+            if (r <= 0) {
+                if (r < 0 && errno == EAGAIN) continue;
+                close(fd);
+                continue;
+            }
+            c->len += r;
+            if (!c->upgraded) {
+                c->buf[c->len] = 0;
+                char *end = strstr((char *)c->buf, "\r\n\r\n");
+                if (!end) {
+                    if (c->len >= sizeof c->buf - 1) close(fd);
+                    continue;
+                }
+                if (!ws_accept(fd, c)) {
+                    close(fd);
+                    continue;
+                }
+                c->upgraded = 1;
+                size_t head = (size_t)(end + 4 - (char *)c->buf);
+                memmove(c->buf, c->buf + head, c->len - head);
+                c->len -= head;
+            }
+            if (ws_echo_frames(fd, c) < 0) close(fd);
+        }
+    }
+}
+#endif
 
 /* -- load --------------------------------------------------------------- */
 
 typedef struct {
     int fd;
+    SSL *ssl; /* NULL: plain TCP */
     int id;
     uint32_t sent, received;
     int inflight;
@@ -154,11 +327,95 @@ typedef struct {
 } conn_t;
 
 static int S, D;
+static int WS;          /* 1: WebSocket frames around every message */
+static int SEND_LEN;    /* bytes on the wire per message sent: S, or S in a masked frame */
+static int RECV_LEN;    /* bytes on the wire per echo: S, or S in an unmasked frame */
+static const unsigned char MASK[4] = {0x5a, 0xc3, 0x17, 0x8e};
 
 static void make_msg(char *out, int id, uint32_t seq) {
     int n = snprintf(out, S, "%d %u ", id, seq);
     memset(out + n, 'x', S - 1 - n);
     out[S - 1] = '\n';
+}
+
+/* The WebSocket frame header of an S-byte payload: 2 bytes below 126, else 4. */
+static int ws_header(unsigned char *out, int masked) {
+    out[0] = 0x81; /* FIN, text */
+    if (S < 126) {
+        out[1] = (unsigned char)(S | (masked ? 0x80 : 0));
+        return 2;
+    }
+    out[1] = (unsigned char)(126 | (masked ? 0x80 : 0));
+    out[2] = (unsigned char)(S >> 8);
+    out[3] = (unsigned char)S;
+    return 4;
+}
+
+/* read()/write() or their TLS counterparts; -1 with errno EAGAIN when the
+ * call would block, 0 on the peer's close. */
+static ssize_t io_read(conn_t *c, char *buf, size_t len) {
+#ifndef NO_TLS
+    if (c->ssl) {
+        int r = SSL_read(c->ssl, buf, (int)len);
+        if (r > 0) return r;
+        int err = SSL_get_error(c->ssl, r);
+        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+            errno = EAGAIN;
+            return -1;
+        }
+        if (err == SSL_ERROR_ZERO_RETURN) return 0;
+        errno = EIO;
+        return -1;
+    }
+#endif
+    return read(c->fd, buf, len);
+}
+
+static ssize_t io_write(conn_t *c, const char *buf, size_t len) {
+#ifndef NO_TLS
+    if (c->ssl) {
+        int r = SSL_write(c->ssl, buf, (int)len);
+        if (r > 0) return r;
+        int err = SSL_get_error(c->ssl, r);
+        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+            errno = EAGAIN;
+            return -1;
+        }
+        errno = EIO;
+        return -1;
+    }
+#endif
+    return write(c->fd, buf, len);
+}
+
+/* Blocking: send the upgrade request, read the response head, want 101. */
+static int ws_upgrade(conn_t *c, int port) {
+    char req[512];
+    int n = snprintf(req, sizeof req,
+                     "GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n",
+                     port);
+    for (int off = 0; off < n;) {
+        ssize_t w = io_write(c, req + off, n - off);
+        if (w <= 0) return -1;
+        off += w;
+    }
+    char head[2048];
+    size_t got = 0;
+    /* the server sends nothing after its 101 until the client does */
+    while (got < sizeof head - 1) {
+        ssize_t r = io_read(c, head + got, sizeof head - 1 - got);
+        if (r <= 0) return -1;
+        got += r;
+        head[got] = 0;
+        if (strstr(head, "\r\n\r\n")) break;
+    }
+    if (strncmp(head, "HTTP/1.1 101", 12) != 0) {
+        fprintf(stderr, "WebSocket upgrade refused: %.80s\n", head);
+        return -1;
+    }
+    return 0;
 }
 
 static int cmp_u32(const void *a, const void *b) {
@@ -167,8 +424,16 @@ static int cmp_u32(const void *a, const void *b) {
 }
 
 static void queue_send(conn_t *c, int64_t t) {
-    make_msg(c->wbuf + c->wlen, c->id, c->sent);
-    c->wlen += S;
+    if (WS) {
+        unsigned char *out = (unsigned char *)c->wbuf + c->wlen;
+        int h = ws_header(out, 1);
+        memcpy(out + h, MASK, 4);
+        make_msg((char *)out + h + 4, c->id, c->sent);
+        for (int i = 0; i < S; i++) out[h + 4 + i] ^= MASK[i & 3];
+    } else {
+        make_msg(c->wbuf + c->wlen, c->id, c->sent);
+    }
+    c->wlen += SEND_LEN;
     c->stamps[c->sent % D] = t;
     c->sent++;
     c->inflight++;
@@ -176,7 +441,7 @@ static void queue_send(conn_t *c, int64_t t) {
 
 static int flush(conn_t *c) {
     while (c->wlen) {
-        ssize_t w = write(c->fd, c->wbuf, c->wlen);
+        ssize_t w = io_write(c, c->wbuf, c->wlen);
         if (w < 0) return errno == EAGAIN ? 0 : -1;
         memmove(c->wbuf, c->wbuf + w, c->wlen - w);
         c->wlen -= w;
@@ -184,10 +449,35 @@ static int flush(conn_t *c) {
     return 0;
 }
 
-static int load(int port, int C, int depth, int size, double seconds, double rate) {
+static int load(int port, int C, int depth, int size, double seconds, double rate,
+                const char *proto) {
     S = size;
     D = depth;
     if (S < 24) S = 24;
+    int tls = !strcmp(proto, "tls") || !strcmp(proto, "wss");
+    WS = !strcmp(proto, "ws") || !strcmp(proto, "wss");
+    if (!tls && !WS && strcmp(proto, "tcp")) {
+        fprintf(stderr, "unknown protocol %s (tcp, tls, ws or wss)\n", proto);
+        return 2;
+    }
+    unsigned char hdr[4];
+    SEND_LEN = WS ? ws_header(hdr, 1) + 4 + S : S;
+    RECV_LEN = WS ? ws_header(hdr, 0) + S : S;
+#ifdef NO_TLS
+    if (tls) {
+        fprintf(stderr, "built without OpenSSL: no %s\n", proto);
+        return 2;
+    }
+#else
+    SSL_CTX *ctx = NULL;
+    if (tls) {
+        ctx = SSL_CTX_new(TLS_client_method());
+        if (!ctx) die("SSL_CTX_new");
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+        SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    }
+#endif
+    const char *negotiated = "";
     conn_t *conns = calloc(C, sizeof *conns);
     int ep = epoll_create1(0);
     for (int i = 0; i < C; i++) {
@@ -195,10 +485,27 @@ static int load(int port, int C, int depth, int size, double seconds, double rat
         c->id = i;
         c->fd = connect_to(port, NULL, 0);
         if (c->fd < 0) die("connect");
+#ifndef NO_TLS
+        if (tls) {
+            c->ssl = SSL_new(ctx);
+            SSL_set_fd(c->ssl, c->fd);
+            SSL_set_tlsext_host_name(c->ssl, "localhost");
+            if (SSL_connect(c->ssl) != 1) {
+                ERR_print_errors_fp(stderr);
+                fprintf(stderr, "connection %d: TLS handshake failed\n", i);
+                exit(2);
+            }
+            if (i == 0) negotiated = SSL_get_cipher_name(c->ssl);
+        }
+#endif
+        if (WS && ws_upgrade(c, port) < 0) {
+            fprintf(stderr, "connection %d: no WebSocket\n", i);
+            exit(2);
+        }
         fcntl(c->fd, F_SETFL, O_NONBLOCK);
         c->stamps = calloc(D, sizeof(int64_t));
-        c->rbuf = malloc((size_t)S * (D + 1) + 65536);
-        c->wbuf = malloc((size_t)S * (D + 1));
+        c->rbuf = malloc((size_t)RECV_LEN * (D + 1) + 65536);
+        c->wbuf = malloc((size_t)SEND_LEN * (D + 1));
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
         epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
     }
@@ -249,7 +556,8 @@ static int load(int port, int C, int depth, int size, double seconds, double rat
                 }
             }
             if (!(events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) continue;
-            ssize_t r = read(c->fd, c->rbuf + c->rlen, (size_t)S * (D + 1) + 65536 - c->rlen);
+            size_t room = (size_t)RECV_LEN * (D + 1) + 65536;
+            ssize_t r = io_read(c, c->rbuf + c->rlen, room - c->rlen);
             if (r <= 0) {
                 if (r < 0 && errno == EAGAIN) continue;
                 fprintf(stderr, "connection %d closed by the server\n", c->id);
@@ -258,10 +566,34 @@ static int load(int port, int C, int depth, int size, double seconds, double rat
                 continue;
             }
             c->rlen += r;
+#ifndef NO_TLS
+            /* decrypted bytes OpenSSL holds do not wake epoll: take them now */
+            while (c->ssl && SSL_pending(c->ssl) > 0 && c->rlen < room) {
+                r = io_read(c, c->rbuf + c->rlen, room - c->rlen);
+                if (r <= 0) break;
+                c->rlen += r;
+            }
+#endif
             size_t off = 0;
-            while (c->rlen - off >= (size_t)S) {
+            while (c->rlen - off >= (size_t)RECV_LEN) {
                 make_msg(expect, c->id, c->received);
-                if (memcmp(expect, c->rbuf + off, S) != 0) {
+                const char *got = c->rbuf + off;
+                if (WS) {
+                    /* one unmasked text or binary frame of S bytes */
+                    unsigned char want[4], first = (unsigned char)got[0];
+                    int h = ws_header(want, 0);
+                    if ((first != 0x81 && first != 0x82) || memcmp(want + 1, got + 1, h - 1)) {
+                        fprintf(stderr, "connection %d: not a %d-byte frame: %02x %02x\n", c->id,
+                                S, (unsigned char)got[0], (unsigned char)got[1]);
+                        errors++;
+                        epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                        c->rlen = 0;
+                        off = 0;
+                        break;
+                    }
+                    got += h;
+                }
+                if (memcmp(expect, got, S) != 0) {
                     if (errors < 5)
                         fprintf(stderr, "connection %d: bad echo of message %u\n", c->id,
                                 c->received);
@@ -276,7 +608,7 @@ static int load(int port, int C, int depth, int size, double seconds, double rat
                 c->received++;
                 c->inflight--;
                 done++;
-                off += S;
+                off += RECV_LEN;
                 if (rate <= 0) queue_send(c, now);
             }
             memmove(c->rbuf, c->rbuf + off, c->rlen - off);
@@ -305,11 +637,16 @@ static int load(int port, int C, int depth, int size, double seconds, double rat
     }
     printf("{\"event\": \"result\", \"messages\": %llu, \"seconds\": %.3f, \"msgs_per_s\": %.0f, "
            "\"p50_us\": %u, \"p99_us\": %u, \"max_us\": %u, \"cpu_s\": %.3f, \"errors\": %llu, "
-           "\"least_served\": %u, \"most_served\": %u}\n",
+           "\"least_served\": %u, \"most_served\": %u, \"proto\": \"%s\", \"cipher\": \"%s\"}\n",
            (unsigned long long)done, elapsed, done / elapsed, p50, p99, mx, cpu,
-           (unsigned long long)errors, least, most);
+           (unsigned long long)errors, least, most, proto, negotiated);
     fflush(stdout);
-    for (int i = 0; i < C; i++) hard_close(conns[i].fd);
+    for (int i = 0; i < C; i++) {
+#ifndef NO_TLS
+        if (conns[i].ssl) SSL_free(conns[i].ssl);
+#endif
+        hard_close(conns[i].fd);
+    }
     return errors ? 1 : 0;
 }
 
@@ -479,10 +816,17 @@ static int accept_rate(int port, double seconds, int par, const char *src) {
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    /* A write to a connection the peer reset is an error to count (load) or
+     * a connection to drop (echo servers), never the end of the process:
+     * the echo server died so behind HAProxy once its clients were reset. */
+    signal(SIGPIPE, SIG_IGN);
     if (argc >= 3 && !strcmp(argv[1], "echo")) echo_server(atoi(argv[2]));
+#ifndef NO_TLS
+    if (argc >= 3 && !strcmp(argv[1], "wsecho")) ws_echo_server(atoi(argv[2]));
+#endif
     if (argc >= 8 && !strcmp(argv[1], "load"))
         return load(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atof(argv[6]),
-                    atof(argv[7]));
+                    atof(argv[7]), argc >= 9 ? argv[8] : "tcp");
     if (argc >= 6 && !strcmp(argv[1], "hold"))
         return hold(atoi(argv[2]), atoi(argv[3]), argv[4], atoi(argv[5]));
     if (argc >= 4 && !strcmp(argv[1], "send")) return send_line(atoi(argv[2]), argv[3]);

@@ -5,17 +5,32 @@ CI. It compiles tools/bench/loadgen.c with the system gcc into a temporary
 directory, starts:
 
 - ``echo``: loadgen's plain epoll echo server (the physical limit here);
-- ``haproxy``: Debian's HAProxy, ``mode tcp``, 1 thread, in front of it;
+- ``haproxy``: Debian's HAProxy, ``mode tcp``, 1 thread, in front of it,
+  ``haproxy-tls``: the same process terminating TLS (``bind ... ssl crt``)
+  in front of the same echo server, and ``haproxy-ws``: the same process,
+  ``mode http``, passing WebSocket upgrades to loadgen's WebSocket echo
+  server (``wsecho``), which it then tunnels as HAProxy does;
 - ``pmlb-native`` / ``pmlb-grpclib``: ``pmlb serve`` (line framing) with a
   batched h2 echo upstream (tools/bench/echo_upstream.py), one per transport.
   One upstream, because round robin over several would reorder a client's
   echoes, which the load generator checks in order; its CPU is reported to
-  show it is not what limits pmlb,
+  show it is not what limits pmlb. ``pmlb-tls`` and ``pmlb-ws`` are two more
+  listeners of the pmlb-native process: TLS (line framing) and WebSocket.
+  The certificate of both TLS targets is a throwaway self-signed one made by
+  the ``openssl`` command at run time,
 
 then runs each scenario against every target back to back, so that noise hits
-all alike. CPU is read from /proc/PID/stat between the load generator's
-"go" and "end", so it covers only the measured window. Prints a table and
-writes the figures as JSON (``--output``, default bench-results.json).
+all alike; the TLS and WebSocket scenarios run the plain TCP targets beside
+their own, for the "TLS ÷ plain TCP" ratio within one sitting. CPU is read
+from /proc/PID/stat between the load generator's "go" and "end", so it covers
+only the measured window (the load generator's TLS and WebSocket work is its
+own process's). Prints the README's table, with each target's ratio to the
+HAProxy of its protocol, and writes the figures as JSON (``--output``,
+default bench-results.json), the same table beside it (``.md``) and, when
+matplotlib is installed (the nox bench session installs it), a chart of pmlb
+CPU per message and p99 against HAProxy per scenario (``--chart``, default
+beside the JSON as ``.png``). ``--from-json FILE`` renders the table and the
+chart again from a run's JSON without running anything.
 """
 
 from __future__ import annotations
@@ -42,7 +57,21 @@ ROOT = HERE.parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 STARTUP_TIMEOUT = 30.0
-SCENARIOS = ("throughput", "latency", "idle", "broadcast", "max", "accept")
+SCENARIOS = ("throughput", "latency", "tls", "websocket", "idle", "broadcast", "max", "accept")
+#: the protocol each target's clients speak (default "tcp")
+PROTOCOLS = {"haproxy-tls": "tls", "pmlb-tls": "tls", "haproxy-ws": "ws", "pmlb-ws": "ws"}
+#: the HAProxy each target is compared with: the one speaking its protocol
+BASELINES = {
+    "haproxy-tls": "haproxy-tls",
+    "pmlb-tls": "haproxy-tls",
+    "haproxy-ws": "haproxy-ws",
+    "pmlb-ws": "haproxy-ws",
+}
+#: the scenario name prefixes of the TLS and WebSocket runs
+SCENARIO_PROTOCOLS = {"TLS ": "tls", "WebSocket ": "ws"}
+#: (connections, messages in flight) of the TLS and WebSocket runs: the issue's two targets
+PROTOCOL_SHAPES = ((100, 1), (1000, 16))
+TIMES = "\N{MULTIPLICATION SIGN}"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -75,18 +104,98 @@ def wait_port(port: int, proc: subprocess.Popen[Any]) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
+def baseline_of(name: str) -> str:
+    """The HAProxy target a target's figures are divided by (its protocol's)."""
+    return BASELINES.get(name, "haproxy")
+
+
+def scenario_protocol(scenario: str) -> str:
+    for prefix, proto in SCENARIO_PROTOCOLS.items():
+        if scenario.startswith(prefix):
+            return proto
+    return "tcp"
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway self-signed certificate for localhost: (cert, key, both in one PEM)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=localhost", "-addext",
+         "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    both = directory / "haproxy.pem"
+    both.write_text(cert.read_text() + key.read_text())
+    return cert, key, both
+
+
+def build_loadgen(out: Path) -> bool:
+    """Compile loadgen.c to ``out``; True with TLS (OpenSSL), False without."""
+    source = str(HERE / "loadgen.c")
+    tls = subprocess.run(
+        ["gcc", "-O2", "-o", str(out), source, "-lssl", "-lcrypto"], capture_output=True, text=True
+    )
+    if tls.returncode == 0:
+        return True
+    print(
+        "loadgen built without TLS (no OpenSSL headers? apt-get install libssl-dev):\n"
+        + tls.stderr[-2000:],
+        file=sys.stderr,
+    )
+    subprocess.run(["gcc", "-O2", "-DNO_TLS", "-o", str(out), source], check=True)
+    return False
+
+
+def pmlb_config(port: int, tls_port: int | None, ws_port: int, cert: Path, key: Path) -> str:
+    """pmlb-native's configuration: the plain listener, then the TLS and WebSocket ones."""
+    text = f"""[server]
+host = "127.0.0.1"
+port = {port}
+framing = "line"
+"""
+    if tls_port is not None:
+        text += f"""
+[[listener]]
+name = "tls"
+host = "127.0.0.1"
+port = {tls_port}
+framing = "line"
+transport = "tls"
+tls_cert = "{cert}"
+tls_key = "{key}"
+"""
+    # no pings within a run: the load generator answers none
+    text += f"""
+[[listener]]
+name = "websocket"
+host = "127.0.0.1"
+port = {ws_port}
+transport = "websocket"
+ping_interval = 3600
+ping_timeout = 3600
+"""
+    return text
+
+
 class Target:
-    def __init__(self, name: str, port: int, pid: int, helpers: list[int] | None = None) -> None:
+    def __init__(
+        self, name: str, port: int, pid: int, helpers: list[int] | None = None, proto: str = "tcp"
+    ) -> None:
         self.name = name
         self.port = port
         self.pid = pid
         #: processes serving the target that are not the proxy (upstreams)
         self.helpers = helpers or []
+        #: what the load generator speaks to it: "tcp", "tls" or "ws"
+        self.proto = proto
 
 
 class Bench:
-    def __init__(self, build: Path, seconds: float, upstreams: int = 1) -> None:
+    def __init__(self, build: Path, seconds: float, upstreams: int = 1, tls: bool = True) -> None:
         self.upstreams = upstreams
+        #: the load generator speaks TLS (built with OpenSSL)
+        self.tls = tls
         self.build = build
         self.seconds = seconds
         self.loadgen = str(build / "loadgen")
@@ -110,19 +219,43 @@ class Bench:
         assert echo.stdout is not None
         echo_port = int(echo.stdout.readline().split()[1])
         self.targets["echo"] = Target("echo", echo_port, echo.pid)
+        cert, key, both = make_certificate(self.build)
         if haproxy:
-            port = free_port()
+            port, tls_port, ws_port = free_port(), free_port(), free_port()
             cfg = self.build / "haproxy.cfg"
+            tls_frontend = ws_frontend = ""
+            if self.tls:  # loadgen's TLS and its WebSocket echo server need OpenSSL
+                tls_frontend = (
+                    f"frontend ftls\n  bind 127.0.0.1:{tls_port} ssl crt {both}\n"
+                    "  default_backend b\n"
+                )
+                wsecho = self.start(
+                    [self.loadgen, "wsecho", "0"], stdout=subprocess.PIPE, text=True
+                )
+                assert wsecho.stdout is not None
+                wsecho_port = int(wsecho.stdout.readline().split()[1])
+                ws_frontend = (
+                    f"frontend fws\n  mode http\n  bind 127.0.0.1:{ws_port}\n"
+                    "  default_backend bws\n"
+                    f"backend bws\n  mode http\n  server wsecho 127.0.0.1:{wsecho_port}\n"
+                )
             cfg.write_text(
                 "global\n  nbthread 1\n  maxconn 9500\n"
                 "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n"
                 "  timeout server 120s\n  maxconn 9500\n"
                 f"frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n"
+                f"{tls_frontend}"
                 f"backend b\n  server echo 127.0.0.1:{echo_port}\n"
+                f"{ws_frontend}"
             )
             proc = self.start([haproxy, "-db", "-f", str(cfg)])
             wait_port(port, proc)
             self.targets["haproxy"] = Target("haproxy", port, proc.pid)
+            if self.tls:
+                wait_port(tls_port, proc)
+                self.targets["haproxy-tls"] = Target("haproxy-tls", tls_port, proc.pid, proto="tls")
+                wait_port(ws_port, proc)
+                self.targets["haproxy-ws"] = Target("haproxy-ws", ws_port, proc.pid, proto="ws")
         upstreams = []
         for _ in range(self.upstreams):
             up = self.start(
@@ -130,6 +263,7 @@ class Bench:
             )
             assert up.stdout is not None
             upstreams.append((up.pid, int(up.stdout.readline().split()[1])))
+        helpers = [pid for pid, _ in upstreams]
         for transport in ("native", "grpclib"):
             port = free_port()
             args = [
@@ -139,15 +273,37 @@ class Bench:
                 # both would want the admin API's default port 8000
                 "--no-admin",
             ]  # fmt: skip
+            extra: dict[str, int] = {}
+            if transport == "native":
+                # the TLS and WebSocket listeners, beside the plain one
+                extra = {"pmlb-ws": free_port()}
+                if self.tls:
+                    extra["pmlb-tls"] = free_port()
+                config = self.build / "pmlb.toml"
+                config.write_text(
+                    pmlb_config(port, extra.get("pmlb-tls"), extra["pmlb-ws"], cert, key)
+                )
+                args += ["--config", str(config)]
             for _, up_port in upstreams:
                 args += ["--upstream", f"127.0.0.1:{up_port}"]
             proc = self.start(args)
             wait_port(port, proc)
             name = f"pmlb-{transport}"
-            self.targets[name] = Target(name, port, proc.pid, [pid for pid, _ in upstreams])
+            self.targets[name] = Target(name, port, proc.pid, helpers)
+            for extra_name, extra_port in extra.items():
+                wait_port(extra_port, proc)
+                self.targets[extra_name] = Target(
+                    extra_name, extra_port, proc.pid, helpers, PROTOCOLS[extra_name]
+                )
             # every upstream serving: one round trip through each
             for _ in range(2 * self.upstreams):
                 self.load(self.targets[name], 2, 1, 64, 0.3, 0)
+            for extra_name in extra:
+                self.load(self.targets[extra_name], 2, 1, 64, 0.3, 0)
+
+    def plain(self) -> dict[str, Target]:
+        """The targets plain TCP clients talk to (every scenario but TLS and WebSocket)."""
+        return {name: t for name, t in self.targets.items() if t.proto == "tcp"}
 
     # -- scenarios -----------------------------------------------------
 
@@ -155,7 +311,7 @@ class Bench:
         self, target: Target, conns: int, depth: int, size: int, seconds: float, rate: float
     ) -> dict[str, Any]:
         cmd = [self.loadgen, "load", str(target.port), str(conns), str(depth), str(size)]
-        cmd += [str(seconds), str(rate)]
+        cmd += [str(seconds), str(rate), target.proto]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         cpu0 = cpu1 = {}
@@ -181,14 +337,28 @@ class Bench:
     def throughput(self, conns: int, depth: int) -> dict[str, Any]:
         return {
             name: self.load(target, conns, depth, 64, self.seconds, 0)
-            for name, target in self.targets.items()
+            for name, target in self.plain().items()
         }
 
     def latency_at_rate(self, rate: float) -> dict[str, Any]:
         return {
             name: self.load(target, 100, 1, 64, self.seconds, rate)
-            for name, target in self.targets.items()
+            for name, target in self.plain().items()
         }
+
+    def protocol(self, proto: str, conns: int, depth: int) -> dict[str, Any]:
+        """Saturated, like ``throughput``: the HAProxy and pmlb targets speaking ``proto``,
+        each beside its plain TCP counterpart, in one sitting."""
+        names = ["haproxy", "pmlb-native"]
+        names += [n for n, t in self.targets.items() if t.proto == proto]
+        results = {}
+        for name in names:
+            if name in self.targets:
+                # pmlb-native and its TLS and WebSocket listeners are one process:
+                # not while it still answers the previous run's messages
+                self.settle(self.targets[name])
+                results[name] = self.load(self.targets[name], conns, depth, 64, self.seconds, 0)
+        return results
 
     @contextmanager
     def hold(
@@ -288,20 +458,55 @@ class Bench:
         return result
 
 
+def ratio(value: float, base: float | None) -> str:
+    """``value / base`` as the README writes it (``9.0`` and a multiplication sign);
+    ``-`` without a base."""
+    if base is None or base <= 0:
+        return "-"
+    x = value / base
+    return f"{x:.2f}{TIMES}" if x < 10 else f"{x:.1f}{TIMES}"
+
+
+def ratios(by_target: dict[str, Any], name: str) -> tuple[str, str]:
+    """A target's CPU per message and p99, each divided by its HAProxy's in that scenario."""
+    base = by_target.get(baseline_of(name))
+    r = by_target[name]
+    if base is None or not base.get("messages", 1) or not r.get("messages", 1):
+        return "-", "-"  # no baseline, or a run without a single echo
+    return (
+        ratio(r["target_us_per_msg"], base["target_us_per_msg"]),
+        ratio(r["p99_us"], base["p99_us"]),
+    )
+
+
+def header(results: dict[str, Any]) -> list[str]:
+    """The two lines above the README's table."""
+    load = results.get("load_average")
+    quiet = f", load average {load} when the run started" if load is not None else ""
+    return [
+        f"- date: {results['date']}; machine: {results['machine']}{quiet};",
+        f"- command: `{results['command']}` ({results.get('wall_seconds', '?')} s).",
+    ]
+
+
 def table(results: dict[str, Any]) -> str:
+    """The README's benchmark tables, ready to paste."""
     lines = [
-        f"pmlb benchmark, {results['date']}, {results['machine']}",
-        f"command: {results['command']}",
+        *header(results),
         "",
         "| scenario | target | msgs/s | p50 µs | p99 µs | max µs | target CPU µs/msg "
+        "| CPU ÷ HAProxy | p99 ÷ HAProxy "
         "| upstream CPU s | loadgen CPU s | echoes per conn., least-most |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scenario, by_target in results["throughput"].items():
         for name, r in by_target.items():
+            cpu_ratio, p99_ratio = ratios(by_target, name)
+            # no echo in the window: the CPU was not spent on messages that came back
+            per_msg = r["target_us_per_msg"] if r.get("messages", 1) else "- (no echo)"
             lines.append(
                 f"| {scenario} | {name} | {r['msgs_per_s']:,.0f} | {r['p50_us']} | {r['p99_us']} "
-                f"| {r['max_us']} | {r['target_us_per_msg']} "
+                f"| {r['max_us']} | {per_msg} | {cpu_ratio} | {p99_ratio} "
                 f"| {'+'.join(str(c) for c in r['upstream_cpu_s']) or '-'} | {r['loadgen_cpu_s']} "
                 f"| {r['least_served']}-{r['most_served']} |"
             )
@@ -338,6 +543,81 @@ def _rates(text: str) -> list[float]:
     return rates
 
 
+def chart_rows(results: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], Any]]:
+    """(scenario, pmlb target, its figures, its HAProxy's or None) for the chart.
+
+    The pmlb targets of each scenario's own protocol (pmlb-native in the
+    plain scenarios, pmlb-tls in the TLS ones...), grpclib left out.
+    """
+    rows = []
+    for scenario, by_target in results["throughput"].items():
+        proto = scenario_protocol(scenario)
+        for name, r in by_target.items():
+            ours = name.startswith("pmlb-") and name != "pmlb-grpclib"
+            if ours and PROTOCOLS.get(name, "tcp") == proto and r.get("messages", 1):
+                base = by_target.get(baseline_of(name))
+                rows.append((scenario, name, r, base if base and base.get("messages", 1) else None))
+    return rows
+
+
+def chart(results: dict[str, Any], path: Path) -> bool:
+    """pmlb CPU per message and p99 against HAProxy, per scenario, as a PNG.
+
+    False (and a note) without matplotlib: it is the bench session's, never
+    pmlb's dependency.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no chart: matplotlib is not installed (nox -s bench installs it)", file=sys.stderr)
+        return False
+    rows = chart_rows(results)
+    if not rows:
+        return False
+    labels = [f"{scenario}\n{name}" for scenario, name, _, _ in rows]
+    xs = range(len(rows))
+    width = 0.4
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.1 * len(rows) + 2), 8), sharex=True)
+    for ax, key, title in (
+        (axes[0], "target_us_per_msg", "CPU µs per round-tripped message"),
+        (axes[1], "p99_us", "p99 latency, µs"),
+    ):
+        pmlb = [r[key] for _, _, r, _ in rows]
+        base = [b[key] if b else 0 for _, _, _, b in rows]
+        ax.bar([x - width / 2 for x in xs], pmlb, width, label="pmlb", color="tab:blue")
+        ax.bar([x + width / 2 for x in xs], base, width, label="HAProxy", color="tab:gray")
+        for x, value, b in zip(xs, pmlb, base, strict=True):
+            if b:
+                ax.annotate(ratio(value, b), (x - width / 2, value), ha="center", va="bottom")
+        ax.set_yscale("log")
+        ax.set_ylim(top=max([*pmlb, *base, 1]) * 6)  # room for the ratios and the legend
+        ax.set_ylabel(title)
+        ax.legend(loc="upper left", ncols=2, fontsize=8)
+        ax.grid(axis="y", which="both", alpha=0.3)
+    axes[1].set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=8)
+    fig.suptitle(f"pmlb beside HAProxy (ratio above each pmlb bar), {results['date']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_outputs(results: dict[str, Any], output: Path, chart_path: Path | None) -> None:
+    """The table on stdout and beside the JSON (``.md``), and the chart."""
+    text = table(results)
+    output.with_suffix(".md").write_text(text + "\n")
+    print(text)
+    made = chart_path is not None and chart(results, chart_path)
+    print(
+        f"\n(JSON: {output}; table: {output.with_suffix('.md')}"
+        + (f"; chart: {chart_path}" if made else "")
+        + f"; {results.get('wall_seconds', '?')} s)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per throughput run")
@@ -348,6 +628,14 @@ def main() -> None:
         help="offered msgs/s of the latency runs, comma-separated",
     )
     parser.add_argument("--output", default="bench-results.json")
+    parser.add_argument(
+        "--chart", help="the chart's PNG (default: beside --output, .png); 'none': no chart"
+    )
+    parser.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="render the table and chart of a finished run's JSON, run nothing",
+    )
     parser.add_argument("--max-clients", type=int, default=19_500)
     parser.add_argument(
         "--only",
@@ -358,6 +646,17 @@ def main() -> None:
     only = set(args.only.split(","))
     if only - set(SCENARIOS):
         parser.error(f"unknown scenarios: {', '.join(sorted(only - set(SCENARIOS)))}")
+    if args.from_json:
+        source = Path(args.from_json)
+        done: dict[str, Any] = json.loads(source.read_text())
+        done["derived"] = derived(done)  # as this version of the script derives them
+        chart_path = (
+            None if args.chart == "none" else Path(args.chart or source.with_suffix(".png"))
+        )
+        write_outputs(done, source, chart_path)
+        return
+    output = Path(args.output)
+    chart_path = None if args.chart == "none" else Path(args.chart or output.with_suffix(".png"))
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -367,16 +666,18 @@ def main() -> None:
     if haproxy is None:
         print("haproxy not found (apt-get install haproxy); running without it", file=sys.stderr)
     build = Path(tempfile.mkdtemp(prefix="pmlb-bench-"))
-    subprocess.run(
-        ["gcc", "-O2", "-o", str(build / "loadgen"), str(HERE / "loadgen.c")], check=True
-    )
-    bench = Bench(build, args.seconds)
+    tls = build_loadgen(build / "loadgen")
+    if not tls and "tls" in only:
+        print("TLS scenarios skipped: the load generator has no TLS", file=sys.stderr)
+        only.discard("tls")
+    bench = Bench(build, args.seconds, tls=tls)
     results: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or ''} "
         f"{_cpu_model()}, Linux {platform.release()}, Python {platform.python_version()}",
         "command": "nox -s bench -- " + " ".join(sys.argv[1:]),
         "open_files_limit": hard,
+        "load_average": round(os.getloadavg()[0], 1),
     }
     started = time.monotonic()
     try:
@@ -392,6 +693,14 @@ def main() -> None:
                 key = f"C=100 D=1 at {rate:.0f}/s"
                 print(f"latency {key} ...", file=sys.stderr)
                 results["throughput"][key] = bench.latency_at_rate(rate)
+        for scenario, proto in (("tls", "tls"), ("websocket", "ws")):
+            if scenario not in only:
+                continue
+            prefix = next(p for p, q in SCENARIO_PROTOCOLS.items() if q == proto)
+            for conns, depth in PROTOCOL_SHAPES:
+                key = f"{prefix}C={conns} D={depth}"
+                print(f"{key} ...", file=sys.stderr)
+                results["throughput"][key] = bench.protocol(proto, conns, depth)
         targets = bench.targets
         results["clients"] = {}
         if "idle" in only:
@@ -422,9 +731,8 @@ def main() -> None:
         shutil.rmtree(build, ignore_errors=True)
     results["wall_seconds"] = round(time.monotonic() - started)
     results["derived"] = derived(results)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
-    print(f"\n(JSON: {args.output}; {results['wall_seconds']} s)")
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    write_outputs(results, output, chart_path)
 
 
 def _cpu_model() -> str:
@@ -449,14 +757,34 @@ def derived(results: dict[str, Any]) -> dict[str, Any]:
             1,
         )
     for key, by in t.items():
+        if "pmlb-native" not in by or "pmlb-grpclib" not in by:
+            continue
         n, g = by["pmlb-native"], by["pmlb-grpclib"]
         per_cpu = [r["messages"] / max(r["target_cpu_s"], 1e-9) for r in (n, g)]
-        out[f"native ÷ grpclib msgs per pmlb CPU second, {key}"] = round(per_cpu[0] / per_cpu[1], 2)
+        if per_cpu[1] > 0:  # grpclib may get no echo at all in a short run
+            out[f"native ÷ grpclib msgs per pmlb CPU second, {key}"] = round(
+                per_cpu[0] / per_cpu[1], 2
+            )
     for key, by in t.items():
-        if "haproxy" in by:
+        if "haproxy" in by and "pmlb-native" in by and scenario_protocol(key) == "tcp":
             out[f"pmlb-native p99 ÷ haproxy p99, {key}"] = round(
                 by["pmlb-native"]["p99_us"] / max(by["haproxy"]["p99_us"], 1), 2
             )
+    # the issue's target: TLS and WebSocket clients at most twice plain TCP's CPU per message
+    for key, by in t.items():
+        by = {name: r for name, r in by.items() if r.get("messages", 1)}  # had echoes
+        for name in ("pmlb-tls", "pmlb-ws"):
+            if name in by and "pmlb-native" in by:
+                out[f"{name} µs/msg ÷ pmlb-native µs/msg, {key}"] = round(
+                    by[name]["target_us_per_msg"]
+                    / max(by["pmlb-native"]["target_us_per_msg"], 1e-9),
+                    2,
+                )
+            base = baseline_of(name)
+            if name in by and base in by:
+                out[f"{name} p99 ÷ {base} p99, {key}"] = round(
+                    by[name]["p99_us"] / max(by[base]["p99_us"], 1), 2
+                )
     return out
 
 

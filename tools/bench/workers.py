@@ -34,7 +34,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import cpu_seconds, free_port, wait_port  # noqa: E402
+from run import build_loadgen, cpu_seconds, free_port, wait_port  # noqa: E402
 
 #: (connections, messages in flight per connection)
 SHAPES = [(100, 16), (1000, 1)]
@@ -93,7 +93,7 @@ def main() -> None:
     procs: list[subprocess.Popen[Any]] = []
     try:
         loadgen = str(build / "loadgen")
-        subprocess.run(["gcc", "-O2", "-o", loadgen, str(HERE / "loadgen.c")], check=True)
+        build_loadgen(Path(loadgen))
         up = subprocess.Popen(
             [sys.executable, str(HERE / "echo_upstream.py")], stdout=subprocess.PIPE, text=True
         )
