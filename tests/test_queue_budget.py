@@ -8,10 +8,17 @@ does it through ``pmlb serve``.
 
 from __future__ import annotations
 
+import math
+import time
+import types
+
 import pytest
 import trio
+import trio.testing
 
+from pmlb.downstream import client as client_module
 from pmlb.downstream.client import Client, QueueBudget
+from pmlb.downstream.reasons import Reason
 
 
 def make(
@@ -161,3 +168,166 @@ def test_a_client_holding_only_its_write_is_closed_past_the_total(policy: str) -
     assert writing.close_reason is not None
     assert writing.close_reason.startswith("slow client: the clients' outbound queues")
     assert budget.held == 1
+
+
+# -- found by mutation testing (docs/mutation.md) ------------------------------
+
+
+def test_under_disconnect_with_a_timeout_the_count_may_reach_twice_its_limit() -> None:
+    client = make(QueueBudget(), queue_limit=3, timeout=60)
+    sent = 0
+    while client.send(b"m"):
+        sent += 1
+    assert sent == 6
+    assert client.close_reason == "slow client: outbound queue full (3 messages) for 60s"
+    assert client.close_kind is Reason.SLOW
+    assert client.closed_slow
+
+
+def test_drop_oldest_by_count_keeps_exactly_the_newest() -> None:
+    budget = QueueBudget()
+    client = make(budget, queue_limit=3, policy="drop_oldest")
+    for n in range(10):
+        assert client.send(b"%d" % n)
+    assert client.queued == 3
+    assert client.dropped == 7
+    assert budget.held == client.held_bytes() == 3
+    assert client.close_reason is None
+
+
+def test_past_the_total_the_biggest_drop_down_to_seven_eighths_exactly() -> None:
+    # 10-byte messages: the drops stop at the first held <= 875 (7/8 of 1000).
+    clients: list[Client] = []
+    budget = QueueBudget(1000, lambda: clients)
+    big = make(budget, "big", policy="drop_oldest")
+    other = make(budget, "other", policy="drop_oldest")
+    clients += [big, other]
+    for _ in range(80):
+        assert big.send(b"b" * 10)
+    assert other.send(b"o" * 200)
+    assert other.send(b"o")
+    assert big.dropped == 13, "1000 - 13 * 10 = 870 <= 875 < 880"
+    assert budget.held == 870 + 1
+
+
+def test_a_drop_that_reaches_seven_eighths_exactly_is_enough() -> None:
+    clients: list[Client] = []
+    budget = QueueBudget(800, lambda: clients)  # 7/8: 700
+    big = make(budget, "big", policy="drop_oldest")
+    other = make(budget, "other", policy="drop_oldest")
+    clients += [big, other]
+    for _ in range(5):
+        assert big.send(b"b" * 100)
+    assert other.send(b"o" * 300)
+    assert other.send(b"o")  # 800 held: big drops one, to 700 exactly
+    assert big.dropped == 1
+    assert big.close_reason is None, "down to the target: not closed"
+    assert budget.held == 701
+
+
+def test_closing_the_biggest_down_to_seven_eighths_exactly_spares_the_others() -> None:
+    clients: list[Client] = []
+    budget = QueueBudget(800, lambda: clients)  # 7/8: 700
+    clients += [make(budget, f"c{n}") for n in range(8)]
+    for client in clients:
+        assert client.send(b"x" * 100)
+    assert clients[-1].send(b"y")  # 800 held: one client closed, 700 left
+    closed = [client for client in clients if client.close_reason is not None]
+    assert closed == [clients[0]], "the first of the biggest (a stable sort)"
+    assert clients[0].closed_slow
+    assert budget.held == 701
+
+
+async def test_what_was_written_leaves_the_budget_not_what_is_queued_since() -> None:
+    clients: list[Client] = []
+    budget = QueueBudget(0, lambda: clients)
+    client, other = make(budget, "c"), make(budget, "other")
+    clients += [client, other]
+    assert other.send(b"o" * 50)
+    client.send(b"a" * 700)
+    assert await client.next_batch() == [b"a" * 700]
+    assert client.send(b"c" * 300)  # queued while the batch is written
+    assert budget.held == 50 + 700 + 300
+    with client.writing() as scope:
+        pass
+    assert not client.written(scope)
+    assert client.held_bytes() == 300
+    assert budget.held == 50 + 300
+
+
+class Monotonic:
+    """``time.monotonic`` as the client reads it, set by the test."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def monotonic(monkeypatch: pytest.MonkeyPatch) -> Monotonic:
+    # Only the client module's clock: Trio's own must go on.
+    clock = Monotonic(1000.0)
+    fake_time = types.SimpleNamespace(monotonic=clock, time=time.time)
+    monkeypatch.setattr(client_module, "time", fake_time)
+    return clock
+
+
+def full(client: Client) -> None:
+    """Fill ``client``'s queue (limit 1) and one more: full since now."""
+    assert client.send(b"1")
+    assert client.send(b"2")
+
+
+async def test_a_write_deadline_is_when_the_queue_will_have_been_full_for_the_timeout(
+    mock_clock: trio.testing.MockClock, monotonic: Monotonic
+) -> None:
+    client = make(QueueBudget(), queue_limit=1, timeout=10)
+    full(client)
+    monotonic.now += 4
+    scope = client.writing()
+    assert scope.deadline == trio.current_time() + 6
+    monotonic.now += 20  # past it already: at once, never in the past
+    scope = client.writing()
+    assert scope.deadline == trio.current_time()
+
+
+async def test_a_queue_filling_during_a_write_arms_its_deadline(
+    mock_clock: trio.testing.MockClock, monotonic: Monotonic
+) -> None:
+    client = make(QueueBudget(), queue_limit=1, timeout=10)
+    scope = client.writing()
+    assert scope.deadline == math.inf, "not full: no deadline"
+    full(client)
+    assert scope.deadline == trio.current_time() + 10
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "disconnect"])
+async def test_no_write_deadline_unless_full_under_disconnect(
+    policy: str, mock_clock: trio.testing.MockClock, monotonic: Monotonic
+) -> None:
+    client = make(QueueBudget(), queue_limit=1, timeout=10, policy=policy)
+    assert client.send(b"1")
+    if policy == "drop_oldest":
+        assert client.send(b"2")  # full, but dropping is the policy
+    assert client.writing().deadline == math.inf
+
+
+async def test_a_write_past_its_deadline_closes_the_client_as_slow(
+    autojump_clock: trio.testing.MockClock, monotonic: Monotonic
+) -> None:
+    budget = QueueBudget()
+    client = make(budget, queue_limit=1, timeout=10)
+    assert client.send(b"0")
+    assert await client.next_batch() == [b"0"]
+    full(client)  # while the batch is being written
+    start = trio.current_time()
+    with trio.fail_after(60), client.writing() as scope:
+        await trio.sleep_forever()  # the client does not read
+    assert trio.current_time() == start + 10
+    assert client.written(scope)
+    assert client.closed_slow
+    assert client.close_kind is Reason.SLOW
+    assert client.close_reason == "slow client: outbound queue full (1 messages) for 10s"
+    assert budget.held == 0
