@@ -542,6 +542,5 @@ class Client:
             self._budget.held -= self._queued_bytes + self._writing_bytes
             self._queued_bytes = self._writing_bytes = 0
             self._pending.clear()
-        # Idempotent, but trio's cancel() formats a reason each time.
-        if not self._scope.cancel_called:
+            # Once: cancel() is idempotent, but trio builds its reason each time.
             self._scope.cancel()

@@ -326,7 +326,7 @@ async def _run_client(
             registry.connections.slow_client_dropped += client.dropped
             registry.remove_client(client)
             client.detach()
-            if not nursery.cancel_scope.cancel_called:  # client.close() cancels it
+            if client.close_reason is None:  # else client.close() cancelled it
                 nursery.cancel_scope.cancel()
             log.info(
                 "client disconnected",
