@@ -19,6 +19,7 @@ import trio
 
 from pmlb import _log, ctl, sdnotify
 from pmlb._version import DISTRIBUTION, pmlb_version
+from pmlb.codecs import Framing
 from pmlb.config import (
     Config,
     ConfigError,
@@ -38,15 +39,14 @@ from pmlb.server import Server, serve
 log = logging.getLogger("pmlb.server")
 
 DEMO_UPSTREAM_STOP_TIMEOUT = 30.0
+_FRAMINGS = [framing.value for framing in Framing]
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("overrides (take precedence over the file)")
     group.add_argument("--host", help="address of the first listener")
     group.add_argument("--port", type=int, help="port of the first listener (0: any free port)")
-    group.add_argument(
-        "--framing", choices=["raw", "line", "length"], help="framing of the first listener"
-    )
+    group.add_argument("--framing", choices=_FRAMINGS, help="framing of the first listener")
     group.add_argument(
         "--max-message-size", type=int, metavar="BYTES", help="of the first listener"
     )
@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="client listener address (default 127.0.0.1)"
     )
     demo.add_argument("--port", type=int, default=7999, help="client listener port (default 7999)")
-    demo.add_argument("--framing", choices=["raw", "line", "length"], default="raw")
+    demo.add_argument("--framing", choices=_FRAMINGS, default="raw")
     demo.add_argument(
         "--admin-port",
         type=int,

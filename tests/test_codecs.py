@@ -17,6 +17,7 @@ from pmlb.codecs import (
     MessageTooLarge,
     RawDecoder,
     frame,
+    framer,
     make_decoder,
 )
 
@@ -278,6 +279,16 @@ def test_make_decoder_rejects_unknown_framing() -> None:
     assert all(f in str(info.value) for f in ("raw", "line", "length"))
     with pytest.raises(ValueError, match="raw, line, length"):
         frame("LINE", [b"x"])
+
+
+@pytest.mark.parametrize("framing", list(Framing))
+def test_framer_is_frame_looked_up_once(framing: Framing) -> None:
+    encode = framer(framing)
+    assert encode is framer(framing.value)
+    payloads = [b"ab", b"", b"\x00c"]
+    assert encode(payloads) == frame(framing, payloads)
+    with pytest.raises(ValueError, match="'lines'; expected one of: raw, line, length"):
+        framer("lines")
 
 
 def test_framing_from_string() -> None:

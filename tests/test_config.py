@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from pmlb.codecs import Framing
 from pmlb.config import (
     ClusterConfig,
     Config,
@@ -129,6 +130,18 @@ def test_empty_file_and_empty_data_give_safe_defaults(tmp_path: Path) -> None:
         assert (config.activity_window, config.client_queue_size) == (60.0, 1024)
         assert config.upstream_queue_size == 4096
     assert from_data.source == "<config>"
+
+
+def test_a_listener_holds_its_framing_as_the_codecs_enum(tmp_path: Path) -> None:
+    # Resolved once, in the config: the listeners never parse the name again.
+    config = load_config(write(tmp_path, MULTI_LISTENER))
+    assert [listener.framing for listener in config.listeners] == [
+        Framing.LINE,
+        Framing.LENGTH,
+        Framing.RAW,
+    ]
+    assert all(type(listener.framing) is Framing for listener in config.listeners)
+    assert ListenerConfig(framing="line").framing is Framing.LINE
 
 
 def test_server_and_listener_tables_give_several_listeners(tmp_path: Path) -> None:

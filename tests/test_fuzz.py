@@ -44,7 +44,12 @@ from pmlb.codecs import (
     frame,
     make_decoder,
 )
-from pmlb.codecs.grpc import GrpcMessageDecoder, GrpcMessageError, encode_messages
+from pmlb.codecs.grpc import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    GrpcMessageDecoder,
+    GrpcMessageError,
+    encode_messages,
+)
 from pmlb.codecs.proxy_protocol import (
     V1_MAX_LENGTH,
     V2_SIGNATURE,
@@ -596,26 +601,6 @@ upstream_streams = st.one_of(
 )
 
 
-@FUZZ
-@given(data=upstream_streams, cuts=cuts, active=st.lists(st.booleans(), max_size=6))
-@counted
-def test_upstream_bytes_decode_or_fail_as_the_transport_expects(
-    data: bytes, cuts: list[int], active: list[bool]
-) -> None:
-    # The native transport's path: DATA -> gRPC messages -> OutputStreamRequest
-    # (a DecodeError ends the stream as an UpstreamError) -> Registry.deliver,
-    # which must never raise, whatever parses.
-    decoder = GrpcMessageDecoder(1 << 16)
-    parsed: list[pb.OutputStreamRequest] = []
-    try:
-        for piece in chunks(data, cuts):
-            for message in decoder.feed(piece):
-                parsed.append(pb.OutputStreamRequest.FromString(message))
-    except (GrpcMessageError, DecodeError):
-        pass
-    check_routing(parsed, active)
-
-
 # -- HTTP/2 from a hostile upstream, through the native transport -------------
 
 H2_PING, H2_SETTINGS, H2_PRIORITY, H2_WINDOW_UPDATE = 6, 4, 2, 8
@@ -694,6 +679,105 @@ def h2_within_limits(steps: list[tuple[str, int, bytes]]) -> bool:
     return not counts["header_block"] and control <= 990 and counts["window_update"] <= 110
 
 
+def through_native_transport(
+    attack: Callable[[int], list[bytes]], max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+) -> tuple[list[pb.OutputStreamRequest], str]:
+    """Run the native transport's stream against a fake writing ``attack``'s chunks.
+
+    Over an in-memory stream, after one request: the replies delivered, and
+    the :class:`UpstreamError` the stream ended with (it must end).
+    """
+    delivered: list[pb.OutputStreamRequest] = []
+
+    async def run() -> str:
+        upstream = FakeUpstream(attack=attack)
+        outbox: Outbox[pb.InputStreamRequest] = Outbox(10)
+        outbox.open()
+        outbox.put_nowait([pb.InputStreamRequest(client_uuid="c", payload=b"go")])
+        async with trio.open_nursery() as nursery:
+
+            async def open_stream() -> trio.abc.Stream:
+                ours, theirs = trio.testing.memory_stream_pair()
+                nursery.start_soon(upstream.serve, theirs)
+                return ours
+
+            transport = H2Transport(
+                "upstream.test", 1, open_stream=open_stream, max_message_size=max_message_size
+            )
+            try:
+                with trio.fail_after(10):
+                    await transport.run_stream(outbox, delivered.extend)
+            except UpstreamError as exc:
+                return str(exc)
+            finally:
+                await transport.aclose()
+                nursery.cancel_scope.cancel()
+        raise AssertionError("run_stream returned")
+
+    error = trio.run(run)
+    return delivered, error
+
+
+def grpc_reply_script(stream_id: int, data: bytes, cuts: list[int]) -> bytes:
+    """Response headers, ``data`` in DATA frames cut at ``cuts``, then an OK status."""
+    encoder = hpack.Encoder()
+    headers = [(":status", "200"), ("content-type", "application/grpc")]
+    out = [raw_frame(H2_HEADERS, 0x4, stream_id, encoder.encode(headers))]
+    out += [raw_frame(H2_DATA, 0, stream_id, piece) for piece in chunks(data, cuts)]
+    out.append(raw_frame(H2_HEADERS, 0x5, stream_id, encoder.encode([("grpc-status", "0")])))
+    return b"".join(out)
+
+
+def expected_from_upstream(data: bytes, limit: int) -> tuple[list[pb.OutputStreamRequest], str]:
+    """What the transport must deliver of the gRPC bytes ``data``, and how the stream ends.
+
+    Written out plainly from gRPC's framing: a flag byte (set: compressed,
+    refused), a 4-byte length (over ``limit``: refused), the message.
+    """
+    messages: list[bytes] = []
+    ending = "the upstream ended the stream"
+    pos = 0
+    while len(data) - pos >= 5:
+        flag, size = struct.unpack_from(">BI", data, pos)
+        if flag or size > limit:
+            ending = "bad gRPC message from the upstream: "
+            ending += "compressed" if flag else f"message of {size} bytes exceeds"
+            break
+        if pos + 5 + size > len(data):
+            break  # today an unfinished last message is dropped at the end
+        messages.append(data[pos + 5 : pos + 5 + size])
+        pos += 5 + size
+    replies: list[pb.OutputStreamRequest] = []
+    for message in messages:
+        try:
+            replies.append(pb.OutputStreamRequest.FromString(message))
+        except DecodeError:
+            return replies, "malformed message from the upstream"
+    return replies, ending
+
+
+@FUZZ
+@given(data=upstream_streams, cuts=cuts, active=st.lists(st.booleans(), max_size=6))
+@counted
+def test_upstream_bytes_decode_or_fail_as_the_transport_expects(
+    data: bytes, cuts: list[int], active: list[bool]
+) -> None:
+    # Any gRPC bytes from the upstream, in DATA frames cut anywhere, through
+    # the native transport's own receive path (HTTP/2 -> gRPC messages ->
+    # OutputStreamRequest) over an in-memory stream: the valid replies
+    # before the first bad thing are delivered, in order, and the bad thing
+    # ends the stream, named. Then Registry.deliver must never raise,
+    # whatever parsed.
+    limit = 1 << 16
+    expected, ending = expected_from_upstream(data, limit)
+    delivered, error = through_native_transport(
+        lambda sid: [grpc_reply_script(sid, data, cuts)], max_message_size=limit
+    )
+    assert delivered == expected
+    assert error.startswith(ending), (error, ending)
+    check_routing(delivered, active)
+
+
 @FUZZ
 @given(
     steps=st.lists(h2_steps(), max_size=8),
@@ -717,32 +801,7 @@ def test_hostile_h2_frames_through_the_native_transport(
             break
         if kind == "reply":
             valid.append(pb.OutputStreamRequest.FromString(payload))
-    delivered: list[pb.OutputStreamRequest] = []
-
-    async def run() -> str:
-        upstream = FakeUpstream(attack=lambda sid: chunks(h2_script(sid, steps), h2_cuts))
-        outbox: Outbox[pb.InputStreamRequest] = Outbox(10)
-        outbox.open()
-        outbox.put_nowait([pb.InputStreamRequest(client_uuid="c", payload=b"go")])
-        async with trio.open_nursery() as nursery:
-
-            async def open_stream() -> trio.abc.Stream:
-                ours, theirs = trio.testing.memory_stream_pair()
-                nursery.start_soon(upstream.serve, theirs)
-                return ours
-
-            transport = H2Transport("upstream.test", 1, open_stream=open_stream)
-            try:
-                with trio.fail_after(10):
-                    await transport.run_stream(outbox, delivered.extend)
-            except UpstreamError as exc:
-                return str(exc)
-            finally:
-                await transport.aclose()
-                nursery.cancel_scope.cancel()
-        raise AssertionError("run_stream returned")
-
-    error = trio.run(run)
+    delivered, error = through_native_transport(lambda sid: chunks(h2_script(sid, steps), h2_cuts))
     assert delivered == valid[: len(delivered)]
     if h2_within_limits(steps):
         # every valid reply before a malformed one, even in the same read

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+
+import trio
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pmlb._proto import upstream_pb2 as pb
 from pmlb._version import pmlb_version
 from pmlb.config import Config, UpstreamConfig
+from pmlb.downstream.client import Client
 from pmlb.metrics import metrics_registry
 from pmlb.registry import Registry
 
@@ -41,3 +46,36 @@ def test_label_values_have_no_spaces() -> None:
         if name.startswith("pmlb_"):
             for labels in rows:
                 assert not any(" " in v for k, v in labels.items() if k), (name, labels)
+
+
+def client_bytes(registry: Registry) -> dict[str, float]:
+    rows = samples(registry)["pmlb_client_bytes_total"]
+    return {row["direction"]: float(row[""]) for row in rows}
+
+
+async def test_bytes_to_clients_are_what_the_direct_writer_wrote(nursery: trio.Nursery) -> None:
+    # A plain-TCP client as the listener sets it up, written by the registry's
+    # routing: the metric counts the bytes on the wire, newlines included,
+    # and keeps them once the client is gone.
+    registry = Registry(Config())
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setblocking(False)
+        client = Client(
+            "u-1",
+            listener="default",
+            remote="peer",
+            transport="tcp",
+            queue_limit=16,
+            scope=trio.CancelScope(),
+        )
+        client.write_directly(ours.fileno(), "line", registry.unflushed, nursery.start_soon)
+        registry.add_client(client)
+        assert client_bytes(registry)["to_clients"] == 0
+        registry.deliver([pb.OutputStreamRequest(client_uuid="u-1", payload=b"hello")])
+        registry.deliver([pb.OutputStreamRequest(client_uuid="u-1", payload=b"again")])
+        assert theirs.recv(100) == b"hello\nagain\n"
+        assert client_bytes(registry)["to_clients"] == 12
+        client.detach()
+        registry.remove_client(client)
+        assert client_bytes(registry) == {"from_clients": 0, "to_clients": 12}

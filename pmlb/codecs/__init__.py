@@ -2,6 +2,7 @@
 
 from pmlb.codecs.framing import (
     Decoder,
+    Framer,
     Framing,
     FramingError,
     LengthPrefixDecoder,
@@ -9,11 +10,13 @@ from pmlb.codecs.framing import (
     MessageTooLarge,
     RawDecoder,
     frame,
+    framer,
     make_decoder,
 )
 
 __all__ = [
     "Decoder",
+    "Framer",
     "Framing",
     "FramingError",
     "LengthPrefixDecoder",
@@ -21,5 +24,6 @@ __all__ = [
     "MessageTooLarge",
     "RawDecoder",
     "frame",
+    "framer",
     "make_decoder",
 ]

@@ -2,7 +2,8 @@
 
 Pure and synchronous: the I/O layer reads ``decoder.read_size`` bytes, passes
 them to :meth:`Decoder.feed` and forwards the messages it returns; outbound
-messages become one write with :func:`frame`.
+messages become one write with :func:`frame`, or with the function
+:func:`framer` returns, looked up once per connection.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from pmlb.codecs.prefixed import PrefixedDecoder
+
 __all__ = [
     "Decoder",
+    "Framer",
     "Framing",
     "FramingError",
     "LengthPrefixDecoder",
@@ -21,6 +25,7 @@ __all__ = [
     "MessageTooLarge",
     "RawDecoder",
     "frame",
+    "framer",
     "make_decoder",
 ]
 
@@ -158,7 +163,7 @@ class LineDecoder:
         return lines
 
 
-class LengthPrefixDecoder:
+class LengthPrefixDecoder(PrefixedDecoder):
     """Messages each preceded by their length, a 4-byte big-endian unsigned integer.
 
     Zero-length messages are allowed. A length over ``max_size`` is rejected as
@@ -166,86 +171,38 @@ class LengthPrefixDecoder:
     :class:`MessageTooLarge`, every later :meth:`feed` raises it again.
     """
 
+    # No flag: a zero-width field (see PrefixedDecoder.header).
+    header = struct.Struct(">0sI")
+
     def __init__(self, max_size: int) -> None:
         _check_max_size(max_size)
+        super().__init__(max_size)
         self.read_size = _READ_SIZE
-        self._max_size = max_size
-        # The start of an unfinished frame, its header included.
-        self._partial = bytearray()
-        self._error: MessageTooLarge | None = None
 
-    @property
-    def buffered(self) -> int:
-        """Bytes of the unfinished last frame, its length prefix included."""
-        return len(self._partial)
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Return the messages that ``data`` completes, without their length prefixes."""
-        if self._error is not None:
-            raise self._error
-        buf: bytes | bytearray
-        if self._partial:
-            self._partial += data
-            buf = self._partial
-        else:
-            # Nothing pending: decode straight from data and copy only its tail.
-            buf = data
-        messages: list[bytes] = []
-        pos = 0
-        end = len(buf)
-        with memoryview(buf) as view:
-            while end - pos >= _HEADER.size:
-                (size,) = _HEADER.unpack_from(view, pos)
-                if size > self._max_size:
-                    self._error = MessageTooLarge(size, self._max_size)
-                    raise self._error
-                start = pos + _HEADER.size
-                stop = start + size
-                if stop > end:
-                    break
-                messages.append(view[start:stop].tobytes())
-                pos = stop
-            if buf is data:
-                self._partial += view[pos:]
-        if buf is self._partial:
-            # Deleting a bytearray's head moves its start pointer, not its bytes.
-            del self._partial[:pos]
-        return messages
+    def _refuse(self, flag: object, size: int, messages: list[bytes]) -> MessageTooLarge:
+        return MessageTooLarge(size, self._max_size)
 
 
-_DECODERS: dict[Framing, Callable[[int], Decoder]] = {
+_DECODERS: dict[str, Callable[[int], Decoder]] = {
     Framing.RAW: RawDecoder,
     Framing.LINE: LineDecoder,
     Framing.LENGTH: LengthPrefixDecoder,
 }
 
-
-def _framing(framing: Framing | str) -> Framing:
-    try:
-        return Framing(framing)
-    except ValueError:
-        allowed = ", ".join(f.value for f in Framing)
-        raise ValueError(f"unknown framing {framing!r}; expected one of: {allowed}") from None
+Framer = Callable[[Sequence[bytes]], bytes]
+"""Encodes payloads as consecutive messages of one framing (see :func:`frame`)."""
 
 
-def make_decoder(framing: Framing | str, max_size: int) -> Decoder:
-    """Return a new decoder for ``framing`` accepting messages of up to ``max_size`` bytes."""
-    return _DECODERS[_framing(framing)](max_size)
+def _frame_raw(payloads: Sequence[bytes]) -> bytes:
+    return b"".join(payloads)
 
 
-def frame(framing: Framing | str, payloads: Sequence[bytes]) -> bytes:
-    """Encode ``payloads`` as consecutive messages in one bytes object.
+def _frame_line(payloads: Sequence[bytes]) -> bytes:
+    # The trailing b"" puts a newline after the last payload too.
+    return b"\n".join([*payloads, b""])
 
-    With line framing a payload containing ``b"\\n"`` reaches the client as
-    several lines. With length framing a payload of 2**32 bytes or more raises
-    :class:`ValueError`.
-    """
-    framing = _framing(framing)
-    if framing is Framing.RAW:
-        return b"".join(payloads)
-    if framing is Framing.LINE:
-        # The trailing b"" puts a newline after the last payload too.
-        return b"\n".join([*payloads, b""])
+
+def _frame_length(payloads: Sequence[bytes]) -> bytes:
     parts: list[bytes] = []
     for payload in payloads:
         size = len(payload)
@@ -257,3 +214,43 @@ def frame(framing: Framing | str, payloads: Sequence[bytes]) -> bytes:
         parts.append(_HEADER.pack(size))
         parts.append(payload)
     return b"".join(parts)
+
+
+# Keyed by str: a Framing is one (StrEnum), so its name finds it as well.
+_FRAMERS: dict[str, Framer] = {
+    Framing.RAW: _frame_raw,
+    Framing.LINE: _frame_line,
+    Framing.LENGTH: _frame_length,
+}
+
+
+def _unknown(framing: object) -> ValueError:
+    allowed = ", ".join(f.value for f in Framing)
+    return ValueError(f"unknown framing {framing!r}; expected one of: {allowed}")
+
+
+def make_decoder(framing: Framing | str, max_size: int) -> Decoder:
+    """Return a new decoder for ``framing`` accepting messages of up to ``max_size`` bytes."""
+    try:
+        make = _DECODERS[framing]
+    except KeyError:
+        raise _unknown(framing) from None
+    return make(max_size)
+
+
+def framer(framing: Framing | str) -> Framer:
+    """The function that does :func:`frame` for ``framing``: look it up once, call it often."""
+    try:
+        return _FRAMERS[framing]
+    except KeyError:
+        raise _unknown(framing) from None
+
+
+def frame(framing: Framing | str, payloads: Sequence[bytes]) -> bytes:
+    """Encode ``payloads`` as consecutive messages in one bytes object.
+
+    With line framing a payload containing ``b"\\n"`` reaches the client as
+    several lines. With length framing a payload of 2**32 bytes or more raises
+    :class:`ValueError`.
+    """
+    return framer(framing)(payloads)

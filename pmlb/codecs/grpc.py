@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
+from pmlb.codecs.prefixed import PrefixedDecoder
+
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "GrpcMessageDecoder",
@@ -49,7 +51,7 @@ def encode_messages(messages: Iterable[bytes]) -> bytes:
     return b"".join(parts)
 
 
-class GrpcMessageDecoder:
+class GrpcMessageDecoder(PrefixedDecoder):
     """Cuts a stream's DATA into messages, whatever the DATA boundaries.
 
     A message over ``max_size`` is rejected as soon as its 5-byte header
@@ -58,56 +60,26 @@ class GrpcMessageDecoder:
     an error every later :meth:`feed` raises it again (with no messages).
     """
 
+    header = _HEADER
+
     def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         if max_size < 0:
             raise ValueError(f"max_size must be >= 0, got {max_size}")
-        self._max_size = max_size
-        self._partial = bytearray()
-        self._error: GrpcMessageError | None = None
+        super().__init__(max_size)
 
-    @property
-    def buffered(self) -> int:
-        """Bytes of an unfinished message, its header included."""
-        return len(self._partial)
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Return the messages that ``data`` completes, without their headers."""
-        if self._error is not None:
-            self._error.messages = []
-            raise self._error
-        buf: bytes | bytearray
-        if self._partial:
-            self._partial += data
-            buf = self._partial
+    def _refuse(self, flag: int, size: int, messages: list[bytes]) -> GrpcMessageError:
+        if flag:
+            error = GrpcMessageError(
+                f"compressed message (flag {flag}) but no compression was negotiated"
+            )
         else:
-            buf = data
-        messages: list[bytes] = []
-        pos = 0
-        end = len(buf)
-        unpack = _HEADER.unpack_from
-        with memoryview(buf) as view:
-            while end - pos >= 5:
-                flag, size = unpack(view, pos)
-                if flag:
-                    self._error = GrpcMessageError(
-                        f"compressed message (flag {flag}) but no compression was negotiated"
-                    )
-                    self._error.messages = messages
-                    raise self._error
-                if size > self._max_size:
-                    self._error = GrpcMessageError(
-                        f"message of {size} bytes exceeds the maximum of {self._max_size}"
-                    )
-                    self._error.messages = messages
-                    raise self._error
-                start = pos + 5
-                stop = start + size
-                if stop > end:
-                    break
-                messages.append(view[start:stop].tobytes())
-                pos = stop
-            if buf is data:
-                self._partial += view[pos:]
-        if buf is self._partial:
-            del self._partial[:pos]
-        return messages
+            error = GrpcMessageError(
+                f"message of {size} bytes exceeds the maximum of {self._max_size}"
+            )
+        error.messages = messages
+        return error
+
+    def _refuse_again(self, error: Exception) -> Exception:
+        assert isinstance(error, GrpcMessageError)
+        error.messages = []
+        return error

@@ -53,7 +53,8 @@ class ListenerConfig:
     host: str = "127.0.0.1"
     port: int = 7999
     transport: str = "tcp"
-    framing: str = "raw"
+    #: given as its name (``"line"``) or the enum; always held as the enum
+    framing: Framing = attrs.field(default=Framing.RAW, converter=Framing)
     max_message_size: int = 65536
     # WebSocket listeners only (see the module docstring)
     path: str = "/"

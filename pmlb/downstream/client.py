@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from pmlb._time import rfc3339_from
-from pmlb.codecs import frame
+from pmlb.codecs import Framer, Framing, framer
 from pmlb.downstream.reasons import CLIENT_CLOSED, DRAINING, Reason, classify_text
 
 #: how a direct client starts its writer task (its nursery's ``start_soon``)
@@ -75,7 +75,7 @@ class Client:
         "_budget",
         "_fd",
         "_flush_list",
-        "_framing",
+        "_frame",
         "_full_since",
         "_full_what",
         "_pending",
@@ -173,7 +173,7 @@ class Client:
         self._pending: list[bytes] = []
         # Direct writing (see write_directly): the socket's descriptor, or None.
         self._fd: int | None = None
-        self._framing = ""
+        self._frame: Framer = framer(Framing.RAW)
         self._flush_list: list[Client] = []
         self._spawn: Spawn | None = None
         # On the flush list, or a writer task runs: a send needs do nothing more.
@@ -225,16 +225,19 @@ class Client:
     def queued(self) -> int:
         return len(self._pending)
 
-    def write_directly(self, fd: int, framing: str, flush_list: list[Client], spawn: Spawn) -> None:
+    def write_directly(
+        self, fd: int, framing: Framing | str, flush_list: list[Client], spawn: Spawn
+    ) -> None:
         """Write to the socket ``fd`` directly from now on (see the class docstring).
 
         ``flush_list`` is the router's: whoever calls :meth:`send` must call
         :meth:`flush` on every client on it before it next waits (the
         :class:`~pmlb.hub.route.Router` does). ``spawn`` starts a writer task
         in the connection's nursery. Call :meth:`detach` before ``fd`` closes.
+        ``framing``'s encoder is looked up here, once.
         """
         self._fd = fd
-        self._framing = framing
+        self._frame = framer(framing)
         self._flush_list = flush_list
         self._spawn = spawn
 
@@ -359,7 +362,7 @@ class Client:
         if not pending:
             self._close_if_drained()
             return
-        data = frame(self._framing, pending)
+        data = self._frame(pending)
         count = len(pending)
         self._take()
         self._write_now(fd, data, count)
@@ -367,7 +370,7 @@ class Client:
     def send_shared(self, payload: bytes, framed: dict[object, bytes]) -> bool:
         """:meth:`send` for a ``payload`` many clients get (a broadcast, a multicast).
 
-        ``framed`` is ``payload`` framed, by framing, shared by those clients
+        ``framed`` is ``payload`` framed, by framer, shared by those clients
         and filled as they need it: the payload is framed once per framing.
         A direct client with nothing queued or being written is written at
         once (one ``write``, as its :meth:`flush` would), never queued.
@@ -382,9 +385,10 @@ class Client:
             or budget.held >= budget.limit
         ):
             return self.send(payload)
-        data = framed.get(self._framing)
+        encode = self._frame
+        data = framed.get(encode)
         if data is None:
-            data = framed[self._framing] = frame(self._framing, [payload])
+            data = framed[encode] = encode([payload])
         # Held while written, as if queued then taken (see _take).
         size = len(payload)
         self._writing_bytes += size
@@ -437,7 +441,7 @@ class Client:
                 pending = self._pending
                 if not pending:
                     break
-                self._unsent = frame(self._framing, pending)
+                self._unsent = self._frame(pending)
                 count = len(pending)
                 self._take()
         except OSError as exc:

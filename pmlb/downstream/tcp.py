@@ -22,7 +22,7 @@ import trio
 from pmlb._log import RateLimited
 from pmlb._proto import upstream_pb2 as pb
 from pmlb._time import rfc3339_now
-from pmlb.codecs import FramingError, MessageTooLarge, frame, make_decoder
+from pmlb.codecs import FramingError, MessageTooLarge, framer, make_decoder
 from pmlb.codecs.proxy_protocol import ProxyHeaderParser, ProxyProtocolError
 from pmlb.config import ListenerConfig, format_address
 from pmlb.downstream.accept import serve_listeners
@@ -476,14 +476,14 @@ async def end_of_input(client: Client, fin_timeout: float) -> None:
 
 
 async def _write(stream: trio.abc.Stream, client: Client, config: ListenerConfig) -> None:
-    framing = config.framing
+    frame = framer(config.framing)
     try:
         while True:
             batch = await client.next_batch()
             if not batch:  # drained
                 client.close(DRAINING, Reason.DRAIN)
                 return
-            data = frame(framing, batch)
+            data = frame(batch)
             with client.writing() as scope:
                 await stream.send_all(data)
             if client.written(scope):

@@ -58,6 +58,7 @@ async def test_check_gates_readiness_and_watch_reports_changes(
     await pmlb.wait_for(rf"upstream not ready upstream=127\.0\.0\.1:{up_port}\b")
     client = await procs.client(port)
     await client.send("held")
+    await assert_held_back(pmlb, "ready = false")
     mark = pmlb.mark()
     upstream.signal(signal.SIGUSR1)
     await wait_serving(pmlb, up_port, after=mark)
@@ -67,6 +68,7 @@ async def test_check_gates_readiness_and_watch_reports_changes(
     await pmlb.wait_for(
         rf"upstream stopped serving upstream=127\.0\.0\.1:{up_port} .*NOT_SERVING", after=mark
     )
+    await assert_not_serving(pmlb)
     mark = pmlb.mark()
     upstream.signal(signal.SIGUSR1)
     await wait_serving(pmlb, up_port, after=mark)
@@ -80,6 +82,15 @@ async def test_a_named_service_is_checked(procs: Processes, tmp_path: Path) -> N
     client = await procs.client(port)
     await client.send("hi")
     assert await client.recv() == "A:hi"
+
+
+async def assert_not_serving(pmlb: Proc) -> None:
+    """The one upstream is out of the serving set, as the admin API shows it."""
+    async with httpx.AsyncClient(base_url=await admin_url(pmlb), timeout=TIMEOUT) as http:
+        (upstream,) = (await http.get("/api/v1/upstreams")).json()["upstreams"]
+        stats = (await http.get("/api/v1/runtime")).json()["stats"]
+    assert upstream["state"] != "serving"
+    assert stats["upstreams_serving"] == 0
 
 
 async def assert_held_back(pmlb: Proc, problem: str) -> None:
