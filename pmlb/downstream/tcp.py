@@ -309,7 +309,10 @@ async def _run_client(
         if fd is not None:
             client.write_directly(fd, config.framing, registry.unflushed, nursery.start_soon)
         registry.add_client(client)
-        log.info(
+        # DEBUG: the INFO line of a connection is its "client disconnected"
+        # (the session, as HAProxy logs it); formatting and writing a second
+        # INFO line cost as much as all the rest of accepting a client.
+        log.debug(
             "client connected",
             extra={"client": client.uuid, "listener": config.name, "peer": remote},
         )
