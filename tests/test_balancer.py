@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import attrs
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pmlb import config as config_module
@@ -137,6 +137,9 @@ def test_hash_spreads_clients_evenly() -> None:
     assert all(850 <= count <= 1150 for count in counts.values()), counts
 
 
+# No deadline: hypothesis's 200 ms default is a timing test, and on the shared
+# 2-core machine an example took 265 and 317 ms now and then (a red unit run).
+@settings(deadline=None)
 @given(st.integers(0, 4), st.integers(0, 1000))
 def test_hash_moves_only_the_clients_of_a_leaving_upstream(leaving: int, seed: int) -> None:
     policy, targets, clients = Hash(), ups(5), uuids(200, seed)

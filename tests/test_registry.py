@@ -490,3 +490,28 @@ async def test_a_dispatch_that_need_not_wait_does_not_watch_for_hang_ups() -> No
     with trio.testing.assert_no_checkpoints():
         assert await registry.dispatch_from(c, [request(1)], never)
     assert payloads(up.outbox.take_nowait()) == [1]
+
+
+# -- the facade ---------------------------------------------------------------
+
+
+def test_the_data_path_calls_the_owning_part_directly() -> None:
+    # The registry adds no call on the data path: what the listeners and the
+    # supervisors call is the hub part's own bound method.
+    registry = Registry(Config())
+    assert registry.dispatch_from == registry.dispatcher.dispatch_from
+    assert registry.deliver == registry.router.deliver
+    assert registry.upstream_table.deliver == registry.router.deliver
+
+
+def test_a_reloaded_configuration_reaches_every_part() -> None:
+    registry = Registry(Config(upstream_queue_size=5, activity_window=60.0))
+    new = Config(upstream_queue_size=7, activity_window=0.0)
+    registry.config = new
+    assert registry.add_upstream(UpstreamConfig(host="127.0.0.1", port=1)).outbox.capacity == 7
+    c = client(registry, "c", active=True)
+    c.last_active = time.monotonic() - 1.0  # active within 60 s, not within 0 s
+    assert registry.client_page(state="inactive")[0] == [c]
+    assert list(registry.select_clients("inactive")) == [c]
+    parts = [registry.dispatcher, registry.client_table, registry.router, registry.upstream_table]
+    assert all(part.config is new for part in parts)

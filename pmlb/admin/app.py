@@ -19,24 +19,18 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
-import attrs
 import trio
 from quart import Response, request, websocket
 from quart_schema import (
     QuartSchema,
     RequestSchemaValidationError,
-    validate_request,
-    validate_response,
 )
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
 
-from pmlb._time import rfc3339_from
-from pmlb._version import pmlb_version
 from pmlb.admin import audit
-from pmlb.admin import schemas as s
-from pmlb.admin.context import Context, degraded
+from pmlb.admin.context import Context
 from pmlb.admin.errors import (
     Conflict,
     Invalid,
@@ -46,12 +40,9 @@ from pmlb.admin.errors import (
     error_response,
 )
 from pmlb.admin.guard import Guard, HostCheck
-from pmlb.admin.routes import broadcast, clients, health, metrics, upstreams
-from pmlb.balancer import POLICIES
-from pmlb.config import ConfigError
+from pmlb.admin.routes import broadcast, clients, cluster, health, metrics, runtime, upstreams
 from pmlb.metrics import metrics_registry
 from pmlb.registry import Registry
-from pmlb.reload import ReloadUnavailable
 
 log = logging.getLogger("pmlb.admin")
 
@@ -62,25 +53,10 @@ ASK_TIMEOUT = 5.0
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
 
 
-def _version() -> str:
-    return pmlb_version()
-
-
 class _Request(TrioRequest):
     def on_json_loading_failed(self, error: Exception) -> Any:
         # A JSON body that does not parse names the body, as a wrong one does.
         raise Invalid(f"invalid request: the body is not valid JSON: {error}", "body")
-
-
-def _public_config(registry: Registry) -> dict[str, object]:
-    config = attrs.asdict(registry.config, recurse=True)
-    config.pop("source", None)
-    management = config["management"]
-    if management.get("token"):
-        management["token"] = "***"
-    # The upstreams are what runs now, not what the file said at start.
-    config["upstreams"] = [attrs.asdict(u.config) for u in registry.upstreams.values()]
-    return config
 
 
 def create_app(
@@ -238,160 +214,8 @@ def create_app(
     upstreams.register(app, ctx)
     clients.register(app, ctx)
     broadcast.register(app, ctx)
-
-    # -- cluster ----------------------------------------------------------
-
-    @app.get("/api/v1/cluster")
-    @validate_response(s.Cluster)
-    async def cluster() -> s.Cluster:
-        """The nodes of the cluster, as their last heartbeats described them.
-
-        Redis down: ``degraded`` says why, and the nodes are this one only.
-        """
-        bus = registry.cluster
-        if bus is None:
-            return s.Cluster(enabled=False)
-        stats = registry.statistics()
-        wall = time.time()
-        peers = bus.peers if bus.connected else {}
-        nodes = []
-        for name in sorted({bus.node, *peers}):
-            info = peers.get(name)
-            if name == bus.node:  # now, not as of the last heartbeat
-                nodes.append(
-                    s.ClusterNode(
-                        name=name,
-                        admin=bus.admin_url,
-                        clients=stats.clients,
-                        upstreams=stats.upstreams,
-                        upstreams_serving=stats.upstreams_serving,
-                        last_heartbeat=rfc3339_from(info.heartbeat_at) if info else None,
-                        heartbeat_age=max(0.0, wall - info.heartbeat_at) if info else None,
-                        version=_version(),
-                        this=True,
-                    )
-                )
-            elif info is not None:
-                nodes.append(
-                    s.ClusterNode(
-                        name=name,
-                        admin=info.admin,
-                        clients=info.clients,
-                        upstreams=info.upstreams,
-                        upstreams_serving=info.upstreams_serving,
-                        last_heartbeat=rfc3339_from(info.heartbeat_at),
-                        heartbeat_age=max(0.0, wall - info.heartbeat_at),
-                        version=info.version,
-                        this=False,
-                    )
-                )
-        return s.Cluster(
-            enabled=True,
-            node=bus.node,
-            connected=bus.connected,
-            degraded=None if bus.connected else degraded(bus),
-            clients=bus.cluster_clients if bus.connected else stats.clients,
-            nodes=nodes,
-        )
-
-    # -- runtime ----------------------------------------------------------
-
-    def runtime_view() -> s.Runtime:
-        stats = registry.statistics()
-        return s.Runtime(
-            version=_version(),
-            started_at=rfc3339_from(started_at) or "",
-            uptime=time.monotonic() - started,
-            log_level=log_level(),
-            policy=stats.policy,
-            policies=sorted(POLICIES),
-            accepting=stats.accepting,
-            stopping=registry.stop_requested.is_set(),
-            listeners=listeners,
-            config=_public_config(registry),
-            stats=s.Stats(
-                clients=stats.clients,
-                clients_active=sum(1 for _ in registry.select_clients("active")),
-                clients_total=stats.clients_total,
-                upstreams=stats.upstreams,
-                upstreams_serving=stats.upstreams_serving,
-                messages_from_clients=stats.messages_from_clients,
-                messages_to_clients=stats.messages_to_clients,
-                bytes_from_clients=stats.bytes_from_clients,
-                bytes_to_clients=stats.bytes_to_clients,
-                broadcasts=stats.broadcasts,
-                broadcast_recipients=stats.broadcast_recipients,
-                unknown_client=stats.unknown_client,
-                invalid_target=stats.invalid_target,
-                dispatch_latency_mean=registry.dispatch_latency.mean(),
-                awaiting_upstream=stats.awaiting_upstream,
-                refused=stats.refused,
-                disconnects=stats.disconnects,
-                unacked=stats.unacked,
-                acks_received=stats.acks_received,
-                acks_unknown=stats.acks_unknown,
-                redelivered=stats.redelivered,
-                undeliverable=stats.undeliverable,
-            ),
-        )
-
-    @app.get("/api/v1/runtime")
-    @validate_response(s.Runtime)
-    async def get_runtime() -> s.Runtime:
-        """The effective configuration, counters and runtime switches."""
-        return runtime_view()
-
-    @app.patch("/api/v1/runtime")
-    @validate_request(s.RuntimeIn)
-    @validate_response(s.Runtime)
-    async def patch_runtime(data: s.RuntimeIn) -> s.Runtime:
-        """Change the log level, the balancing policy or whether new clients are accepted."""
-        if data.policy is not None and data.policy not in POLICIES:
-            known = ", ".join(sorted(POLICIES))
-            raise Invalid(f"unknown policy {data.policy!r}; known: {known}", "policy")
-        if data.log_level is not None:
-            set_log_level(data.log_level)
-            action("log_level", level=data.log_level)
-        if data.policy is not None:
-            registry.set_policy(data.policy)
-            action("policy", policy=data.policy)
-        if data.accepting is not None:
-            registry.set_accepting(data.accepting)
-            action("accepting", accepting=data.accepting)
-        return runtime_view()
-
-    @app.post("/api/v1/runtime/reload")
-    @validate_response(s.Reloaded)
-    @validate_response(s.ReloadRefused, 422)
-    @validate_response(s.ReloadRefused, 409)
-    async def reload() -> s.Reloaded | tuple[s.ReloadRefused, int]:
-        """Load the configuration file again and apply what changed (as SIGHUP does).
-
-        A file with problems is refused with 422 and every problem; nothing
-        changes then. 409 when there is no file to reload or pmlb drains.
-        """
-        action("reload")
-        if registry.reloader is None:
-            return s.ReloadRefused(error="this pmlb has no configuration file to reload"), 409
-        try:
-            change = await registry.reloader()
-        except ConfigError as error:
-            refused = s.ReloadRefused(
-                error="the configuration is unusable; nothing changed",
-                problems=list(error.problems),
-            )
-            return refused, 422
-        except ReloadUnavailable as error:
-            return s.ReloadRefused(error=str(error)), 409
-        return s.Reloaded(reloaded=True, source=change.config.source, **change.summary())
-
-    @app.post("/api/v1/runtime/drain")
-    @validate_response(s.Draining, 202)
-    async def drain() -> tuple[s.Draining, int]:
-        """Drain and stop the whole process, as SIGTERM does (answers before the drain ends)."""
-        action("drain")
-        registry.request_stop()
-        return s.Draining(draining=True), 202
+    cluster.register(app, ctx)
+    runtime.register(app, ctx)
 
     # -- events -----------------------------------------------------------
 

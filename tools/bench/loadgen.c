@@ -7,11 +7,13 @@
  *   loadgen wsecho PORT                      the same speaking WebSocket: answers the
  *                                            upgrade, echoes each frame's payload in an
  *                                            unmasked frame (HAProxy's backend for ws)
- *   loadgen load  PORT C D S SECONDS RATE [PROTO]
+ *   loadgen load  PORT C D S SECONDS RATE [PROTO [WARMUP]]
  *                                            C connections, D messages in flight each,
  *                                            S-byte lines; RATE > 0 caps the total
  *                                            messages/s (open loop at that offered rate);
- *                                            PROTO: tcp (default), tls, ws or wss
+ *                                            PROTO: tcp (default), tls, ws or wss;
+ *                                            WARMUP seconds of load before "go"
+ *                                            (default 0), left out of every figure
  *   loadgen hold  PORT N SRC BCAST_LEN       hold N idle connections from source
  *                                            address SRC; print "CONNECTED"; with
  *                                            BCAST_LEN > 0 wait for one line of that
@@ -450,7 +452,7 @@ static int flush(conn_t *c) {
 }
 
 static int load(int port, int C, int depth, int size, double seconds, double rate,
-                const char *proto) {
+                const char *proto, double warmup) {
     S = size;
     D = depth;
     if (S < 24) S = 24;
@@ -513,10 +515,18 @@ static int load(int port, int C, int depth, int size, double seconds, double rat
     uint32_t *lat = malloc(cap * sizeof *lat);
     char *expect = malloc(S);
     uint64_t errors = 0, done = 0, total_sent = 0;
-    printf("{\"event\": \"go\"}\n");
-    fflush(stdout);
+    /* With a warm-up, the loop first runs WARMUP seconds unmeasured: "go",
+     * the window and every count start when it ends (see below). */
+    int measuring = warmup <= 0;
+    if (measuring) {
+        printf("{\"event\": \"go\"}\n");
+        fflush(stdout);
+    }
     double cpu0 = cpu_seconds();
-    int64_t t0 = now_ns(), end = t0 + (int64_t)(seconds * 1e9);
+    int64_t t0 = now_ns();
+    int64_t end = t0 + (int64_t)(((measuring ? 0 : warmup) + seconds) * 1e9);
+    int64_t warm_end = t0 + (int64_t)((measuring ? 0 : warmup) * 1e9);
+    uint32_t *base = calloc(C, sizeof *base); /* echoes per connection before "go" */
     int next = 0;
     if (rate <= 0) {
         for (int i = 0; i < C; i++) {
@@ -527,6 +537,17 @@ static int load(int port, int C, int depth, int size, double seconds, double rat
     struct epoll_event events[1024];
     int64_t now = t0;
     while (now < end) {
+        if (!measuring && now >= warm_end) {
+            measuring = 1;
+            printf("{\"event\": \"go\"}\n");
+            fflush(stdout);
+            cpu0 = cpu_seconds();
+            t0 = now; /* the offered rate's count restarts with the window */
+            total_sent = 0;
+            nlat = 0;
+            done = 0;
+            for (int i = 0; i < C; i++) base[i] = conns[i].received;
+        }
         if (rate > 0) {
             /* open loop: send what the offered rate allows by now */
             int64_t allowed = (int64_t)((now - t0) / 1e9 * rate) + 1;
@@ -622,6 +643,15 @@ static int load(int port, int C, int depth, int size, double seconds, double rat
             }
         }
     }
+    if (!measuring) { /* the warm-up outlasted the run: an empty window */
+        printf("{\"event\": \"go\"}\n");
+        fflush(stdout);
+        cpu0 = cpu_seconds();
+        t0 = now;
+        nlat = 0;
+        done = 0;
+        for (int i = 0; i < C; i++) base[i] = conns[i].received;
+    }
     double elapsed = (now - t0) / 1e9;
     double cpu = cpu_seconds() - cpu0;
     printf("{\"event\": \"end\"}\n");
@@ -630,10 +660,11 @@ static int load(int port, int C, int depth, int size, double seconds, double rat
     uint32_t p50 = nlat ? lat[nlat / 2] : 0, p99 = nlat ? lat[nlat * 99 / 100] : 0,
              mx = nlat ? lat[nlat - 1] : 0;
     /* fairness: the echoes of the least and the most served connection */
-    uint32_t least = C ? conns[0].received : 0, most = least;
+    uint32_t least = C ? conns[0].received - base[0] : 0, most = least;
     for (int i = 1; i < C; i++) {
-        if (conns[i].received < least) least = conns[i].received;
-        if (conns[i].received > most) most = conns[i].received;
+        uint32_t got = conns[i].received - base[i];
+        if (got < least) least = got;
+        if (got > most) most = got;
     }
     printf("{\"event\": \"result\", \"messages\": %llu, \"seconds\": %.3f, \"msgs_per_s\": %.0f, "
            "\"p50_us\": %u, \"p99_us\": %u, \"max_us\": %u, \"cpu_s\": %.3f, \"errors\": %llu, "
@@ -826,7 +857,7 @@ int main(int argc, char **argv) {
 #endif
     if (argc >= 8 && !strcmp(argv[1], "load"))
         return load(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atof(argv[6]),
-                    atof(argv[7]), argc >= 9 ? argv[8] : "tcp");
+                    atof(argv[7]), argc >= 9 ? argv[8] : "tcp", argc >= 10 ? atof(argv[9]) : 0);
     if (argc >= 6 && !strcmp(argv[1], "hold"))
         return hold(atoi(argv[2]), atoi(argv[3]), argv[4], atoi(argv[5]));
     if (argc >= 4 && !strcmp(argv[1], "send")) return send_line(atoi(argv[2]), argv[3]);

@@ -192,8 +192,12 @@ class Target:
 
 
 class Bench:
-    def __init__(self, build: Path, seconds: float, upstreams: int = 1, tls: bool = True) -> None:
+    def __init__(
+        self, build: Path, seconds: float, upstreams: int = 1, tls: bool = True, warmup: float = 0
+    ) -> None:
         self.upstreams = upstreams
+        #: seconds of load before each measured window of the scenarios (not of the probes)
+        self.warmup = warmup
         #: the load generator speaks TLS (built with OpenSSL)
         self.tls = tls
         self.build = build
@@ -308,10 +312,17 @@ class Bench:
     # -- scenarios -----------------------------------------------------
 
     def load(
-        self, target: Target, conns: int, depth: int, size: int, seconds: float, rate: float
+        self,
+        target: Target,
+        conns: int,
+        depth: int,
+        size: int,
+        seconds: float,
+        rate: float,
+        warmup: float = 0,
     ) -> dict[str, Any]:
         cmd = [self.loadgen, "load", str(target.port), str(conns), str(depth), str(size)]
-        cmd += [str(seconds), str(rate), target.proto]
+        cmd += [str(seconds), str(rate), target.proto, str(warmup)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         cpu0 = cpu1 = {}
@@ -336,13 +347,13 @@ class Bench:
 
     def throughput(self, conns: int, depth: int) -> dict[str, Any]:
         return {
-            name: self.load(target, conns, depth, 64, self.seconds, 0)
+            name: self.load(target, conns, depth, 64, self.seconds, 0, self.warmup)
             for name, target in self.plain().items()
         }
 
     def latency_at_rate(self, rate: float) -> dict[str, Any]:
         return {
-            name: self.load(target, 100, 1, 64, self.seconds, rate)
+            name: self.load(target, 100, 1, 64, self.seconds, rate, self.warmup)
             for name, target in self.plain().items()
         }
 
@@ -357,7 +368,9 @@ class Bench:
                 # pmlb-native and its TLS and WebSocket listeners are one process:
                 # not while it still answers the previous run's messages
                 self.settle(self.targets[name])
-                results[name] = self.load(self.targets[name], conns, depth, 64, self.seconds, 0)
+                results[name] = self.load(
+                    self.targets[name], conns, depth, 64, self.seconds, 0, self.warmup
+                )
         return results
 
     @contextmanager
@@ -622,6 +635,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per throughput run")
     parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        help="seconds of load before each measured window, left out of its figures "
+        "(default 0: the window starts with the first burst, as in the README's runs)",
+    )
+    parser.add_argument(
         "--rates",
         type=_rates,
         default="1000,5000",
@@ -670,7 +690,7 @@ def main() -> None:
     if not tls and "tls" in only:
         print("TLS scenarios skipped: the load generator has no TLS", file=sys.stderr)
         only.discard("tls")
-    bench = Bench(build, args.seconds, tls=tls)
+    bench = Bench(build, args.seconds, tls=tls, warmup=args.warmup)
     results: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or ''} "
