@@ -289,6 +289,10 @@ class Dispatcher:
 
     # -- lifecycle events and failover -----------------------------------
 
+    def takes_events(self) -> bool:
+        """Whether any upstream takes lifecycle events (else :meth:`send_event` drops them)."""
+        return any(u.config.events for u in self._upstreams.values())
+
     def send_event(self, event: pb.InputStreamRequest) -> None:
         """Queue a lifecycle event for one upstream that takes events, by the policy."""
         serving = self.serving
