@@ -30,7 +30,7 @@ from pmlb.hub.drain import Drain
 from pmlb.hub.route import Router
 from pmlb.hub.stats import Statistics, snapshot
 from pmlb.hub.upstreams import UpstreamTable
-from pmlb.upstream.supervisor import Upstream
+from pmlb.upstream.state import Upstream
 
 if TYPE_CHECKING:
     from pmlb.cluster import Bus

@@ -7,24 +7,23 @@ data: it asks for the token and then calls the API) requires the bearer token
 when one is configured. :mod:`pmlb.admin.guard`, in front of the app, checks
 the token, ``Host``, the origin of state changes and the content type before
 a request's body is read.
+
+This module makes the app: the guard, the token check, the audit callback,
+the error answers (:mod:`pmlb.admin.errors`), reading each body first, and
+the :class:`~pmlb.admin.context.Context` it hands to the modules of
+:mod:`pmlb.admin.routes`, one per resource, which own the routes.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from importlib import resources
+from collections.abc import Callable
 from typing import Any
 
-import trio
-from quart import Response, request, websocket
-from quart_schema import (
-    QuartSchema,
-    RequestSchemaValidationError,
-)
+from quart import Response, request
+from quart_schema import QuartSchema, RequestSchemaValidationError
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
@@ -40,7 +39,17 @@ from pmlb.admin.errors import (
     error_response,
 )
 from pmlb.admin.guard import Guard, HostCheck
-from pmlb.admin.routes import broadcast, clients, cluster, health, metrics, runtime, upstreams
+from pmlb.admin.routes import (
+    broadcast,
+    clients,
+    cluster,
+    dashboard,
+    events,
+    health,
+    metrics,
+    runtime,
+    upstreams,
+)
 from pmlb.metrics import metrics_registry
 from pmlb.registry import Registry
 
@@ -216,45 +225,6 @@ def create_app(
     broadcast.register(app, ctx)
     cluster.register(app, ctx)
     runtime.register(app, ctx)
-
-    # -- events -----------------------------------------------------------
-
-    @app.websocket("/api/v1/events")
-    async def events() -> None:
-        """JSON events as they happen, one per WebSocket message.
-
-        Authenticate with the ``Authorization`` header, or (browsers cannot
-        set headers) by sending the token as the first message. A consumer
-        that falls behind is closed with code 1008.
-        """
-        if not authorized(websocket.headers.get("Authorization")):
-            with trio.move_on_after(10):
-                first = await websocket.receive()
-                given = first if isinstance(first, str) else first.decode(errors="replace")
-                if authorized(f"Bearer {given.strip()}"):
-                    await _stream_events(registry, websocket.send)
-                    return
-            await websocket.close(1008, "missing or wrong bearer token")
-            return
-        await websocket.accept()
-        await _stream_events(registry, websocket.send)
-
-    # -- dashboard --------------------------------------------------------
-
-    @app.get("/")
-    async def dashboard() -> Response:
-        """The dashboard page (static; it reads everything through the API)."""
-        page = resources.files("pmlb.admin").joinpath("dashboard.html").read_text()
-        return Response(page, content_type="text/html; charset=utf-8")
-
+    events.register(app, ctx)
+    dashboard.register(app, ctx)
     return app
-
-
-async def _stream_events(registry: Registry, send: Callable[[str], Awaitable[None]]) -> None:
-    with registry.events.subscribe() as subscription:
-        await send(json.dumps({"type": "hello", "recent": list(registry.events.recent)}))
-        while batch := await subscription.next_batch():
-            for event in batch:
-                await send(json.dumps(event))
-    if subscription.dropped:
-        await websocket.close(1008, "event consumer too slow: dropped")

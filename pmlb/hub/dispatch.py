@@ -28,7 +28,7 @@ from pmlb.events import EventBus
 from pmlb.histogram import LatencyHistogram
 from pmlb.hub.nodes import Nodes
 from pmlb.upstream.acks import strip
-from pmlb.upstream.supervisor import Upstream
+from pmlb.upstream.state import Upstream
 
 log = logging.getLogger("pmlb.registry")
 
@@ -332,6 +332,10 @@ class Dispatcher:
         return True
 
     # -- lifecycle events and failover -----------------------------------
+
+    def takes_events(self) -> bool:
+        """Whether any upstream takes lifecycle events (else :meth:`send_event` drops them)."""
+        return any(u.config.events for u in self._upstreams.values())
 
     def send_event(self, event: pb.InputStreamRequest) -> None:
         """Queue a lifecycle event for one upstream that takes events, by the policy."""
