@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import HERE, Bench, Target, free_port, wait_port
+from run import HERE, Bench, Target, build_loadgen, free_port, wait_port
 
 READERS = ("task", "shared")
 
@@ -41,21 +41,19 @@ def main() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     build = Path(tempfile.mkdtemp(prefix="pmlb-reader-ab-"))
-    subprocess.run(
-        ["gcc", "-O2", "-o", str(build / "loadgen"), str(HERE / "loadgen.c")], check=True
-    )
-    bench = Bench(build, args.seconds)
+    bench = Bench(build, args.seconds, tls=build_loadgen(build / "loadgen"))
     cpu: dict[str, list[float]] = {name: [] for name in READERS}
     rss: dict[str, list[float]] = {name: [] for name in READERS}
     try:
-        up = bench.start(
-            [sys.executable, str(HERE / "echo_upstream.py")], stdout=subprocess.PIPE, text=True
-        )
-        assert up.stdout is not None
-        up_port = int(up.stdout.readline().split()[1])
         for round_ in range(args.rounds):
-            # Fresh processes each round: the RSS a process grew to stays.
-            targets, procs = {}, []
+            # Fresh processes each round: the RSS a process grew to stays
+            # (and the echo upstream ends with the first pmlb killed).
+            up = subprocess.Popen(
+                [sys.executable, str(HERE / "echo_upstream.py")], stdout=subprocess.PIPE, text=True
+            )
+            assert up.stdout is not None
+            up_port = int(up.stdout.readline().split()[1])
+            targets, procs = {}, [up]
             for name in READERS:
                 port = free_port()
                 args_ = [
