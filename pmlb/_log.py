@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -53,14 +54,28 @@ def _bounded(value: Any) -> Any:
     return value if len(text) <= MAX_VALUE else clip(text)
 
 
+# The last second a timestamp was formatted for, and its text (a line per
+# connection is logged: strftime for each costs more than the rest of a line).
+_second = -1
+_second_text = ""
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    ms = int(record.msecs)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{ms:03d}Z"
+    global _second, _second_text
+    second = int(record.created)
+    if second != _second:
+        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = second
+    return f"{_second_text}.{int(record.msecs):03d}Z"
+
+
+# What a logfmt value cannot hold unquoted.
+_NEEDS_QUOTES = re.compile(r'[ "=\n]')
 
 
 def _logfmt_value(value: Any) -> str:
     text = str(value)
-    if not text or any(c in text for c in ' "=\n'):
+    if not text or _NEEDS_QUOTES.search(text):
         return json.dumps(text)
     return text
 

@@ -36,7 +36,7 @@ class RegistryCollector(Collector):
         self._registry = registry
 
     def collect(self) -> Iterator[Metric]:
-        from pmlb.upstream.supervisor import AdminState, UpstreamState
+        from pmlb.upstream.state import AdminState, UpstreamState
 
         registry = self._registry
         stats = registry.statistics()

@@ -30,7 +30,7 @@ from pmlb.hub.drain import Drain
 from pmlb.hub.route import Router
 from pmlb.hub.stats import Statistics, snapshot
 from pmlb.hub.upstreams import UpstreamTable
-from pmlb.upstream.supervisor import Upstream
+from pmlb.upstream.state import Upstream
 
 if TYPE_CHECKING:
     from pmlb.cluster import Bus
@@ -85,6 +85,8 @@ class Registry:
         self.clients_lost_elsewhere = table.clients_lost_elsewhere
         self.dispatch = dispatcher.dispatch
         self.dispatch_from = dispatcher.dispatch_from
+        self.dispatch_from_nowait = dispatcher.dispatch_from_nowait
+        self.dispatch_held = dispatcher.dispatch_held
         self.set_policy = dispatcher.set_policy
         self.awaiting_upstream = dispatcher.awaiting_upstream
         self.others_flowing = dispatcher.others_flowing

@@ -41,7 +41,8 @@ from pmlb.upstream.grpc_health import GrpcHealthTransport
 from pmlb.upstream.grpclib_transport import GrpclibTransport
 from pmlb.upstream.h2_guard import FrameGuard
 from pmlb.upstream.h2_transport import H2Transport
-from pmlb.upstream.supervisor import Upstream, supervise
+from pmlb.upstream.state import Upstream
+from pmlb.upstream.supervisor import supervise
 from pmlb.upstream.tls import upstream_ssl_context
 from pmlb.upstream.transport import Transport
 

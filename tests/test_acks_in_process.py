@@ -27,7 +27,8 @@ from pmlb.upstream.acks import MessageIds, Unacked
 from pmlb.upstream.grpclib_transport import GrpclibTransport
 from pmlb.upstream.h2_transport import H2Transport
 from pmlb.upstream.outbox import Outbox
-from pmlb.upstream.supervisor import Upstream, UpstreamState, supervise
+from pmlb.upstream.state import Upstream, UpstreamState
+from pmlb.upstream.supervisor import supervise
 from pmlb.upstream.transport import Transport
 from tests.fake_h2_upstream import FakeUpstream
 from tests.helpers import TIMEOUT

@@ -13,7 +13,7 @@ from pmlb.downstream.client import Client
 from pmlb.downstream.reasons import DRAINING, DisconnectKind, classify
 from pmlb.registry import Registry
 from pmlb.upstream.outbox import Outbox
-from pmlb.upstream.supervisor import UpstreamState
+from pmlb.upstream.state import UpstreamState
 
 
 def request(n: int) -> pb.InputStreamRequest:

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 import pmlb
-from pmlb.upstream.supervisor import UpstreamState
+from pmlb.upstream.state import UpstreamState
 from tests.helpers import Processes
 
 

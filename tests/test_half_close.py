@@ -18,7 +18,7 @@ import trio.testing
 
 import pmlb
 from pmlb.registry import Registry
-from pmlb.upstream.supervisor import UpstreamState
+from pmlb.upstream.state import UpstreamState
 from tests.helpers import Processes, free_low_port
 
 

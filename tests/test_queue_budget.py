@@ -331,3 +331,99 @@ async def test_a_write_past_its_deadline_closes_the_client_as_slow(
     assert client.close_kind is Reason.SLOW
     assert client.close_reason == "slow client: outbound queue full (1 messages) for 10s"
     assert budget.held == 0
+
+
+def test_seven_eighths_of_a_limit_not_divisible_by_eight_is_rounded_up() -> None:
+    clients: list[Client] = []
+    budget = QueueBudget(1001, lambda: clients)  # 1001 - 1001 // 8 = 876
+    big = make(budget, "big", policy="drop_oldest")
+    other = make(budget, "other", policy="drop_oldest")
+    clients += [big, other]
+    for _ in range(900):
+        assert big.send(b"b")
+    assert other.send(b"o" * 101)
+    assert other.send(b"o")
+    assert big.dropped == 125
+    assert budget.held == 876 + 1
+
+
+def test_a_sender_closed_as_the_biggest_holder_queues_nothing() -> None:
+    clients: list[Client] = []
+    budget = QueueBudget(1000, lambda: clients)
+    big, small = make(budget, "big"), make(budget, "small")
+    clients += [big, small]
+    assert big.send(b"b" * 900)
+    assert small.send(b"s" * 100)
+    assert not big.send(b"b" * 50), "over the total: the sender is the biggest"
+    assert big.close_reason is not None
+    assert big.held_bytes() == 0
+    assert budget.held == 100, "nothing of the refused message stays in the budget"
+
+
+def test_a_closed_client_holds_nothing_and_is_not_slow_unless_so() -> None:
+    clients: list[Client] = []
+    budget = QueueBudget(1000, lambda: clients)
+    gone, other = make(budget, "gone"), make(budget, "other")
+    clients += [gone, other]
+    assert gone.send(b"g" * 500)
+    gone.close("connection lost: reset")
+    assert not gone.closed_slow
+    assert gone.held_bytes() == 0
+    for _ in range(10):  # the closed one still listed: the others pay
+        assert other.send(b"o" * 100)
+    assert not other.send(b"o")
+    assert other.closed_slow
+    assert budget.held == 0
+
+
+async def test_the_default_policy_is_disconnect(
+    mock_clock: trio.testing.MockClock, monotonic: Monotonic
+) -> None:
+    client = Client(
+        "c",
+        listener="tcp",
+        remote="peer",
+        transport="tcp",
+        queue_limit=1,
+        scope=trio.CancelScope(),
+        slow_timeout=10,
+    )
+    full(client)
+    assert client.writing().deadline == trio.current_time() + 10
+
+
+async def test_sends_while_the_writer_wakes_are_all_in_its_next_batch() -> None:
+    client = make(QueueBudget())
+    got: list[list[bytes]] = []
+
+    async def writer() -> None:
+        got.append(await client.next_batch())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert client.send(b"1")
+        assert client.send(b"2")  # the writer has not run yet
+    assert got == [[b"1", b"2"]]
+
+
+async def test_a_queue_filling_after_a_write_leaves_the_next_write_its_deadline(
+    mock_clock: trio.testing.MockClock, monotonic: Monotonic
+) -> None:
+    client = make(QueueBudget(), queue_limit=1, timeout=10)
+    assert client.send(b"0")
+    assert await client.next_batch() == [b"0"]
+    with client.writing() as scope:
+        pass
+    assert not client.written(scope)
+    full(client)
+    assert scope.deadline == math.inf, "that write is over"
+    assert client.writing().deadline == trio.current_time() + 10
+
+
+def test_active_within_the_window_bounds_included() -> None:
+    client = make(QueueBudget())
+    assert not client.is_active(100.0, 10.0), "never sent anything"
+    client.last_active = 90.0
+    assert client.is_active(100.0, 10.0)
+    assert not client.is_active(100.5, 10.0)

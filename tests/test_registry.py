@@ -14,7 +14,7 @@ from pmlb._proto import upstream_pb2 as pb
 from pmlb.config import Config, UpstreamConfig
 from pmlb.downstream.client import Client
 from pmlb.registry import Registry
-from pmlb.upstream.supervisor import Upstream, UpstreamState
+from pmlb.upstream.state import Upstream, UpstreamState
 
 
 def request(n: int) -> pb.InputStreamRequest:

@@ -15,7 +15,8 @@ from pmlb._proto import upstream_pb2 as pb
 from pmlb.config import Config, UpstreamConfig
 from pmlb.registry import Registry
 from pmlb.upstream.h2_transport import H2Transport
-from pmlb.upstream.supervisor import Upstream, UpstreamState, supervise
+from pmlb.upstream.state import Upstream, UpstreamState
+from pmlb.upstream.supervisor import supervise
 from tests.fake_h2_upstream import FakeUpstream
 
 

@@ -9,7 +9,7 @@ import trio.testing
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.config import Config, UpstreamConfig, UpstreamError, parse_upstream
 from pmlb.registry import Registry
-from pmlb.upstream.supervisor import AdminState, Upstream, UpstreamState
+from pmlb.upstream.state import AdminState, Upstream, UpstreamState
 from tests.test_registry import client
 
 

@@ -38,7 +38,7 @@ async def _drive(path: str, messages: int, batch: int) -> None:
     from pmlb.config import Config, UpstreamConfig
     from pmlb.downstream.client import Client
     from pmlb.registry import Registry
-    from pmlb.upstream.supervisor import UpstreamState
+    from pmlb.upstream.state import UpstreamState
 
     registry = Registry(Config(upstream_queue_size=max(batch, 100)))
     upstream = registry.add_upstream(UpstreamConfig(host="127.0.0.1", port=1))

@@ -365,6 +365,40 @@ class Client:
         data = self._frame(pending)
         count = len(pending)
         self._take()
+        self._write_now(fd, data, count)
+
+    def send_shared(self, payload: bytes, framed: dict[object, bytes]) -> bool:
+        """:meth:`send` for a ``payload`` many clients get (a broadcast, a multicast).
+
+        ``framed`` is ``payload`` framed, by framer, shared by those clients
+        and filled as they need it: the payload is framed once per framing.
+        A direct client with nothing queued or being written is written at
+        once (one ``write``, as its :meth:`flush` would), never queued.
+        """
+        fd, budget = self._fd, self._budget
+        # A direct client with something queued or being written is
+        # _scheduled: that goes first, so this is queued behind it.
+        if (
+            fd is None
+            or self._scheduled
+            or self.close_reason is not None
+            or budget.held >= budget.limit
+        ):
+            return self.send(payload)
+        encode = self._frame
+        data = framed.get(encode)
+        if data is None:
+            data = framed[encode] = encode([payload])
+        # Held while written, as if queued then taken (see _take).
+        size = len(payload)
+        self._writing_bytes += size
+        budget.held += size
+        self._write_now(fd, data, 1)
+        return True
+
+    def _write_now(self, fd: int, data: bytes, count: int) -> None:
+        # One non-blocking write of ``count`` framed messages taken for it;
+        # a writer task for what the kernel does not take.
         try:
             written = os.write(fd, data)
         except BlockingIOError:
@@ -512,4 +546,5 @@ class Client:
             self._budget.held -= self._queued_bytes + self._writing_bytes
             self._queued_bytes = self._writing_bytes = 0
             self._pending.clear()
-        self._scope.cancel()
+            # Once: cancel() is idempotent, but trio builds its reason each time.
+            self._scope.cancel()

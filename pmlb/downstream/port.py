@@ -49,3 +49,16 @@ class Core(Protocol):
         requests: list[pb.InputStreamRequest],
         hangup: Callable[[], Awaitable[None]] | None = None,
     ) -> bool: ...
+
+    def dispatch_from_nowait(
+        self, client: Client, requests: list[pb.InputStreamRequest]
+    ) -> bool | None: ...
+
+    async def dispatch_held(
+        self,
+        client: Client,
+        pending: list[pb.InputStreamRequest],
+        count: int,
+        started: float,
+        hangup: Callable[[], Awaitable[None]] | None = None,
+    ) -> bool: ...

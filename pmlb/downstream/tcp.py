@@ -30,9 +30,16 @@ from pmlb.downstream.client import Client
 from pmlb.downstream.hangup import wait_hangup
 from pmlb.downstream.limits import TokenBucket
 from pmlb.downstream.port import Core
+from pmlb.downstream.reader import END_OF_INPUT, READ_NO_MORE, Member, shared_reader
 from pmlb.downstream.reasons import CLIENT_CLOSED, DRAINING, Reason
 
 log = logging.getLogger("pmlb.downstream")
+
+#: whether plain-TCP clients are read by the shared reader
+#: (pmlb.downstream.reader) instead of a reader task each: an internal
+#: switch, off until the shared reader passes every test
+#: (``PMLB_TCP_READER=shared`` in the environment turns it on)
+SHARED_READER = os.environ.get("PMLB_TCP_READER", "task") == "shared"
 
 
 class ListenError(Exception):
@@ -175,14 +182,18 @@ async def handle_connection(
     gate: Gate | None = None,
     ssl_context: ssl.SSLContext | None = None,
 ) -> None:
-    """Run one client: limits, handshake, then its reader and writer."""
+    """Run one client: limits, handshake, then its reader and writer.
+
+    ``stream`` is closed on return (at once, without a checkpoint: a closed
+    connection costs no more scheduling than that).
+    """
     if not registry.admit():  # an operator paused new clients
-        await trio.aclose_forcefully(stream)
+        stream.socket.close()
         return
     try:
         remote = format_address(*stream.socket.getpeername()[:2])
     except OSError:  # the peer is already gone
-        await trio.aclose_forcefully(stream)
+        stream.socket.close()
         return
     gate = gate or Gate(config, registry)
     counters = registry.connections
@@ -191,7 +202,7 @@ async def handle_connection(
         _refusal_log.warning(
             "connection refused", listener=config.name, peer=remote, reason=refusal
         )
-        await trio.aclose_forcefully(stream)
+        stream.socket.close()
         return
     counters.accepted += 1
     counters.open += 1
@@ -201,16 +212,14 @@ async def handle_connection(
             stream, remote, config, registry, ssl_context
         )
         if client_stream is not None:
-            await _run_client(
-                client_stream, remote, config, registry, initial, stream.socket.fileno()
-            )
+            await _run_client(client_stream, remote, config, registry, initial, stream)
     except Exception:
         # A bug in one connection must not end the listener or other clients.
         log.exception("internal error on a client connection", extra={"peer": remote})
     finally:
         counters.open -= 1
         gate.open -= 1
-        await trio.aclose_forcefully(stream)
+        stream.socket.close()
 
 
 async def handshake(
@@ -221,6 +230,8 @@ async def handshake(
     ssl_context: ssl.SSLContext | None,
 ) -> tuple[trio.abc.Stream | None, str, bytes]:
     """The PROXY header and TLS handshake, where configured: (stream or None, remote, data)."""
+    if not config.proxy_protocol and ssl_context is None:
+        return stream, remote, b""
     counters = registry.connections
     fields = {"listener": config.name, "peer": remote}
     client_stream: trio.abc.Stream = stream
@@ -281,9 +292,11 @@ async def _run_client(
     remote: str,
     config: ListenerConfig,
     registry: Core,
-    initial: bytes = b"",
-    socket_fd: int | None = None,
+    initial: bytes,
+    raw: trio.SocketStream,
 ) -> None:
+    # ``raw`` is the connection under ``stream`` (the same, or what a TLS
+    # or PROXY layer wraps): closing it closes ``stream`` at once.
     async with trio.open_nursery() as nursery:
         client = Client(
             str(uuid.uuid4()),
@@ -303,16 +316,21 @@ async def _run_client(
         if fd is not None:
             client.write_directly(fd, config.framing, registry.unflushed, nursery.start_soon)
         registry.add_client(client)
-        log.info(
+        # DEBUG: the INFO line of a connection is its "client disconnected"
+        # (the session, as HAProxy logs it); formatting and writing a second
+        # INFO line cost as much as all the rest of accepting a client.
+        log.debug(
             "client connected",
             extra={"client": client.uuid, "listener": config.name, "peer": remote},
         )
         try:
-            if fd is not None:
+            if fd is not None and SHARED_READER:
+                await _read_shared(fd, client, config, registry, initial)
+            elif fd is not None:
                 await _read_socket(fd, client, config, registry, initial)
             else:
                 nursery.start_soon(_write, stream, client, config)
-                hangup = partial(wait_hangup, socket_fd) if socket_fd is not None else None
+                hangup = partial(wait_hangup, raw.socket.fileno())
                 await _read(stream, client, config, registry, initial, hangup)
         finally:
             if client.closed_slow:
@@ -320,9 +338,8 @@ async def _run_client(
             registry.connections.slow_client_dropped += client.dropped
             registry.remove_client(client)
             client.detach()
-            nursery.cancel_scope.cancel()
-            # Logged before the close: in this cancelled scope, the await
-            # below raises Cancelled, and nothing after it would run.
+            if client.close_reason is None:  # else client.close() cancelled it
+                nursery.cancel_scope.cancel()
             log.info(
                 "client disconnected",
                 extra={
@@ -333,7 +350,9 @@ async def _run_client(
                     **client.summary(),
                 },
             )
-            await trio.aclose_forcefully(stream)
+            # Forcefully, as trio.aclose_forcefully would (no TLS
+            # close_notify), but without its cancelled checkpoint.
+            raw.socket.close()
 
 
 async def _read(
@@ -452,6 +471,64 @@ async def _read_socket(
         log.warning("client sent bad input", extra={"client": uuid_, "problem": str(exc)})
     except OSError as exc:
         client.close(f"connection lost: {exc}", Reason.ERROR)
+
+
+async def _read_shared(
+    fd: int,
+    client: Client,
+    config: ListenerConfig,
+    registry: Core,
+    initial: bytes = b"",
+) -> None:
+    """:func:`_read_socket` by this run's :class:`~pmlb.downstream.reader.SharedReader`.
+
+    This task sleeps while the reader reads its socket with the others', and
+    does only what has to wait: a batch with no room upstream yet
+    (backpressure: the socket is not read meanwhile), the end of input, a
+    drain.
+    """
+    hangup = partial(wait_hangup, fd)
+    fin_timeout = registry.config.client_fin_timeout
+    member = Member(
+        fd,
+        client,
+        config.framing,
+        config.max_message_size,
+        registry.connections,
+        registry.dispatch_from_nowait,
+    )
+    if initial:
+        try:
+            requests = member.requests(initial)
+        except FramingError as exc:
+            member.bad_input(exc)
+            return
+        if requests and not await registry.dispatch_from(client, requests, hangup):
+            if client.input_ended:
+                await end_of_input(client, fin_timeout)
+                return
+            await trio.sleep_forever()  # draining, as in _read
+    reader = shared_reader(config.idle_timeout)
+    reader.add(member)
+    try:
+        while True:
+            work = await reader.next_work(member)
+            if work == END_OF_INPUT:
+                await end_of_input(client, fin_timeout)
+                return
+            if work == READ_NO_MORE:
+                reading = False
+            else:
+                assert isinstance(work, tuple)
+                reading = await registry.dispatch_held(client, *work, hangup)
+            if not reading:
+                if client.input_ended:  # it hung up while not read
+                    await end_of_input(client, fin_timeout)
+                    return
+                await trio.sleep_forever()  # draining, as in _read
+            reader.resume(member)
+    finally:
+        reader.remove(member)
 
 
 async def end_of_input(client: Client, fin_timeout: float) -> None:

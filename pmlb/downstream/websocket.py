@@ -281,7 +281,7 @@ async def _run_client(
             )
             fields = {"client": client.uuid, "listener": config.name, "peer": remote}
             registry.add_client(client)
-            log.info("client connected", extra=fields)
+            log.debug("client connected", extra=fields)  # as the TCP listener's
             texts = _TextState(config.websocket_reply)
             nursery.start_soon(_write, ws, corked, client, texts)
             nursery.start_soon(_keepalive, ws, client, config)

@@ -61,16 +61,18 @@ class ClientTable:
         self.clients[client.uuid] = client
         self._by_seq[client.seq] = client
         self.clients_total += 1
-        self._dispatcher.send_event(
-            pb.InputStreamRequest(
-                time=rfc3339_now(),
-                client_uuid=client.uuid,
-                event=pb.InputStreamRequest.EVENT_CONNECTED,
-                remote_address=client.remote,
-                listener=client.listener,
-                transport=client.transport,
+        # Built only if some upstream takes it: most take no events.
+        if self._dispatcher.takes_events():
+            self._dispatcher.send_event(
+                pb.InputStreamRequest(
+                    time=rfc3339_now(),
+                    client_uuid=client.uuid,
+                    event=pb.InputStreamRequest.EVENT_CONNECTED,
+                    remote_address=client.remote,
+                    listener=client.listener,
+                    transport=client.transport,
+                )
             )
-        )
         self.by_listener[client.listener] += 1
         self.total_by_listener[client.listener] += 1
         if self.cluster is not None:
@@ -88,17 +90,18 @@ class ClientTable:
             return
         if self.cluster is not None:
             self.cluster.client_removed(client.uuid)
-        self._dispatcher.send_event(
-            pb.InputStreamRequest(
-                time=rfc3339_now(),
-                client_uuid=client.uuid,
-                event=pb.InputStreamRequest.EVENT_DISCONNECTED,
-                disconnect_reason=cast(
-                    "pb.InputStreamRequest.DisconnectReason", _close_kind(client).kind.value
-                ),
-                disconnect_detail=client.close_reason or STOPPING,
+        if self._dispatcher.takes_events():
+            self._dispatcher.send_event(
+                pb.InputStreamRequest(
+                    time=rfc3339_now(),
+                    client_uuid=client.uuid,
+                    event=pb.InputStreamRequest.EVENT_DISCONNECTED,
+                    disconnect_reason=cast(
+                        "pb.InputStreamRequest.DisconnectReason", _close_kind(client).kind.value
+                    ),
+                    disconnect_detail=client.close_reason or STOPPING,
+                )
             )
-        )
         self._dispatcher.forget(client.uuid)
         del self._by_seq[client.seq]
         self.by_listener[client.listener] -= 1

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import Any
 
 import trio
 
@@ -27,9 +28,19 @@ from pmlb.events import EventBus
 from pmlb.histogram import LatencyHistogram
 from pmlb.hub.nodes import Nodes
 from pmlb.upstream.acks import strip
-from pmlb.upstream.supervisor import Upstream
+from pmlb.upstream.state import Upstream
 
 log = logging.getLogger("pmlb.registry")
+
+
+def _run_nowait(coroutine: Coroutine[Any, Any, bool]) -> bool:
+    """The result of ``coroutine``, which must finish without suspending."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return bool(done.value)
+    coroutine.close()
+    raise RuntimeError("a dispatch that must not wait suspended")
 
 
 def _part(
@@ -177,29 +188,62 @@ class Dispatcher:
         client's disconnected event. After a hang-up the client's input has
         ended (:attr:`Client.input_ended`); the reader closes it in time.
         """
+        started = time.perf_counter()
+        count = len(requests)  # _dispatch takes from the list it is given
+        placed = self.dispatch_from_nowait(client, requests)
+        if placed is not None:
+            return placed
+        return await self.dispatch_held(client, requests, count, started, hangup)
+
+    def dispatch_from_nowait(
+        self, client: Client, requests: list[pb.InputStreamRequest]
+    ) -> bool | None:
+        """:meth:`dispatch_from` as far as it goes without waiting.
+
+        Returns what :meth:`dispatch_from` would, or ``None`` when the batch
+        has to wait: what is left of it stays in ``requests``, held (a drain
+        waits for the client's dispatch), and the caller must hand it to
+        :meth:`dispatch_held` next, in the client's own task (the shared
+        plain-TCP reader, :mod:`pmlb.downstream.reader`, reads many clients
+        in one task and cannot wait for one).
+        """
         if client.draining:
             self.messages_from_clients += len(requests)
             self.redispatch(requests)
             return False
-        count = len(requests)  # _dispatch takes from the list it is given
+        count = len(requests)
         self.messages_from_clients += count
         cluster = self.cluster
-        started = time.perf_counter()
         if cluster is None or not cluster.unregistered:
             # The common case, an outbox with room: placed without waiting,
-            # so without the cancel scope a drain would need (no await below
-            # suspends: Outbox.put only parks when it is full).
-            pending = requests
-            if await self._dispatch(pending, wait=False):
+            # so without the cancel scope a drain would need (with
+            # wait=False, _dispatch never suspends: Outbox.put only parks
+            # when it is full).
+            started = time.perf_counter()
+            if _run_nowait(self._dispatch(requests, wait=False)):
                 self.dispatch_latency.observe(time.perf_counter() - started, count)
                 return not client.input_ended
-            pending = list(pending)
-        else:
-            pending = list(requests)
-        self._held[id(pending)] = pending
+        self._held[id(requests)] = requests
         client.dispatching = True
+        return None
+
+    async def dispatch_held(
+        self,
+        client: Client,
+        pending: list[pb.InputStreamRequest],
+        count: int,
+        started: float,
+        hangup: Callable[[], Awaitable[None]] | None = None,
+    ) -> bool:
+        """The rest of :meth:`dispatch_from` for a batch :meth:`dispatch_from_nowait` held.
+
+        ``count`` messages were read at ``started`` (``time.perf_counter()``).
+        """
+        cluster = self.cluster
         try:
             with trio.CancelScope() as client.dispatch_scope:
+                if client.draining:  # a drain came before this task ran
+                    client.dispatch_scope.cancel()
                 if cluster is not None and cluster.unregistered:
                     # A reply through another node must find this new client.
                     await cluster.wait_registered(client.uuid)
@@ -288,6 +332,10 @@ class Dispatcher:
         return True
 
     # -- lifecycle events and failover -----------------------------------
+
+    def takes_events(self) -> bool:
+        """Whether any upstream takes lifecycle events (else :meth:`send_event` drops them)."""
+        return any(u.config.events for u in self._upstreams.values())
 
     def send_event(self, event: pb.InputStreamRequest) -> None:
         """Queue a lifecycle event for one upstream that takes events, by the policy."""

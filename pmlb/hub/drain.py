@@ -18,7 +18,7 @@ import trio
 from pmlb.events import EventBus
 from pmlb.hub.clients import ClientTable
 from pmlb.hub.dispatch import Dispatcher
-from pmlb.upstream.supervisor import Upstream, UpstreamState
+from pmlb.upstream.state import Upstream, UpstreamState
 
 log = logging.getLogger("pmlb.registry")
 

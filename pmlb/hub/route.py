@@ -128,10 +128,11 @@ class Router:
                         forward.broadcast(reply)
             elif target == "multicast":
                 payload = reply.payload
+                framed: dict[object, bytes] = {}
                 for client in self._targets(
                     reply.multicast.client_uuids, reply, forward, from_node
                 ):
-                    if client.send(payload):
+                    if client.send_shared(payload, framed):
                         self.messages_to_clients += 1
             elif not reply.acks:
                 self._invalid(
@@ -200,7 +201,11 @@ class Router:
         """Send ``payload`` to ``all``, ``active`` or ``inactive`` clients; return how many."""
         recipients = self.select_clients(kind)
         self.broadcasts += 1
-        sent = sum(1 for client in recipients if client.send(payload))
+        framed: dict[object, bytes] = {}
+        sent = 0
+        for client in recipients:
+            if client.send_shared(payload, framed):
+                sent += 1
         self.messages_to_clients += sent
         self.broadcast_recipients += sent
         self.flush_clients()

@@ -23,7 +23,7 @@ from pmlb.hub.route import Router
 from pmlb.upstream.acks import Unacked
 from pmlb.upstream.discovery import Discovery
 from pmlb.upstream.outbox import Outbox
-from pmlb.upstream.supervisor import AdminState, Upstream, UpstreamState
+from pmlb.upstream.state import AdminState, Upstream, UpstreamState
 
 log = logging.getLogger("pmlb.registry")
 

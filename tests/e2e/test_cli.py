@@ -153,7 +153,9 @@ async def test_demo_upstream_follows_a_killed_demo(procs: Processes) -> None:
 
 async def test_json_logs_are_one_object_per_line_with_fields(procs: Processes) -> None:
     cmd = [sys.executable, "-m", "pmlb", "serve", "--host", "127.0.0.1", "--port", "0"]
-    pmlb = await procs.start("pmlb", [*cmd, "--admin-port", "0", "--log-format", "json"])
+    # No wait for replies after a client's EOF: it is closed (and logged) at once.
+    env = {"PMLB_SERVER_CLIENT_FIN_TIMEOUT": "0"}
+    pmlb = await procs.start("pmlb", [*cmd, "--admin-port", "0", "--log-format", "json"], env)
     line = (await pmlb.wait_for(r'"msg": "listening"')).string
     event = json.loads(line)
     assert event["level"] == "info"
@@ -161,9 +163,14 @@ async def test_json_logs_are_one_object_per_line_with_fields(procs: Processes) -
     assert event["listener"] == "default"
     port = int(event["address"].rsplit(":", 1)[1])
     client = await procs.client(port)
-    connected = json.loads((await pmlb.wait_for(r'"msg": "client connected"')).string)
-    assert uuid.UUID(connected["client"]).version == 4
-    assert connected["peer"] == format_address(*client.stream.socket.getsockname()[:2])
+    peer = format_address(*client.stream.socket.getsockname()[:2])
+    await trio.aclose_forcefully(client.stream)
+    # A connection's INFO line is its "client disconnected" (the session).
+    ended = json.loads((await pmlb.wait_for(r'"msg": "client disconnected"')).string)
+    assert uuid.UUID(ended["client"]).version == 4
+    assert ended["peer"] == peer
+    assert ended["level"] == "info"
+    assert isinstance(ended["duration"], float | int)
 
 
 def test_version() -> None:

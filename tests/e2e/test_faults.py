@@ -12,6 +12,7 @@ Each test prints the figure it measures (run pytest with ``-s`` to see it):
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import signal
@@ -28,6 +29,7 @@ import httpx
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
+from trio_websocket import open_websocket_url
 
 from tests.helpers import (
     TIMEOUT,
@@ -75,16 +77,6 @@ async def metric(url: str, name: str, **labels: str) -> float:
 
 async def upstream_view(url: str, port: int) -> dict[str, object]:
     return await get_json(f"{url}/api/v1/upstreams/127.0.0.1:{port}")
-
-
-async def wait_count(proc: Proc, pattern: str, n: int) -> None:
-    """Wait until ``n`` output lines of ``proc`` match ``pattern``."""
-    regex = re.compile(pattern)
-    while True:
-        hits = [i for i, line in enumerate(proc.lines) if regex.search(line)]
-        if len(hits) >= n:
-            return
-        await proc.wait_for(pattern, after=hits[-1] + 1 if hits else 0)
 
 
 def write_config(
@@ -274,14 +266,19 @@ async def test_no_upstream_for_a_while_backpressure_bounded_memory_no_loss(
 async def no_upstream_then_one(
     procs: Processes, pmlb: Proc, port: int, up_port: int, senders: list[Sender]
 ) -> None:
-    for i in range(10):
-        sock = trio.socket.socket()
-        # A small send buffer keeps what the kernel holds (and A must echo
-        # at the end) small; pmlb's side is left as it is.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
-        senders.append(Sender(i, sock))
-        await sock.connect(("127.0.0.1", port))
-    await wait_count(pmlb, r"client connected", 10)
+    events_url = (await admin_url(pmlb)).replace("http://", "ws://", 1) + "/api/v1/events"
+    async with open_websocket_url(events_url) as events:
+        assert json.loads(await events.get_message())["type"] == "hello"
+        for i in range(10):
+            sock = trio.socket.socket()
+            # A small send buffer keeps what the kernel holds (and A must echo
+            # at the end) small; pmlb's side is left as it is.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+            senders.append(Sender(i, sock))
+            await sock.connect(("127.0.0.1", port))
+        connected = 0
+        while connected < 10:  # all registered before the baseline is taken
+            connected += json.loads(await events.get_message())["type"] == "client.connected"
     baseline = peak = rss_kib(pmlb.pid)
     started = time.monotonic()
     with trio.move_on_after(NO_UPSTREAM_SECONDS):

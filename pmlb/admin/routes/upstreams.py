@@ -20,7 +20,7 @@ from pmlb.admin.context import Context
 from pmlb.admin.errors import Conflict, Invalid, InvalidFields, NotFound
 from pmlb.config import UpstreamError, parse_upstream
 from pmlb.upstream.discovery import Discovery
-from pmlb.upstream.supervisor import AdminState, Upstream
+from pmlb.upstream.state import AdminState, Upstream
 
 log = logging.getLogger("pmlb.admin")
 
