@@ -91,7 +91,6 @@ async def test_a_rebound_host_name_is_refused_over_http1_and_http2(procs: Proces
                     assert answer.http_version == ("HTTP/2" if h2 else "HTTP/1.1")
                     refused(answer, 403, "Host 'evil.example:")
                 for host in (f"127.0.0.1:{port}", f"localhost:{port}", "127.0.0.1"):
-                    print("TRY", h2, host, flush=True)
                     answer = await client.get("/api/v1/clients", headers={"Host": host})
                     assert answer.status_code == 200, (host, answer.text)
                 answer = await client.get("/api/v1/clients", headers={"Host": f"[::1]:{port}"})
