@@ -20,9 +20,7 @@ from functools import partial
 import trio
 
 from pmlb._log import RateLimited
-from pmlb._proto import upstream_pb2 as pb
-from pmlb._time import rfc3339_now
-from pmlb.codecs import FramingError, MessageTooLarge, framer, make_decoder
+from pmlb.codecs import FramingError, framer
 from pmlb.codecs.proxy_protocol import ProxyHeaderParser, ProxyProtocolError
 from pmlb.config import ListenerConfig, format_address
 from pmlb.downstream.accept import serve_listeners
@@ -30,7 +28,13 @@ from pmlb.downstream.client import Client
 from pmlb.downstream.hangup import wait_hangup
 from pmlb.downstream.limits import TokenBucket
 from pmlb.downstream.port import Core
-from pmlb.downstream.reader import END_OF_INPUT, READ_NO_MORE, Member, shared_reader
+from pmlb.downstream.reader import (
+    END_OF_INPUT,
+    READ_NO_MORE,
+    ClientInput,
+    Member,
+    shared_reader,
+)
 from pmlb.downstream.reasons import CLIENT_CLOSED, DRAINING, Reason
 
 log = logging.getLogger("pmlb.downstream")
@@ -363,10 +367,10 @@ async def _read(
     initial: bytes = b"",
     hangup: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    decoder = make_decoder(config.framing, config.max_message_size)
-    uuid_ = client.uuid
-    make_request = pb.InputStreamRequest
+    input_ = ClientInput(client, config.framing, config.max_message_size, registry.connections)
+    read_size = input_.read_size
     idle = config.idle_timeout
+    fin_timeout = registry.config.client_fin_timeout
     data: bytes | bytearray
     try:
         while True:
@@ -375,36 +379,21 @@ async def _read(
             elif idle:
                 data = b""
                 with trio.move_on_after(idle) as idle_scope:
-                    data = await stream.receive_some(decoder.read_size)
+                    data = await stream.receive_some(read_size)
                 if idle_scope.cancelled_caught:
-                    registry.connections.idle_timeouts += 1
-                    client.close(f"idle for idle_timeout ({idle:g}s)", Reason.IDLE)
+                    input_.idle(idle)
                     return
             else:
-                data = await stream.receive_some(decoder.read_size)
+                data = await stream.receive_some(read_size)
             if not data:
-                await end_of_input(client, registry.config.client_fin_timeout)
+                await end_of_input(client, fin_timeout)
                 return
-            client.bytes_in += len(data)
-            messages = decoder.feed(data if isinstance(data, bytes) else bytes(data))
-            if not messages:
-                continue
-            client.last_active = time.monotonic()
-            client.messages_in += len(messages)
-            # One timestamp per read: every message in it arrived together.
-            now = rfc3339_now()
-            requests = [make_request(time=now, client_uuid=uuid_, payload=m) for m in messages]
-            if not await registry.dispatch_from(client, requests, hangup):
-                if client.input_ended:  # it hung up while not read
-                    await end_of_input(client, registry.config.client_fin_timeout)
-                    return
-                # Draining: read no more; the writer closes the connection
-                # once the client's queue is written.
-                await trio.sleep_forever()
+            requests = input_.requests(data if isinstance(data, bytes) else bytes(data))
+            if requests and not await registry.dispatch_from(client, requests, hangup):
+                await _read_no_more(client, fin_timeout)
+                return
     except FramingError as exc:
-        registry.connections.bad_input += 1
-        client.close(f"bad input: {exc}", _bad_input(exc))
-        log.warning("client sent bad input", extra={"client": uuid_, "problem": str(exc)})
+        input_.bad_input(exc)
     except trio.BrokenResourceError as exc:
         client.close(f"connection lost: {exc.__cause__ or exc}", Reason.ERROR)
 
@@ -417,11 +406,10 @@ async def _read_socket(
     initial: bytes = b"",
 ) -> None:
     """:func:`_read` on a plain TCP socket's descriptor, without trio's stream layers."""
-    decoder = make_decoder(config.framing, config.max_message_size)
-    read_size = decoder.read_size
-    uuid_ = client.uuid
-    make_request = pb.InputStreamRequest
+    input_ = ClientInput(client, config.framing, config.max_message_size, registry.connections)
+    read_size = input_.read_size
     idle = config.idle_timeout
+    fin_timeout = registry.config.client_fin_timeout
     wait_readable = trio.lowlevel.wait_readable
     hangup = partial(wait_hangup, fd)
     # Whether this task ran since its last read that got data: a client that
@@ -441,8 +429,7 @@ async def _read_socket(
                         with trio.move_on_after(idle) as idle_scope:
                             await wait_readable(fd)
                         if idle_scope.cancelled_caught:
-                            registry.connections.idle_timeouts += 1
-                            client.close(f"idle for idle_timeout ({idle:g}s)", Reason.IDLE)
+                            input_.idle(idle)
                             return
                     ran = True
                     continue
@@ -450,25 +437,14 @@ async def _read_socket(
                     await trio.lowlevel.checkpoint()
                 ran = False
             if not data:
-                await end_of_input(client, registry.config.client_fin_timeout)
+                await end_of_input(client, fin_timeout)
                 return
-            client.bytes_in += len(data)
-            messages = decoder.feed(data)
-            if not messages:
-                continue
-            client.last_active = time.monotonic()
-            client.messages_in += len(messages)
-            now = rfc3339_now()
-            requests = [make_request(time=now, client_uuid=uuid_, payload=m) for m in messages]
-            if not await registry.dispatch_from(client, requests, hangup):
-                if client.input_ended:
-                    await end_of_input(client, registry.config.client_fin_timeout)
-                    return
-                await trio.sleep_forever()  # draining, as in _read
+            requests = input_.requests(data)
+            if requests and not await registry.dispatch_from(client, requests, hangup):
+                await _read_no_more(client, fin_timeout)
+                return
     except FramingError as exc:
-        registry.connections.bad_input += 1
-        client.close(f"bad input: {exc}", _bad_input(exc))
-        log.warning("client sent bad input", extra={"client": uuid_, "problem": str(exc)})
+        input_.bad_input(exc)
     except OSError as exc:
         client.close(f"connection lost: {exc}", Reason.ERROR)
 
@@ -504,10 +480,8 @@ async def _read_shared(
             member.bad_input(exc)
             return
         if requests and not await registry.dispatch_from(client, requests, hangup):
-            if client.input_ended:
-                await end_of_input(client, fin_timeout)
-                return
-            await trio.sleep_forever()  # draining, as in _read
+            await _read_no_more(client, fin_timeout)
+            return
     reader = shared_reader(config.idle_timeout)
     reader.add(member)
     try:
@@ -522,13 +496,24 @@ async def _read_shared(
                 assert isinstance(work, tuple)
                 reading = await registry.dispatch_held(client, *work, hangup)
             if not reading:
-                if client.input_ended:  # it hung up while not read
-                    await end_of_input(client, fin_timeout)
-                    return
-                await trio.sleep_forever()  # draining, as in _read
+                await _read_no_more(client, fin_timeout)
+                return
             reader.resume(member)
     finally:
         reader.remove(member)
+
+
+async def _read_no_more(client: Client, fin_timeout: float) -> None:
+    """Dispatch refused a batch from ``client``: it is read no more.
+
+    Either it hung up while it was not read (its input ended: it is closed
+    after :func:`end_of_input`), or it is draining: this sleeps until the
+    writer closes the connection, once the client's queue is written.
+    """
+    if client.input_ended:
+        await end_of_input(client, fin_timeout)
+        return
+    await trio.sleep_forever()
 
 
 async def end_of_input(client: Client, fin_timeout: float) -> None:
@@ -562,7 +547,3 @@ async def _write(stream: trio.abc.Stream, client: Client, config: ListenerConfig
             client.bytes_out += len(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         client.close(f"connection lost: {exc.__cause__ or exc}", Reason.ERROR)
-
-
-def _bad_input(exc: FramingError) -> Reason:
-    return Reason.TOO_BIG if isinstance(exc, MessageTooLarge) else Reason.ERROR
