@@ -1,4 +1,14 @@
-"""One client connection as the rest of pmlb sees it."""
+"""One client connection as the rest of pmlb sees it.
+
+A :class:`Client`'s fields are written here only: the rest of pmlb reads
+them and calls its methods. The connection's reader reports what it read
+(:meth:`Client.received`), its writer what it wrote (:meth:`Client.sent`,
+besides :meth:`Client.next_batch`, :meth:`Client.writing` and
+:meth:`Client.written`); the dispatcher marks a batch being handed on
+(:meth:`Client.set_dispatching`, :meth:`Client.set_dispatch_scope`); the
+client table numbers it (:meth:`Client.set_seq`). ``tests/test_owners.py``
+keeps it so.
+"""
 
 from __future__ import annotations
 
@@ -196,6 +206,38 @@ class Client:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
         }
+
+    def received(self, nbytes: int, nmessages: int) -> None:
+        """The reader read ``nbytes`` bytes that completed ``nmessages`` messages (maybe 0)."""
+        self.bytes_in += nbytes
+        if nmessages:
+            self.messages_in += nmessages
+            self.last_active = time.monotonic()
+
+    def sent(self, nbytes: int, nmessages: int) -> None:
+        """The connection's writer wrote ``nmessages`` messages, of ``nbytes`` bytes."""
+        self.messages_out += nmessages
+        self.bytes_out += nbytes
+
+    def set_seq(self, seq: int) -> None:
+        """The client's connection number (the client table's, for paging)."""
+        self.seq = seq
+
+    def set_dispatching(self, dispatching: bool) -> None:
+        """Whether a batch read from the client is being handed on (the dispatcher's).
+
+        A drain waits for it (see :attr:`dispatching`).
+        """
+        self.dispatching = dispatching
+
+    def set_dispatch_scope(self, scope: trio.CancelScope | None) -> None:
+        """The reader's dispatch that waits runs in ``scope`` (``None``: it ended).
+
+        A drain or a hang-up cancels it; a drain that came first, at once.
+        """
+        self.dispatch_scope = scope
+        if scope is not None and self.draining:
+            scope.cancel()
 
     def view(self, now: float, wall: float, window: float) -> dict[str, Any]:
         """What the admin API shows of this client (JSON-ready), at ``now`` (monotonic) and

@@ -11,6 +11,16 @@ class ConnectionCounters:
 
     ``open`` is a gauge (connections now, including those still in their
     handshake); every other field only grows.
+
+    A plain record of counters, incremented by the listeners' code where
+    each event happens, never read back to decide anything: ``accepted``,
+    ``open`` and the handshake failures at admission (``tcp.py``'s
+    ``handle_connection`` and ``handshake``, ``websocket.py``'s handler);
+    the refusals by :class:`~pmlb.downstream.tcp.Gate`; ``idle_timeouts``
+    and ``bad_input`` by the readers (:class:`~pmlb.downstream.reader.ClientInput`,
+    the WebSocket reader); the slow-client fields when a connection ends.
+    Each field has one kind of writer; they are not behind methods yet
+    because the admission code is moving to its own module.
     """
 
     open: int = 0

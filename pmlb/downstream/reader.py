@@ -69,12 +69,14 @@ class ClientInput:
         Raises :class:`~pmlb.codecs.FramingError` on bad input (see :meth:`bad_input`).
         """
         client = self.client
-        client.bytes_in += len(data)
-        messages = self.decoder.feed(data)
+        try:
+            messages = self.decoder.feed(data)
+        except FramingError:
+            client.received(len(data), 0)  # counted, as a read that decodes is
+            raise
+        client.received(len(data), len(messages))
         if not messages:
             return []
-        client.last_active = time.monotonic()
-        client.messages_in += len(messages)
         # One timestamp per read: every message in it arrived together.
         now = rfc3339_now()
         uuid_ = client.uuid

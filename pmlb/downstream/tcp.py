@@ -543,7 +543,6 @@ async def _write(stream: trio.abc.Stream, client: Client, config: ListenerConfig
                 await stream.send_all(data)
             if client.written(scope):
                 return
-            client.messages_out += len(batch)
-            client.bytes_out += len(data)
+            client.sent(len(data), len(batch))
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         client.close(f"connection lost: {exc.__cause__ or exc}", Reason.ERROR)

@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-import time
 import uuid
 from functools import partial
 
@@ -453,9 +452,7 @@ async def _read(
         messages = [message, *_buffered(ws)]
         payloads = [m.encode() if isinstance(m, str) else m for m in messages]
         texts.last_was_text = isinstance(messages[-1], str)
-        client.last_active = time.monotonic()
-        client.messages_in += len(payloads)
-        client.bytes_in += sum(map(len, payloads))
+        client.received(sum(map(len, payloads)), len(payloads))
         # One timestamp per batch, as for one TCP read.
         now = rfc3339_now()
         requests = [pb.InputStreamRequest(time=now, client_uuid=uuid_, payload=p) for p in payloads]
@@ -515,15 +512,13 @@ async def _write(
                         raise ConnectionClosed(ws.closed)
                     frames = [protocol.send(_event(texts.encode(p))) for p in batch]
                     await corked.send_all(b"".join(frames))
-                    client.messages_out += len(batch)
-                    client.bytes_out += sum(map(len, batch))
+                    client.sent(sum(map(len, batch)), len(batch))
                 else:
                     corked.corked = True
                     try:
                         for payload in batch:
                             await ws.send_message(texts.encode(payload))
-                            client.messages_out += 1
-                            client.bytes_out += len(payload)
+                            client.sent(len(payload), 1)
                     finally:
                         corked.corked = False
                     await corked.flush()

@@ -56,7 +56,7 @@ class ClientTable:
         self.disconnects: Counter[str] = Counter()
 
     def add_client(self, client: Client) -> None:
-        client.seq = self._next_seq
+        client.set_seq(self._next_seq)
         self._next_seq += 1
         self.clients[client.uuid] = client
         self._by_seq[client.seq] = client

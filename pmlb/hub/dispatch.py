@@ -224,7 +224,7 @@ class Dispatcher:
                 self.dispatch_latency.observe(time.perf_counter() - started, count)
                 return not client.input_ended
         self._held[id(requests)] = requests
-        client.dispatching = True
+        client.set_dispatching(True)
         return None
 
     async def dispatch_held(
@@ -241,9 +241,9 @@ class Dispatcher:
         """
         cluster = self.cluster
         try:
-            with trio.CancelScope() as client.dispatch_scope:
-                if client.draining:  # a drain came before this task ran
-                    client.dispatch_scope.cancel()
+            with trio.CancelScope() as scope:
+                # Cancelled at once if a drain came before this task ran.
+                client.set_dispatch_scope(scope)
                 if cluster is not None and cluster.unregistered:
                     # A reply through another node must find this new client.
                     await cluster.wait_registered(client.uuid)
@@ -257,10 +257,10 @@ class Dispatcher:
                         await self._dispatch(pending)
                         nursery.cancel_scope.cancel()
         finally:
-            client.dispatch_scope = None
+            client.set_dispatch_scope(None)
             del self._held[id(pending)]
             self.dispatch_latency.observe(time.perf_counter() - started, count)
-        client.dispatching = False
+        client.set_dispatching(False)
         if pending:  # interrupted: accepted, so it goes on as failover does
             self.redispatch(pending)
         if client.draining:
@@ -303,8 +303,7 @@ class Dispatcher:
                 outbox = serving[0].outbox
                 if not wait and outbox.accepting and len(outbox) >= outbox.capacity:
                     return False
-                if await outbox.put(pending):
-                    serving[0].messages_dispatched += len(pending)
+                if await outbox.put(pending):  # counted there (Upstream.messages_dispatched)
                     pending.clear()
                     return True
                 continue
@@ -319,9 +318,7 @@ class Dispatcher:
                     outbox = upstream.outbox
                     if not wait and outbox.accepting and len(outbox) >= outbox.capacity:
                         break
-                    if await outbox.put(batch):
-                        upstream.messages_dispatched += len(batch)
-                    else:
+                    if not await outbox.put(batch):
                         refused += batch
                     placed += 1
             finally:

@@ -60,6 +60,8 @@ class Outbox(Generic[T]):
         self._data = trio.lowlevel.ParkingLot()
         #: items taken by the writer (take_nowait) minus those it put back (requeue)
         self.taken = 0
+        #: items :meth:`put` added (new messages dispatched to it; not failover's puts)
+        self.accepted = 0
         #: with acknowledgements: what was written and not acknowledged yet
         self.unacked = unacked
         self._acked = trio.lowlevel.ParkingLot()
@@ -143,6 +145,7 @@ class Outbox(Generic[T]):
         if not self._accepting:
             return False
         self.put_nowait(items)
+        self.accepted += len(items)
         return True
 
     def put_nowait(self, items: Iterable[T]) -> None:

@@ -5,19 +5,29 @@ the supervisor finds it; :class:`AdminState`, what an operator set), kept apart
 from the supervision loop so that the core, the admin API and metrics name the
 record without importing :mod:`pmlb.upstream.supervisor`.
 
-It holds no behaviour beyond derived properties. Who writes which fields: the
-supervisor its health findings (``failures``, ``ready_failures``,
-``last_error``, ``ready_at``, ``alive_at``, ``last_ping``,
-``messages_received``, the latency histograms); the core's upstream table
-(:mod:`pmlb.hub.upstreams`), through the ``Hub`` port the supervisor reports
-to, its place in rotation (``state``, ``draining``, ``admin_state``,
-``stalled``, ``stalls``, ``redelivered``, ``undeliverable``); the dispatcher
-``messages_dispatched``.
+It holds no behaviour beyond derived properties and the setters of the
+supervisor's findings. Who writes which fields:
+
+- the supervisor (:mod:`pmlb.upstream.supervisor`) its health findings,
+  only through :meth:`Upstream.failed`, :meth:`Upstream.found_ready`,
+  :meth:`Upstream.found_not_ready` and :meth:`Upstream.found_alive`
+  (``failures``, ``ready_failures``, ``last_error``, ``ready_at``,
+  ``alive_at``, ``last_ping``, ``ping_latency``), besides
+  ``ready_latency`` (observed) and ``messages_received`` (its reply
+  handler adds each batch: that is the reply path, kept free of a call);
+- the core's upstream table (:mod:`pmlb.hub.upstreams`), through the
+  ``Hub`` port the supervisor reports to, its place in rotation
+  (``state``, ``draining``, ``admin_state``, ``stalled``, ``stalls``,
+  ``redelivered``, ``undeliverable``);
+- nobody ``messages_dispatched``: the outbox counts what its ``put``
+  accepts (:attr:`~pmlb.upstream.outbox.Outbox.accepted`), which is what
+  the dispatcher hands it.
 """
 
 from __future__ import annotations
 
 import enum
+import time
 
 import attrs
 import trio
@@ -59,8 +69,7 @@ class Upstream:
     outbox: Outbox[pb.InputStreamRequest]
     state: UpstreamState = UpstreamState.CONNECTING
     last_error: str | None = None
-    #: messages handed to its outbox / received from it
-    messages_dispatched: int = 0
+    #: messages received from it
     messages_received: int = 0
     #: times it stopped serving (its stream or liveness failed); readiness
     #: checks that failed (no answer in time, ready = false, an error)
@@ -92,9 +101,39 @@ class Upstream:
     #: set once the supervisor has ended and the upstream is removed
     removed: trio.Event = attrs.Factory(trio.Event)
 
+    # -- the supervisor's findings -----------------------------------------
+
+    def failed(self, reason: str) -> None:
+        """It stopped serving (its stream or liveness failed): counted, ``reason`` kept."""
+        self.failures += 1
+        self.last_error = reason
+
+    def found_ready(self) -> None:
+        """A readiness check answered ready (now)."""
+        self.ready_at = time.time()
+
+    def found_not_ready(self, problem: str) -> bool:
+        """A readiness check failed for ``problem``: counted and kept; whether it is new."""
+        self.ready_failures += 1
+        new = self.last_error != problem
+        self.last_error = problem
+        return new
+
+    def found_alive(self, round_trip: float | None) -> None:
+        """A liveness answer (now), ``round_trip`` seconds after its ping if it was one."""
+        self.alive_at = time.time()
+        if round_trip is not None:
+            self.ping_latency.observe(round_trip)
+            self.last_ping = round_trip
+
     @property
     def address(self) -> str:
         return self.config.address
+
+    @property
+    def messages_dispatched(self) -> int:
+        """Messages dispatched to it (handed to its outbox); see :attr:`Outbox.accepted`."""
+        return self.outbox.accepted
 
     @property
     def messages_written(self) -> int:

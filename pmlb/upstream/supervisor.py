@@ -117,8 +117,7 @@ async def _supervise(
             reason = f"internal error: {exc!r}"
         finally:
             await transport.aclose()
-        upstream.failures += 1
-        upstream.last_error = reason
+        upstream.failed(reason)
         registry.set_upstream_state(upstream, UpstreamState.UNHEALTHY, reason=reason)
         await trio.sleep(backoff.next())
         registry.set_upstream_state(upstream, UpstreamState.CONNECTING)
@@ -137,12 +136,10 @@ async def _wait_ready(upstream: Upstream, transport: Transport, backoff: Backoff
                 problem = str(exc)
             upstream.ready_latency.observe(time.perf_counter() - started)
         if ready:
-            upstream.ready_at = time.time()
+            upstream.found_ready()
             return
-        upstream.ready_failures += 1
-        if upstream.last_error != problem:
+        if upstream.found_not_ready(problem):
             log.info("upstream not ready", extra={"upstream": config.address, "reason": problem})
-        upstream.last_error = problem
         await trio.sleep(backoff.next())
 
 
@@ -151,11 +148,7 @@ async def _serve(upstream: Upstream, transport: Transport, registry: Hub) -> str
     config = upstream.config
     reason = "stopped"
 
-    def alive(round_trip: float | None) -> None:
-        upstream.alive_at = time.time()
-        if round_trip is not None:
-            upstream.ping_latency.observe(round_trip)
-            upstream.last_ping = round_trip
+    alive = upstream.found_alive
 
     cluster = config.reply_scope == "cluster"
 
