@@ -27,6 +27,7 @@ import grpclib.const
 import grpclib.encoding.proto
 import grpclib.exceptions
 import grpclib.protocol
+import h2.events
 import h2.exceptions
 import trio
 import trio_asyncio
@@ -35,6 +36,7 @@ from google.protobuf.message import DecodeError
 
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.codecs.grpc import DEFAULT_MAX_MESSAGE_SIZE
+from pmlb.codecs.request import Request
 from pmlb.upstream.h2_guard import FloodError, FrameGuard
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.transport import Deliver, UpstreamError
@@ -71,10 +73,17 @@ def _describe(exc: BaseException) -> str:
 
 class _LimitedCodec(grpclib.encoding.proto.ProtoCodec):
     """grpclib's protobuf codec, refusing what the native transport refuses: a
-    message over the size limit (grpclib itself has none)."""
+    message over the size limit (grpclib itself has none). A :class:`Request`
+    encodes itself."""
 
     def __init__(self, max_message_size: int) -> None:
         self._max_message_size = max_message_size
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        if message_type is Request:
+            encoded: bytes = message.encode()
+            return encoded
+        return super().encode(message, message_type)
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         if len(data) > self._max_message_size:
@@ -83,6 +92,10 @@ class _LimitedCodec(grpclib.encoding.proto.ProtoCodec):
                 f" exceeds the maximum of {self._max_message_size}"
             )
         return super().decode(data, message_type)
+
+
+def _ignore(event: object) -> None:
+    pass
 
 
 class _GuardedProtocol(grpclib.protocol.H2Protocol):
@@ -114,6 +127,11 @@ class _GuardedProtocol(grpclib.protocol.H2Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._transport = transport
+        # grpclib has no processor for h2's UnknownFrameReceived and raises
+        # NotImplementedError (a fatal error of the connection); HTTP/2 says
+        # frames of unknown types are ignored (RFC 9113, 4.1). The guard
+        # still counts them towards a control frame flood.
+        self.processor.processors[h2.events.UnknownFrameReceived] = _ignore
         self._guard = guard = self._make_guard()
         self._on_limit(None)
         h2_connection = self.connection._connection
@@ -333,15 +351,15 @@ class GrpclibTransport:
 
     # -- the bidirectional stream ---------------------------------------
 
-    async def run_stream(self, outbox: Outbox[pb.InputStreamRequest], deliver: Deliver) -> None:
+    async def run_stream(self, outbox: Outbox[Request], deliver: Deliver) -> None:
         await self._call(self._aio_stream, outbox, deliver)
 
-    async def _aio_stream(self, outbox: Outbox[pb.InputStreamRequest], deliver: Deliver) -> None:
+    async def _aio_stream(self, outbox: Outbox[Request], deliver: Deliver) -> None:
         channel = self._get_channel()
         async with channel.request(
             _SERVICE + "bidirectionalStreaming",
             _STREAM,
-            pb.InputStreamRequest,
+            Request,
             pb.OutputStreamRequest,
         ) as stream:
             await stream.send_request()
@@ -421,8 +439,8 @@ async def _close_channel(channel: grpclib.client.Channel) -> None:
 
 
 async def _send_loop(
-    stream: grpclib.client.Stream[pb.InputStreamRequest, pb.OutputStreamRequest],
-    outbox: Outbox[pb.InputStreamRequest],
+    stream: grpclib.client.Stream[Request, pb.OutputStreamRequest],
+    outbox: Outbox[Request],
     loop: trio_asyncio.TrioEventLoop,
 ) -> None:
     wait_nonempty = trio_asyncio.trio_as_aio(outbox.wait_nonempty, loop=loop)
@@ -446,7 +464,7 @@ async def _send_loop(
 
 
 async def _receive_loop(
-    stream: grpclib.client.Stream[pb.InputStreamRequest, pb.OutputStreamRequest],
+    stream: grpclib.client.Stream[Request, pb.OutputStreamRequest],
     deliver: Deliver,
 ) -> None:
     while True:
