@@ -121,6 +121,8 @@ class Connection:
         self._pings: dict[bytes, trio.Event] = {}
         self._ping_count = 0
         self._guard = guard()
+        #: trio.current_time() of the last read from the upstream
+        self.received_at = 0.0
 
     async def start(self) -> None:
         self.h2.initiate_connection()
@@ -195,6 +197,7 @@ class Connection:
                 if not data:
                     self.fail("the upstream closed the connection")
                     continue
+                self.received_at = trio.current_time()
                 await self._receive_checked(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self.fail(f"connection lost: {exc.__cause__ or exc}")

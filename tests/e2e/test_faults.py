@@ -228,18 +228,20 @@ class Sender:
             rest -= sent
 
     async def expect_echoes(self) -> None:
-        """Every message sent comes back from A, in order."""
+        """Every message sent comes back from A, in order.
+
+        However long that takes: A echoes at the pace the machine allows, so
+        only a stall (no byte for ``TIMEOUT``) fails.
+        """
         expected = b"".join(b"A:" + message(self.index, n) for n in range(self.messages))
         received = 0
-        with trio.fail_after(TIMEOUT * 2):
-            while received < len(expected):
+        while received < len(expected):
+            with trio.fail_after(TIMEOUT):
                 data = await self.sock.recv(1 << 20)
-                assert data, f"client {self.index} disconnected"
-                chunk = expected[received : received + len(data)]
-                assert data == chunk, (
-                    f"client {self.index}: got {data[:200]!r}, not {chunk[:200]!r}"
-                )
-                received += len(data)
+            assert data, f"client {self.index} disconnected"
+            chunk = expected[received : received + len(data)]
+            assert data == chunk, f"client {self.index}: got {data[:200]!r}, not {chunk[:200]!r}"
+            received += len(data)
 
 
 async def test_no_upstream_for_a_while_backpressure_bounded_memory_no_loss(
