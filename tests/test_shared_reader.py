@@ -8,6 +8,7 @@ reader task per client.
 
 from __future__ import annotations
 
+import gc
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -223,3 +224,17 @@ async def test_end_of_input_closes_after_the_fin_timeout(
         proxy.sockets[1].sendall(b"on\n")
         await trio.testing.wait_all_tasks_blocked()
         assert proxy.taken() == [b"on"]
+
+
+async def test_an_idle_client_keeps_no_exception_alive(reader: str) -> None:
+    # A reader that waits for its socket inside ``except BlockingIOError``
+    # keeps the exception and its traceback for as long as the client is idle.
+    async with open_proxy() as proxy:
+        await proxy.clients(10)
+        for sock in proxy.sockets:
+            sock.sendall(b"hello\n")  # read, then the next read finds nothing
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(proxy.taken()) == 10
+        gc.collect()
+        alive = [o for o in gc.get_objects() if isinstance(o, BlockingIOError)]
+        assert alive == []

@@ -427,14 +427,14 @@ async def _read_socket(
     # Whether this task ran since its last read that got data: a client that
     # always has data must still let the others run.
     ran = True
+    data: bytes | None
     try:
         while True:
             if initial:
                 data, initial = initial, b""
             else:
-                try:
-                    data = os.read(fd, read_size)
-                except BlockingIOError:
+                data = _read_nowait(fd, read_size)
+                if data is None:
                     if not idle:
                         await wait_readable(fd)
                     else:
@@ -471,6 +471,20 @@ async def _read_socket(
         log.warning("client sent bad input", extra={"client": uuid_, "problem": str(exc)})
     except OSError as exc:
         client.close(f"connection lost: {exc}", Reason.ERROR)
+
+
+def _read_nowait(fd: int, size: int) -> bytes | None:
+    """``os.read``, or None if there is nothing to read yet.
+
+    Not inline in the read loop: a ``BlockingIOError`` raised there would
+    give the long-lived coroutine a frame object (its traceback's), and one
+    waited on in the except clause keeps the exception too: ~0.7 KB per idle
+    client together.
+    """
+    try:
+        return os.read(fd, size)
+    except BlockingIOError:
+        return None
 
 
 async def _read_shared(

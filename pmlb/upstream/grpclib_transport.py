@@ -27,6 +27,7 @@ import grpclib.const
 import grpclib.encoding.proto
 import grpclib.exceptions
 import grpclib.protocol
+import h2.events
 import h2.exceptions
 import trio
 import trio_asyncio
@@ -85,6 +86,10 @@ class _LimitedCodec(grpclib.encoding.proto.ProtoCodec):
         return super().decode(data, message_type)
 
 
+def _ignore(event: object) -> None:
+    pass
+
+
 class _GuardedProtocol(grpclib.protocol.H2Protocol):
     """grpclib's HTTP/2 protocol with the native transport's limits in front of h2.
 
@@ -116,6 +121,11 @@ class _GuardedProtocol(grpclib.protocol.H2Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._transport = transport
+        # grpclib has no processor for h2's UnknownFrameReceived and raises
+        # NotImplementedError (a fatal error of the connection); HTTP/2 says
+        # frames of unknown types are ignored (RFC 9113, 4.1). The guard
+        # still counts them towards a control frame flood.
+        self.processor.processors[h2.events.UnknownFrameReceived] = _ignore
         self._guard = guard = self._make_guard()
         self._on_limit(None)
         h2_connection = self.connection._connection
