@@ -86,6 +86,13 @@ class Stream:
             message = unquote(trailers.get(b"grpc-message", b"").decode("utf-8", "replace"))
             self.fail(f"gRPC status {status_name(code, status.decode())}: {message}")
             return
+        if self.decoder.buffered:
+            # Status OK, yet a reply was cut short: say so, never drop it unseen.
+            self.fail(
+                "the upstream ended the stream (status OK) in the middle of a message"
+                f" ({self.decoder.buffered} bytes of it received, its header included)"
+            )
+            return
         self.closed = True
 
 
