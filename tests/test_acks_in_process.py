@@ -19,6 +19,8 @@ import trio_asyncio
 from prometheus_client import generate_latest
 
 from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.request import Request
+from pmlb.codecs.request import message as make_request
 from pmlb.config import Config, UpstreamConfig
 from pmlb.downstream.client import Client
 from pmlb.metrics import metrics_registry
@@ -38,9 +40,9 @@ SERVING, UNHEALTHY = UpstreamState.SERVING, UpstreamState.UNHEALTHY
 CAP = 600
 
 
-def requests(n: int, start: int = 0) -> list[pb.InputStreamRequest]:
+def requests(n: int, start: int = 0) -> list[Request]:
     return [
-        pb.InputStreamRequest(time="t", client_uuid=f"c{i % 3}", payload=b"m%d" % i)
+        make_request(time="t", client_uuid=f"c{i % 3}", payload=b"m%d" % i)
         for i in range(start, start + n)
     ]
 
@@ -64,7 +66,7 @@ def start(
     return upstream
 
 
-def ack_fields(request: pb.InputStreamRequest) -> tuple[int, str, int]:
+def ack_fields(request: Request) -> tuple[int, str, int]:
     return request.seq, request.message_id, request.delivery_attempt
 
 
@@ -87,15 +89,15 @@ def test_stamps_number_per_stream_and_keep_the_message_id() -> None:
 def test_unstamping_what_was_never_written_restores_the_request() -> None:
     table = Unacked(10, MessageIds("p"))
     batch = requests(2)
-    original = [r.SerializeToString() for r in batch]
+    original = [r.encode() for r in batch]
     table.stamp(batch, now=0.0)
     table.unstamp(batch)
-    assert [r.SerializeToString() for r in batch] == original
+    assert [r.encode() for r in batch] == original
     assert len(table) == 0
 
 
 async def test_the_writer_takes_only_what_the_table_has_room_for() -> None:
-    outbox: Outbox[pb.InputStreamRequest] = Outbox(100, unacked=Unacked(3))
+    outbox: Outbox[Request] = Outbox(100, unacked=Unacked(3))
     outbox.open()
     outbox.put_nowait(requests(5))
     assert [r.seq for r in outbox.take_nowait()] == [1, 2, 3]

@@ -8,6 +8,8 @@ import trio
 import trio.testing
 
 from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.request import Request
+from pmlb.codecs.request import message as make_request
 from pmlb.config import Config, UpstreamConfig
 from pmlb.downstream.client import Client
 from pmlb.downstream.reasons import DRAINING, DisconnectKind, classify
@@ -16,8 +18,8 @@ from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.state import UpstreamState
 
 
-def request(n: int) -> pb.InputStreamRequest:
-    return pb.InputStreamRequest(time="t", client_uuid="c", payload=str(n).encode())
+def request(n: int) -> Request:
+    return make_request(time="t", client_uuid="c", payload=str(n).encode())
 
 
 @attrs.define
@@ -159,7 +161,7 @@ async def test_flush_waits_until_the_writer_comes_back_for_more() -> None:
         await registry.flush_upstreams()
         flushed.set()
 
-    outbox: Outbox[pb.InputStreamRequest] = upstream.outbox
+    outbox: Outbox[Request] = upstream.outbox
     async with trio.open_nursery() as nursery:
         nursery.start_soon(flush)
         await trio.testing.wait_all_tasks_blocked()

@@ -59,6 +59,8 @@ from pmlb.codecs.proxy_protocol import (
     encode_v1,
     encode_v2,
 )
+from pmlb.codecs.request import Request
+from pmlb.codecs.request import message as make_request
 from pmlb.config import Config
 from pmlb.downstream.client import Client
 from pmlb.downstream.reasons import UPSTREAM_ACTION
@@ -691,9 +693,9 @@ def through_native_transport(
 
     async def run() -> str:
         upstream = FakeUpstream(attack=attack)
-        outbox: Outbox[pb.InputStreamRequest] = Outbox(10)
+        outbox: Outbox[Request] = Outbox(10)
         outbox.open()
-        outbox.put_nowait([pb.InputStreamRequest(client_uuid="c", payload=b"go")])
+        outbox.put_nowait([make_request(client_uuid="c", payload=b"go")])
         async with trio.open_nursery() as nursery:
 
             async def open_stream() -> trio.abc.Stream:

@@ -13,6 +13,8 @@ import trio.testing
 
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.codecs.grpc import encode_messages
+from pmlb.codecs.request import Request
+from pmlb.codecs.request import message as make_request
 from pmlb.upstream.h2_transport import H2Transport
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.transport import UpstreamError
@@ -28,9 +30,9 @@ def connect(nursery: trio.Nursery, upstream: FakeUpstream, **kwargs: int) -> H2T
     return H2Transport("upstream.test", 50051, open_stream=open_stream, **kwargs)
 
 
-def requests(n: int, start: int = 0) -> list[pb.InputStreamRequest]:
+def requests(n: int, start: int = 0) -> list[Request]:
     return [
-        pb.InputStreamRequest(time="t", client_uuid=f"c{i % 3}", payload=b"m%d" % i)
+        make_request(time="t", client_uuid=f"c{i % 3}", payload=b"m%d" % i)
         for i in range(start, start + n)
     ]
 
@@ -56,7 +58,7 @@ class Collector:
 def start_stream(
     nursery: trio.Nursery,
     transport: H2Transport,
-    outbox: Outbox[pb.InputStreamRequest],
+    outbox: Outbox[Request],
     deliver: Collector,
 ) -> trio.CancelScope:
     """Run the stream in the background; cancel the scope returned to stop it."""
@@ -77,7 +79,7 @@ async def stop(scope: trio.CancelScope, transport: H2Transport) -> None:
 
 
 async def run_stream_until_error(
-    transport: H2Transport, outbox: Outbox[pb.InputStreamRequest], deliver: Collector
+    transport: H2Transport, outbox: Outbox[Request], deliver: Collector
 ) -> str:
     with trio.fail_after(10), pytest.raises(UpstreamError) as info:
         await transport.run_stream(outbox, deliver)
@@ -107,7 +109,7 @@ async def test_a_batch_is_one_data_frame_and_replies_come_back_in_order(
 ) -> None:
     upstream = FakeUpstream()
     transport = connect(nursery, upstream)
-    outbox: Outbox[pb.InputStreamRequest] = Outbox(1000)
+    outbox: Outbox[Request] = Outbox(1000)
     outbox.open()
     outbox.put_nowait(requests(100))
     deliver = Collector()
@@ -133,11 +135,9 @@ async def test_large_batches_are_cut_into_frames_and_flow_control_is_honoured(
     # replies (24 KB frames) come in the same read as the ACK of our settings
     upstream = FakeUpstream(reply_padding=1000)
     transport = connect(nursery, upstream)
-    outbox: Outbox[pb.InputStreamRequest] = Outbox(10_000)
+    outbox: Outbox[Request] = Outbox(10_000)
     outbox.open()
-    big = [
-        pb.InputStreamRequest(client_uuid="c", payload=b"%d:" % i + b"y" * 2000) for i in range(200)
-    ]
+    big = [make_request(client_uuid="c", payload=b"%d:" % i + b"y" * 2000) for i in range(200)]
     outbox.put_nowait(big)
     deliver = Collector()
     scope = start_stream(nursery, transport, outbox, deliver)
@@ -148,8 +148,8 @@ async def test_large_batches_are_cut_into_frames_and_flow_control_is_honoured(
     await stop(scope, transport)
 
 
-def big_requests(n: int) -> list[pb.InputStreamRequest]:
-    return [pb.InputStreamRequest(client_uuid="c", payload=b"%04d" % i * 250) for i in range(n)]
+def big_requests(n: int) -> list[Request]:
+    return [make_request(client_uuid="c", payload=b"%04d" % i * 250) for i in range(n)]
 
 
 async def test_a_stalled_window_blocks_the_writer_and_unsent_messages_are_requeued(
@@ -158,10 +158,10 @@ async def test_a_stalled_window_blocks_the_writer_and_unsent_messages_are_requeu
     # The fake holds its window: 65535 bytes may be written, no more.
     upstream = FakeUpstream(hold_window=True)
     transport = connect(nursery, upstream)
-    outbox: Outbox[pb.InputStreamRequest] = Outbox(1000)
+    outbox: Outbox[Request] = Outbox(1000)
     outbox.open()
     batch = big_requests(100)
-    size = 5 + len(batch[0].SerializeToString())
+    size = 5 + len(batch[0].encode())
     outbox.put_nowait(batch)
     scope = start_stream(nursery, transport, outbox, Collector())
     await trio.testing.wait_all_tasks_blocked()
@@ -177,7 +177,7 @@ async def test_a_stalled_window_blocks_the_writer_and_unsent_messages_are_requeu
 async def test_the_writer_resumes_when_the_window_opens(nursery: trio.Nursery) -> None:
     upstream = FakeUpstream(hold_window=True)
     transport = connect(nursery, upstream)
-    outbox: Outbox[pb.InputStreamRequest] = Outbox(1000)
+    outbox: Outbox[Request] = Outbox(1000)
     outbox.open()
     batch = big_requests(100)
     outbox.put_nowait(batch)
@@ -194,7 +194,7 @@ async def test_the_writer_resumes_when_the_window_opens(nursery: trio.Nursery) -
 
 async def test_rst_stream_fails_the_stream(nursery: trio.Nursery) -> None:
     transport = connect(nursery, FakeUpstream(reset_after=1))
-    outbox: Outbox[pb.InputStreamRequest] = Outbox(10)
+    outbox: Outbox[Request] = Outbox(10)
     outbox.open()
     outbox.put_nowait(requests(3))
     error = await run_stream_until_error(transport, outbox, Collector())
@@ -206,7 +206,7 @@ async def test_goaway_fails_the_stream_and_the_next_call_reconnects(
 ) -> None:
     upstream = FakeUpstream(goaway_after=1)
     transport = connect(nursery, upstream)
-    outbox: Outbox[pb.InputStreamRequest] = Outbox(10)
+    outbox: Outbox[Request] = Outbox(10)
     outbox.open()
     outbox.put_nowait(requests(1))
     error = await run_stream_until_error(transport, outbox, Collector())
@@ -217,7 +217,7 @@ async def test_goaway_fails_the_stream_and_the_next_call_reconnects(
 
 async def test_grpc_status_in_trailers_ends_the_stream_with_it(nursery: trio.Nursery) -> None:
     transport = connect(nursery, FakeUpstream(end_after=(2, 8, "too much")))
-    outbox: Outbox[pb.InputStreamRequest] = Outbox(10)
+    outbox: Outbox[Request] = Outbox(10)
     outbox.open()
     outbox.put_nowait(requests(2))
     deliver = Collector()
@@ -229,7 +229,7 @@ async def test_grpc_status_in_trailers_ends_the_stream_with_it(nursery: trio.Nur
 
 async def test_status_ok_still_ends_a_bidi_stream_as_a_failure(nursery: trio.Nursery) -> None:
     transport = connect(nursery, FakeUpstream(end_after=(1, 0, "")))
-    outbox: Outbox[pb.InputStreamRequest] = Outbox(10)
+    outbox: Outbox[Request] = Outbox(10)
     outbox.open()
     outbox.put_nowait(requests(1))
     assert await run_stream_until_error(transport, outbox, Collector()) == (
@@ -257,7 +257,7 @@ async def test_status_ok_in_the_middle_of_a_reply_fails_the_stream_saying_so(
 
 async def test_a_reply_over_the_maximum_size_fails_the_stream(nursery: trio.Nursery) -> None:
     transport = connect(nursery, FakeUpstream(reply_padding=200), max_message_size=100)
-    outbox: Outbox[pb.InputStreamRequest] = Outbox(10)
+    outbox: Outbox[Request] = Outbox(10)
     outbox.open()
     outbox.put_nowait(requests(1))
     error = await run_stream_until_error(transport, outbox, Collector())
@@ -266,7 +266,7 @@ async def test_a_reply_over_the_maximum_size_fails_the_stream(nursery: trio.Nurs
 
 async def test_a_malformed_reply_fails_the_stream(nursery: trio.Nursery) -> None:
     transport = connect(nursery, FakeUpstream(malformed=True))
-    outbox: Outbox[pb.InputStreamRequest] = Outbox(10)
+    outbox: Outbox[Request] = Outbox(10)
     outbox.open()
     outbox.put_nowait(requests(1))
     error = await run_stream_until_error(transport, outbox, Collector())
@@ -282,7 +282,7 @@ async def test_replies_before_a_bad_one_in_the_same_read_are_delivered(
     nursery: trio.Nursery, trailing: bytes
 ) -> None:
     transport = connect(nursery, FakeUpstream(trailing=trailing))
-    outbox: Outbox[pb.InputStreamRequest] = Outbox(10)
+    outbox: Outbox[Request] = Outbox(10)
     outbox.open()
     outbox.put_nowait(requests(3))
     deliver = Collector()

@@ -4,7 +4,8 @@ import pytest
 import trio
 import trio.testing
 
-from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.request import Request
+from pmlb.codecs.request import message as make_request
 from pmlb.upstream.acks import Unacked
 from pmlb.upstream.outbox import Outbox
 
@@ -141,8 +142,8 @@ async def test_every_turn_away_sends_the_putters_then_waiting_elsewhere() -> Non
 
 async def test_requeue_with_acks_gives_the_table_its_room_back() -> None:
     table = Unacked(2)
-    box: Outbox[pb.InputStreamRequest] = Outbox(10, unacked=table)
-    box.put_nowait([pb.InputStreamRequest(payload=b"a"), pb.InputStreamRequest(payload=b"b")])
+    box: Outbox[Request] = Outbox(10, unacked=table)
+    box.put_nowait([make_request(payload=b"a"), make_request(payload=b"b")])
     taken = box.take_nowait()
     assert [r.seq for r in taken] == [1, 2]
     assert box.unacked_count == 2
@@ -156,8 +157,8 @@ async def test_requeue_with_acks_gives_the_table_its_room_back() -> None:
 
 
 async def test_an_ack_that_frees_room_wakes_the_waiting_writer() -> None:
-    box: Outbox[pb.InputStreamRequest] = Outbox(10, unacked=Unacked(2))
-    box.put_nowait([pb.InputStreamRequest(payload=b"%d" % i) for i in range(3)])
+    box: Outbox[Request] = Outbox(10, unacked=Unacked(2))
+    box.put_nowait([make_request(payload=b"%d" % i) for i in range(3)])
     assert [r.seq for r in box.take_nowait()] == [1, 2]
     woke = trio.Event()
 
@@ -212,8 +213,8 @@ async def test_busy_since_is_the_first_put_to_an_idle_writer_then_its_last_progr
 async def test_busy_since_does_not_count_a_full_acks_table(
     mock_clock: trio.testing.MockClock,
 ) -> None:
-    box: Outbox[pb.InputStreamRequest] = Outbox(10, unacked=Unacked(2))
-    box.put_nowait([pb.InputStreamRequest(payload=b"%d" % i) for i in range(4)])
+    box: Outbox[Request] = Outbox(10, unacked=Unacked(2))
+    box.put_nowait([make_request(payload=b"%d" % i) for i in range(4)])
     assert [r.seq for r in box.take_nowait()] == [1, 2]
     assert box.busy_since() is None, "the table is full: waiting for acks, not stalled"
     box.ack([1])  # room for one
@@ -249,15 +250,15 @@ async def test_taken_adds_up_over_takes() -> None:
 async def test_takes_that_find_the_acks_table_full_let_no_more_putters_in() -> None:
     # The empty take that ends a write lets the waiting putters in (as any
     # take does); while the table stays full, later empty takes do not.
-    box: Outbox[pb.InputStreamRequest] = Outbox(1, unacked=Unacked(1))
+    box: Outbox[Request] = Outbox(1, unacked=Unacked(1))
     box.open()
-    assert await box.put([pb.InputStreamRequest(payload=b"a")])
+    assert await box.put([make_request(payload=b"a")])
     assert [r.payload for r in box.take_nowait()] == [b"a"]  # the table is full
-    box.put_nowait([pb.InputStreamRequest(payload=b"b")])  # the outbox too
+    box.put_nowait([make_request(payload=b"b")])  # the outbox too
     done: list[bool] = []
 
     async def putter(payload: bytes) -> None:
-        done.append(await box.put([pb.InputStreamRequest(payload=payload)]))
+        done.append(await box.put([make_request(payload=payload)]))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(putter, b"c")

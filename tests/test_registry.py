@@ -11,17 +11,19 @@ import trio.testing
 
 from pmlb._log import JSONFormatter, TextFormatter
 from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.request import Request
+from pmlb.codecs.request import message as make_request
 from pmlb.config import Config, UpstreamConfig
 from pmlb.downstream.client import Client
 from pmlb.registry import Registry
 from pmlb.upstream.state import Upstream, UpstreamState
 
 
-def request(n: int) -> pb.InputStreamRequest:
-    return pb.InputStreamRequest(time="t", client_uuid="c", payload=str(n).encode())
+def request(n: int) -> Request:
+    return make_request(time="t", client_uuid="c", payload=str(n).encode())
 
 
-def payloads(items: list[pb.InputStreamRequest]) -> list[int]:
+def payloads(items: list[Request]) -> list[int]:
     return [int(item.payload) for item in items]
 
 
@@ -172,8 +174,8 @@ def test_a_client_whose_queue_is_full_is_disconnected_not_waited_for() -> None:
     assert fast.queued == 3
 
 
-def from_client(name: str, n: int) -> list[pb.InputStreamRequest]:
-    return [pb.InputStreamRequest(client_uuid=name, payload=str(i).encode()) for i in range(n)]
+def from_client(name: str, n: int) -> list[Request]:
+    return [make_request(client_uuid=name, payload=str(i).encode()) for i in range(n)]
 
 
 async def test_set_policy_switches_at_runtime_and_refuses_unknown_names() -> None:
@@ -249,7 +251,7 @@ def events_setup(*events: bool) -> tuple[Registry, list[Upstream]]:
     return registry, ups
 
 
-def kinds(items: list[pb.InputStreamRequest]) -> list[tuple[str, int]]:
+def kinds(items: list[Request]) -> list[tuple[str, int]]:
     return [(item.client_uuid, item.event) for item in items]
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.request import Request
+from pmlb.codecs.request import message as make_request
 from pmlb.config import Config, UpstreamConfig
 from pmlb.registry import Registry
 from pmlb.upstream.h2_transport import H2Transport
@@ -20,9 +21,9 @@ from pmlb.upstream.supervisor import supervise
 from tests.fake_h2_upstream import FakeUpstream
 
 
-def batch(index: int, size: int = 20) -> list[pb.InputStreamRequest]:
+def batch(index: int, size: int = 20) -> list[Request]:
     return [
-        pb.InputStreamRequest(client_uuid="c", payload=b"%06d" % (index * size + i) + b"x" * 250)
+        make_request(client_uuid="c", payload=b"%06d" % (index * size + i) + b"x" * 250)
         for i in range(size)
     ]
 

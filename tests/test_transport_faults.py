@@ -29,6 +29,8 @@ import trustme
 
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.codecs.grpc import encode_messages
+from pmlb.codecs.request import Request
+from pmlb.codecs.request import message as make_request
 from pmlb.config import UpstreamConfig
 from pmlb.server import upstream_guard
 from pmlb.upstream.grpclib_transport import GrpclibTransport
@@ -107,9 +109,9 @@ async def open_transport(
             await transport.aclose()
 
 
-def requests(n: int, size: int = 0) -> list[pb.InputStreamRequest]:
+def requests(n: int, size: int = 0) -> list[Request]:
     return [
-        pb.InputStreamRequest(time="t", client_uuid=f"c{i % 3}", payload=b"%04d" % i * (size or 1))
+        make_request(time="t", client_uuid=f"c{i % 3}", payload=b"%04d" % i * (size or 1))
         for i in range(n)
     ]
 
@@ -125,12 +127,10 @@ class Outcome:
     connections: int
 
 
-async def exchange(
-    name: str, upstream: FakeUpstream, batch: list[pb.InputStreamRequest]
-) -> Outcome:
+async def exchange(name: str, upstream: FakeUpstream, batch: list[Request]) -> Outcome:
     """Send ``batch`` on a stream until it fails; then ask ``ready`` again."""
     async with serving(upstream) as port, open_transport(name, port) as transport:
-        outbox: Outbox[pb.InputStreamRequest] = Outbox(1000)
+        outbox: Outbox[Request] = Outbox(1000)
         outbox.open()
         outbox.put_nowait(batch)
         replies: list[bytes] = []
@@ -153,7 +153,7 @@ async def exchange(
         )
 
 
-async def both(make: Callable[[], FakeUpstream], batch: list[pb.InputStreamRequest]) -> Outcome:
+async def both(make: Callable[[], FakeUpstream], batch: list[Request]) -> Outcome:
     """The same exchange through each transport, each with a fresh upstream."""
     outcomes = {name: await exchange(name, make(), batch) for name in TRANSPORTS}
     assert outcomes["native"] == outcomes["grpclib"]
@@ -177,9 +177,9 @@ async def test_error_status_in_trailers() -> None:
     assert outcome == Outcome([b"echo:0000", b"echo:0001"], True, [], True, 1)
 
 
-async def stalled_then_opened(name: str, batch: list[pb.InputStreamRequest]) -> list[bytes]:
+async def stalled_then_opened(name: str, batch: list[Request]) -> list[bytes]:
     """Send ``batch`` to an upstream that holds its window, then opens it; the replies."""
-    size = 5 + len(batch[0].SerializeToString())
+    size = 5 + len(batch[0].encode())
     upstream = FakeUpstream(hold_window=True)
     replies: list[bytes] = []
     all_replies = trio.Event()
@@ -190,7 +190,7 @@ async def stalled_then_opened(name: str, batch: list[pb.InputStreamRequest]) -> 
             all_replies.set()
 
     async with serving(upstream) as port, open_transport(name, port) as transport:
-        outbox: Outbox[pb.InputStreamRequest] = Outbox(1000)
+        outbox: Outbox[Request] = Outbox(1000)
         outbox.open()
         outbox.put_nowait(batch)
         with trio.fail_after(TIMEOUT):
@@ -215,10 +215,10 @@ async def test_a_stalled_window_then_opened() -> None:
 @pytest.mark.parametrize("name", TRANSPORTS)
 async def test_cancelled_while_stalled_requeues_what_was_not_written(name: str) -> None:
     batch = requests(100, size=250)
-    size = 5 + len(batch[0].SerializeToString())
+    size = 5 + len(batch[0].encode())
     upstream = FakeUpstream(hold_window=True)
     async with serving(upstream) as port, open_transport(name, port) as transport:
-        outbox: Outbox[pb.InputStreamRequest] = Outbox(1000)
+        outbox: Outbox[Request] = Outbox(1000)
         outbox.open()
         outbox.put_nowait(batch)
         with trio.fail_after(TIMEOUT):
@@ -285,7 +285,7 @@ async def attacked(
         serving(upstream, tls) as port,
         open_transport(name, port, tls, **limits) as transport,
     ):
-        outbox: Outbox[pb.InputStreamRequest] = Outbox(max(10, messages))
+        outbox: Outbox[Request] = Outbox(max(10, messages))
         outbox.open()
         outbox.put_nowait(requests(messages))
         with trio.fail_after(TIMEOUT), pytest.raises(UpstreamError) as info:

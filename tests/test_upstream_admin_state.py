@@ -6,18 +6,19 @@ import pytest
 import trio
 import trio.testing
 
-from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.request import Request
+from pmlb.codecs.request import message as make_request
 from pmlb.config import Config, UpstreamConfig, UpstreamError, parse_upstream
 from pmlb.registry import Registry
 from pmlb.upstream.state import AdminState, Upstream, UpstreamState
 from tests.test_registry import client
 
 
-def request(n: int) -> pb.InputStreamRequest:
-    return pb.InputStreamRequest(time="t", client_uuid="c", payload=str(n).encode())
+def request(n: int) -> Request:
+    return make_request(time="t", client_uuid="c", payload=str(n).encode())
 
 
-def payloads(items: list[pb.InputStreamRequest]) -> list[int]:
+def payloads(items: list[Request]) -> list[int]:
     return [int(item.payload) for item in items]
 
 

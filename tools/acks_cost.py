@@ -122,13 +122,13 @@ def memory_per_unacked(count: int = 200_000) -> tuple[float, float]:
     """(bytes per request kept, bytes of table bookkeeping per request), from RSS."""
     code = f"""
 import uuid
-from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.request import message as make_request
 from pmlb.upstream.acks import Unacked
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * {os.sysconf("SC_PAGE_SIZE")}
 uuids = [str(uuid.uuid4()) for _ in range({count})]
 base = rss()
-requests = [pb.InputStreamRequest(time="2026-12-02T07:00:00.123456Z", client_uuid=u,
+requests = [make_request(time="2026-12-02T07:00:00.123456Z", client_uuid=u,
                                   payload=b"x" * 60) for u in uuids]
 made = rss()
 table = Unacked({count})

@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve()
 
 async def _drive(path: str, messages: int, batch: int) -> None:
     from pmlb._proto import upstream_pb2 as pb
+    from pmlb.codecs.request import message as make_request
     from pmlb.config import Config, UpstreamConfig
     from pmlb.downstream.client import Client
     from pmlb.registry import Registry
@@ -59,8 +60,7 @@ async def _drive(path: str, messages: int, batch: int) -> None:
         rounds = messages // batch
         if path == "dispatch":
             requests = [
-                pb.InputStreamRequest(time="t", client_uuid="c", payload=b"x" * 60)
-                for _ in range(batch)
+                make_request(time="t", client_uuid="c", payload=b"x" * 60) for _ in range(batch)
             ]
             dispatch_from, take = registry.dispatch_from, upstream.outbox.take_nowait
             for _ in range(rounds):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.request import Request
 from pmlb.config import Config
 from pmlb.downstream.client import Client, QueueBudget
 from pmlb.downstream.limits import ConnectionCounters
@@ -46,18 +46,16 @@ class Core(Protocol):
     async def dispatch_from(
         self,
         client: Client,
-        requests: list[pb.InputStreamRequest],
+        requests: list[Request],
         hangup: Callable[[], Awaitable[None]] | None = None,
     ) -> bool: ...
 
-    def dispatch_from_nowait(
-        self, client: Client, requests: list[pb.InputStreamRequest]
-    ) -> bool | None: ...
+    def dispatch_from_nowait(self, client: Client, requests: list[Request]) -> bool | None: ...
 
     async def dispatch_held(
         self,
         client: Client,
-        pending: list[pb.InputStreamRequest],
+        pending: list[Request],
         count: int,
         started: float,
         hangup: Callable[[], Awaitable[None]] | None = None,

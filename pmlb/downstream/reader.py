@@ -1,7 +1,8 @@
 """Reading plain-TCP clients: their bytes become requests, many sockets in one pass.
 
 :class:`ClientInput` is what a client's bytes go through, whoever reads
-them: counted, decoded, and each message made an ``InputStreamRequest``.
+them: counted, decoded, and each message made a request
+(:class:`~pmlb.codecs.request.Request`, an ``InputStreamRequest`` to send).
 
 :class:`SharedReader` reads many plain-TCP sockets without a reader task
 each: a private level-triggered epoll holds every socket being read, and
@@ -35,9 +36,9 @@ from collections.abc import Callable
 
 import trio
 
-from pmlb._proto import upstream_pb2 as pb
 from pmlb._time import rfc3339_now
 from pmlb.codecs import FramingError, MessageTooLarge, make_decoder
+from pmlb.codecs.request import Request, head, uuid_field
 from pmlb.downstream.client import Client
 from pmlb.downstream.limits import ConnectionCounters
 from pmlb.downstream.reasons import Reason
@@ -47,13 +48,13 @@ log = logging.getLogger("pmlb.downstream")
 #: what dispatch does with a batch without waiting: go on reading (True),
 #: read no more (False), or None: the batch waits, in the client's task
 #: (see Registry.dispatch_from_nowait)
-DispatchNowait = Callable[[Client, list[pb.InputStreamRequest]], bool | None]
+DispatchNowait = Callable[[Client, list[Request]], bool | None]
 
 
 class ClientInput:
     """The bytes one client sends, made into the requests to dispatch."""
 
-    __slots__ = ("client", "counters", "decoder", "read_size")
+    __slots__ = ("client", "counters", "decoder", "read_size", "uuid_field")
 
     def __init__(
         self, client: Client, framing: str, max_size: int, counters: ConnectionCounters
@@ -62,8 +63,9 @@ class ClientInput:
         self.decoder = make_decoder(framing, max_size)
         self.read_size = self.decoder.read_size
         self.counters = counters
+        self.uuid_field = uuid_field(client.uuid)  # encoded once per client
 
-    def requests(self, data: bytes) -> list[pb.InputStreamRequest]:
+    def requests(self, data: bytes) -> list[Request]:
         """The requests of the messages ``data`` completes (maybe none); counts them.
 
         Raises :class:`~pmlb.codecs.FramingError` on bad input (see :meth:`bad_input`).
@@ -76,10 +78,9 @@ class ClientInput:
         client.last_active = time.monotonic()
         client.messages_in += len(messages)
         # One timestamp per read: every message in it arrived together.
-        now = rfc3339_now()
+        shared = head(rfc3339_now(), self.uuid_field)
         uuid_ = client.uuid
-        make_request = pb.InputStreamRequest
-        return [make_request(time=now, client_uuid=uuid_, payload=m) for m in messages]
+        return [Request(shared, m, uuid_) for m in messages]
 
     def bad_input(self, exc: FramingError) -> None:
         """The client sent bad input: count it, close it, log it."""
@@ -102,7 +103,7 @@ READ_NO_MORE = "read no more"
 
 #: a batch the reader could not place, for its client's task: the requests
 #: (what is left of them), how many were read, and when (time.perf_counter())
-HeldBatch = tuple[list[pb.InputStreamRequest], int, float]
+HeldBatch = tuple[list[Request], int, float]
 Work = str | HeldBatch
 
 

@@ -20,10 +20,10 @@ from functools import partial
 import trio
 
 from pmlb._log import RateLimited
-from pmlb._proto import upstream_pb2 as pb
 from pmlb._time import rfc3339_now
 from pmlb.codecs import FramingError, MessageTooLarge, framer, make_decoder
 from pmlb.codecs.proxy_protocol import ProxyHeaderParser, ProxyProtocolError
+from pmlb.codecs.request import Request, head, uuid_field
 from pmlb.config import ListenerConfig, format_address
 from pmlb.downstream.accept import serve_listeners
 from pmlb.downstream.client import Client
@@ -365,7 +365,7 @@ async def _read(
 ) -> None:
     decoder = make_decoder(config.framing, config.max_message_size)
     uuid_ = client.uuid
-    make_request = pb.InputStreamRequest
+    client_field = uuid_field(uuid_)
     idle = config.idle_timeout
     data: bytes | bytearray
     try:
@@ -392,8 +392,8 @@ async def _read(
             client.last_active = time.monotonic()
             client.messages_in += len(messages)
             # One timestamp per read: every message in it arrived together.
-            now = rfc3339_now()
-            requests = [make_request(time=now, client_uuid=uuid_, payload=m) for m in messages]
+            shared = head(rfc3339_now(), client_field)
+            requests = [Request(shared, m, uuid_) for m in messages]
             if not await registry.dispatch_from(client, requests, hangup):
                 if client.input_ended:  # it hung up while not read
                     await end_of_input(client, registry.config.client_fin_timeout)
@@ -420,7 +420,7 @@ async def _read_socket(
     decoder = make_decoder(config.framing, config.max_message_size)
     read_size = decoder.read_size
     uuid_ = client.uuid
-    make_request = pb.InputStreamRequest
+    client_field = uuid_field(uuid_)
     idle = config.idle_timeout
     wait_readable = trio.lowlevel.wait_readable
     hangup = partial(wait_hangup, fd)
@@ -458,8 +458,8 @@ async def _read_socket(
                 continue
             client.last_active = time.monotonic()
             client.messages_in += len(messages)
-            now = rfc3339_now()
-            requests = [make_request(time=now, client_uuid=uuid_, payload=m) for m in messages]
+            shared = head(rfc3339_now(), client_field)
+            requests = [Request(shared, m, uuid_) for m in messages]
             if not await registry.dispatch_from(client, requests, hangup):
                 if client.input_ended:
                     await end_of_input(client, registry.config.client_fin_timeout)

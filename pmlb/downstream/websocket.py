@@ -55,8 +55,8 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
 from pmlb._log import RateLimited
-from pmlb._proto import upstream_pb2 as pb
 from pmlb._time import rfc3339_now
+from pmlb.codecs.request import Request, head, uuid_field
 from pmlb.config import ListenerConfig, format_address
 from pmlb.downstream.accept import serve_listeners
 from pmlb.downstream.client import Client
@@ -423,6 +423,7 @@ async def _read(
     texts: _TextState,
 ) -> None:
     uuid_ = client.uuid
+    client_field = uuid_field(uuid_)
     idle = config.idle_timeout or float("inf")
     message: str | bytes | None
     while True:
@@ -457,8 +458,8 @@ async def _read(
         client.messages_in += len(payloads)
         client.bytes_in += sum(map(len, payloads))
         # One timestamp per batch, as for one TCP read.
-        now = rfc3339_now()
-        requests = [pb.InputStreamRequest(time=now, client_uuid=uuid_, payload=p) for p in payloads]
+        shared = head(rfc3339_now(), client_field)
+        requests = [Request(shared, p, uuid_) for p in payloads]
         if not await registry.dispatch_from(client, requests):
             # Draining: read no more; the writer closes the client (1001)
             # once its queue is written.

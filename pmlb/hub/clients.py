@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import cast
 
 import trio
 from sortedcontainers import SortedDict
 
 from pmlb._proto import upstream_pb2 as pb
 from pmlb._time import rfc3339_now
+from pmlb.codecs import request
 from pmlb.config import Config
 from pmlb.downstream.client import Client, QueueBudget
 from pmlb.downstream.limits import ConnectionCounters
@@ -64,10 +64,10 @@ class ClientTable:
         # Built only if some upstream takes it: most take no events.
         if self._dispatcher.takes_events():
             self._dispatcher.send_event(
-                pb.InputStreamRequest(
-                    time=rfc3339_now(),
-                    client_uuid=client.uuid,
-                    event=pb.InputStreamRequest.EVENT_CONNECTED,
+                request.event(
+                    rfc3339_now(),
+                    client.uuid,
+                    pb.InputStreamRequest.EVENT_CONNECTED,
                     remote_address=client.remote,
                     listener=client.listener,
                     transport=client.transport,
@@ -92,13 +92,11 @@ class ClientTable:
             self.cluster.client_removed(client.uuid)
         if self._dispatcher.takes_events():
             self._dispatcher.send_event(
-                pb.InputStreamRequest(
-                    time=rfc3339_now(),
-                    client_uuid=client.uuid,
-                    event=pb.InputStreamRequest.EVENT_DISCONNECTED,
-                    disconnect_reason=cast(
-                        "pb.InputStreamRequest.DisconnectReason", _close_kind(client).kind.value
-                    ),
+                request.event(
+                    rfc3339_now(),
+                    client.uuid,
+                    pb.InputStreamRequest.EVENT_DISCONNECTED,
+                    disconnect_reason=_close_kind(client).kind.value,
                     disconnect_detail=client.close_reason or STOPPING,
                 )
             )
@@ -127,10 +125,10 @@ class ClientTable:
         detail = f"their pmlb node {node} stopped"
         for uuid in uuids:
             self._dispatcher.send_event(
-                pb.InputStreamRequest(
-                    time=rfc3339_now(),
-                    client_uuid=uuid,
-                    event=pb.InputStreamRequest.EVENT_DISCONNECTED,
+                request.event(
+                    rfc3339_now(),
+                    uuid,
+                    pb.InputStreamRequest.EVENT_DISCONNECTED,
                     disconnect_reason=pb.InputStreamRequest.DISCONNECT_ERROR,
                     disconnect_detail=detail,
                 )

@@ -20,8 +20,8 @@ from typing import Any
 import trio
 
 from pmlb._log import RateLimited
-from pmlb._proto import upstream_pb2 as pb
 from pmlb.balancer import Policy, make_policy
+from pmlb.codecs.request import Request
 from pmlb.config import Config
 from pmlb.downstream.client import Client
 from pmlb.events import EventBus
@@ -43,9 +43,7 @@ def _run_nowait(coroutine: Coroutine[Any, Any, bool]) -> bool:
     raise RuntimeError("a dispatch that must not wait suspended")
 
 
-def _part(
-    requests: list[pb.InputStreamRequest], part: slice | list[int]
-) -> list[pb.InputStreamRequest]:
+def _part(requests: list[Request], part: slice | list[int]) -> list[Request]:
     if isinstance(part, slice):
         return requests[part]
     return [requests[i] for i in part]
@@ -81,14 +79,14 @@ class Dispatcher:
         self._serving_changed = trio.lowlevel.ParkingLot()
         # Accepted messages whose upstream failed while no other one served:
         # they go first to the next upstream that serves.
-        self._orphans: deque[pb.InputStreamRequest] = deque()
+        self._orphans: deque[Request] = deque()
         self._orphans_events = 0  # how many of them are lifecycle events
         # Batches readers are handing on (waiting for an upstream, or for
         # room in its outbox), by id: accepted, not yet in any outbox.
-        self._held: dict[int, list[pb.InputStreamRequest]] = {}
+        self._held: dict[int, list[Request]] = {}
         # Lifecycle events waiting for an upstream with events = true to
         # serve; bounded, the oldest dropped (and counted) first.
-        self._event_orphans: deque[pb.InputStreamRequest] = deque()
+        self._event_orphans: deque[Request] = deque()
         # Places events when only some serving upstreams take them (when all
         # do, events follow self.policy, so they go where the messages go).
         self._event_policy: Policy = make_policy(config.balancing)
@@ -156,7 +154,7 @@ class Dispatcher:
 
     # -- dispatching -----------------------------------------------------
 
-    async def dispatch(self, requests: list[pb.InputStreamRequest]) -> None:
+    async def dispatch(self, requests: list[Request]) -> None:
         """Hand a batch of client messages to serving upstreams, by the policy.
 
         Waits while there is no serving upstream or the chosen outboxes are
@@ -175,7 +173,7 @@ class Dispatcher:
     async def dispatch_from(
         self,
         client: Client,
-        requests: list[pb.InputStreamRequest],
+        requests: list[Request],
         hangup: Callable[[], Awaitable[None]] | None = None,
     ) -> bool:
         """:meth:`dispatch` a batch read from ``client``; ``False``: read no more.
@@ -195,9 +193,7 @@ class Dispatcher:
             return placed
         return await self.dispatch_held(client, requests, count, started, hangup)
 
-    def dispatch_from_nowait(
-        self, client: Client, requests: list[pb.InputStreamRequest]
-    ) -> bool | None:
+    def dispatch_from_nowait(self, client: Client, requests: list[Request]) -> bool | None:
         """:meth:`dispatch_from` as far as it goes without waiting.
 
         Returns what :meth:`dispatch_from` would, or ``None`` when the batch
@@ -230,7 +226,7 @@ class Dispatcher:
     async def dispatch_held(
         self,
         client: Client,
-        pending: list[pb.InputStreamRequest],
+        pending: list[Request],
         count: int,
         started: float,
         hangup: Callable[[], Awaitable[None]] | None = None,
@@ -285,7 +281,7 @@ class Dispatcher:
                 return flowing
         return serving
 
-    async def _dispatch(self, pending: list[pb.InputStreamRequest], *, wait: bool = True) -> bool:
+    async def _dispatch(self, pending: list[Request], *, wait: bool = True) -> bool:
         """Place ``pending`` in serving upstreams' outboxes, removing what is placed.
 
         Returns ``True`` once all is placed. With ``wait=False``, returns
@@ -312,7 +308,7 @@ class Dispatcher:
                 (_part(pending, part), serving[index])
                 for index, part in self.policy.assign(pending, serving)
             ]
-            refused: list[pb.InputStreamRequest] = []
+            refused: list[Request] = []
             placed = 0
             try:
                 for batch, upstream in parts:
@@ -337,7 +333,7 @@ class Dispatcher:
         """Whether any upstream takes lifecycle events (else :meth:`send_event` drops them)."""
         return any(u.config.events for u in self._upstreams.values())
 
-    def send_event(self, event: pb.InputStreamRequest) -> None:
+    def send_event(self, event: Request) -> None:
         """Queue a lifecycle event for one upstream that takes events, by the policy."""
         serving = self.serving
         targets = [u for u in serving if u.config.events]
@@ -354,7 +350,7 @@ class Dispatcher:
         for index, _ in policy.assign([event], targets):
             self.place(targets[index], [event])
 
-    def hold_events(self, events: Iterable[pb.InputStreamRequest]) -> None:
+    def hold_events(self, events: Iterable[Request]) -> None:
         """Keep lifecycle events for the next upstream with events = true to serve (bounded)."""
         held = self._event_orphans
         held.extend(events)
@@ -368,7 +364,7 @@ class Dispatcher:
                 dropped_total=self.events_dropped,
             )
 
-    def _orphan(self, requests: Iterable[pb.InputStreamRequest], *, front: bool = False) -> None:
+    def _orphan(self, requests: Iterable[Request], *, front: bool = False) -> None:
         """Keep accepted requests, in order, for the next upstream to serve.
 
         ``front``: ahead of those kept already (redeliveries). Lifecycle
@@ -385,7 +381,7 @@ class Dispatcher:
         if excess <= 0:
             return
         # Rare (more held events than an outbox holds): drop the oldest events.
-        kept: deque[pb.InputStreamRequest] = deque()
+        kept: deque[Request] = deque()
         for request in orphans:
             if request.event and excess > 0:
                 excess -= 1
@@ -401,9 +397,7 @@ class Dispatcher:
         )
 
     @staticmethod
-    def place(
-        upstream: Upstream, requests: list[pb.InputStreamRequest], *, front: bool = False
-    ) -> None:
+    def place(upstream: Upstream, requests: list[Request], *, front: bool = False) -> None:
         """Queue already accepted requests for ``upstream``, whatever its outbox's fill."""
         if not upstream.config.acks:
             # Only requests failed over from an upstream with acks carry a
@@ -416,7 +410,7 @@ class Dispatcher:
         else:
             upstream.outbox.put_nowait(requests)
 
-    def redispatch(self, requests: list[pb.InputStreamRequest], *, front: bool = False) -> None:
+    def redispatch(self, requests: list[Request], *, front: bool = False) -> None:
         """Hand on again requests accepted already (failover), at once.
 
         They bypass the outboxes' bound (which they counted against before)

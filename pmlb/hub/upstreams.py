@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import trio
 
-from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.request import Request
 from pmlb.config import Config, UpstreamConfig
 from pmlb.events import EventBus
 from pmlb.hub.dispatch import Dispatcher
@@ -253,7 +253,7 @@ class UpstreamTable:
                 return
             await self._state_changed.park()
 
-    def _redeliver(self, upstream: Upstream, requests: list[pb.InputStreamRequest]) -> int:
+    def _redeliver(self, upstream: Upstream, requests: list[Request]) -> int:
         """Dispatch again, first, what ``upstream`` did not acknowledge; return how many.
 
         Those delivered ``max_deliveries`` times already are dropped instead.

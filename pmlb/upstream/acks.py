@@ -16,7 +16,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Sequence
 
-from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.request import Request
 from pmlb.histogram import LatencyHistogram
 
 #: Upper bounds in seconds of the time from writing a request to its ack.
@@ -44,11 +44,11 @@ class MessageIds:
 _IDS = MessageIds()
 
 
-def strip(request: pb.InputStreamRequest) -> None:
+def strip(request: Request) -> None:
     """Clear the acknowledgement fields: ``request`` goes to an upstream without acks."""
-    request.ClearField("seq")
-    request.ClearField("message_id")
-    request.ClearField("delivery_attempt")
+    request.seq = 0
+    request.message_id = ""
+    request.delivery_attempt = 0
 
 
 class Unacked:
@@ -75,7 +75,7 @@ class Unacked:
         self.limit = limit
         self._ids = ids
         # seq -> (request, when it was written); insertion order is seq order
-        self._pending: dict[int, tuple[pb.InputStreamRequest, float]] = {}
+        self._pending: dict[int, tuple[Request, float]] = {}
         self._next_seq = 1
         #: acks that matched a pending request / that did not (unknown or repeated)
         self.acks_received = 0
@@ -91,7 +91,7 @@ class Unacked:
         """How many more requests may be written before this is full."""
         return self.limit - len(self._pending)
 
-    def stamp(self, requests: Iterable[pb.InputStreamRequest], now: float) -> None:
+    def stamp(self, requests: Iterable[Request], now: float) -> None:
         """Number ``requests`` (about to be written, in this order) and keep them."""
         # The data path: MessageIds() inlined, fields set once.
         pending = self._pending
@@ -112,15 +112,15 @@ class Unacked:
         self._next_seq = seq
         ids.last = last
 
-    def unstamp(self, requests: Iterable[pb.InputStreamRequest]) -> None:
+    def unstamp(self, requests: Iterable[Request]) -> None:
         """Forget ``requests``, stamped but never written: they are as before :meth:`stamp`."""
         pending = self._pending
         for request in requests:
             pending.pop(request.seq, None)
-            request.ClearField("seq")
+            request.seq = 0
             request.delivery_attempt -= 1
             if not request.delivery_attempt:
-                request.ClearField("message_id")
+                request.message_id = ""
 
     def ack(self, seqs: Sequence[int], now: float) -> None:
         """The upstream is done with these; unknown or repeated seqs are counted, no more."""
@@ -151,7 +151,7 @@ class Unacked:
             return written
         return None
 
-    def take_all(self) -> list[pb.InputStreamRequest]:
+    def take_all(self) -> list[Request]:
         """Every unacknowledged request, oldest first; numbering starts again at 1."""
         requests = [request for request, _ in self._pending.values()]
         self._pending.clear()

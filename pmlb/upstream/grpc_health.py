@@ -29,7 +29,7 @@ import trio_asyncio
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.request import Request
 from pmlb.upstream.grpclib_transport import GuardedChannel, tls_options
 from pmlb.upstream.h2_guard import FrameGuard
 from pmlb.upstream.outbox import Outbox
@@ -126,7 +126,7 @@ class GrpcHealthTransport:
 
     # -- the stream -------------------------------------------------------
 
-    async def run_stream(self, outbox: Outbox[pb.InputStreamRequest], deliver: Deliver) -> None:
+    async def run_stream(self, outbox: Outbox[Request], deliver: Deliver) -> None:
         await self._inner.run_stream(outbox, deliver)
 
     # -- liveness -------------------------------------------------------

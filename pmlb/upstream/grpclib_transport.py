@@ -36,6 +36,7 @@ from google.protobuf.message import DecodeError
 
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.codecs.grpc import DEFAULT_MAX_MESSAGE_SIZE
+from pmlb.codecs.request import Request
 from pmlb.upstream.h2_guard import FloodError, FrameGuard
 from pmlb.upstream.outbox import Outbox
 from pmlb.upstream.transport import Deliver, UpstreamError
@@ -72,10 +73,17 @@ def _describe(exc: BaseException) -> str:
 
 class _LimitedCodec(grpclib.encoding.proto.ProtoCodec):
     """grpclib's protobuf codec, refusing what the native transport refuses: a
-    message over the size limit (grpclib itself has none)."""
+    message over the size limit (grpclib itself has none). A :class:`Request`
+    encodes itself."""
 
     def __init__(self, max_message_size: int) -> None:
         self._max_message_size = max_message_size
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        if message_type is Request:
+            encoded: bytes = message.encode()
+            return encoded
+        return super().encode(message, message_type)
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         if len(data) > self._max_message_size:
@@ -355,15 +363,15 @@ class GrpclibTransport:
 
     # -- the bidirectional stream ---------------------------------------
 
-    async def run_stream(self, outbox: Outbox[pb.InputStreamRequest], deliver: Deliver) -> None:
+    async def run_stream(self, outbox: Outbox[Request], deliver: Deliver) -> None:
         await self._call(self._aio_stream, outbox, deliver)
 
-    async def _aio_stream(self, outbox: Outbox[pb.InputStreamRequest], deliver: Deliver) -> None:
+    async def _aio_stream(self, outbox: Outbox[Request], deliver: Deliver) -> None:
         channel = self._get_channel()
         async with channel.request(
             _SERVICE + "bidirectionalStreaming",
             _STREAM,
-            pb.InputStreamRequest,
+            Request,
             pb.OutputStreamRequest,
         ) as stream:
             await stream.send_request()
@@ -471,8 +479,8 @@ async def _close_channel(channel: grpclib.client.Channel) -> None:
 
 
 async def _send_loop(
-    stream: grpclib.client.Stream[pb.InputStreamRequest, pb.OutputStreamRequest],
-    outbox: Outbox[pb.InputStreamRequest],
+    stream: grpclib.client.Stream[Request, pb.OutputStreamRequest],
+    outbox: Outbox[Request],
     loop: trio_asyncio.TrioEventLoop,
 ) -> None:
     wait_nonempty = trio_asyncio.trio_as_aio(outbox.wait_nonempty, loop=loop)
@@ -496,7 +504,7 @@ async def _send_loop(
 
 
 async def _receive_loop(
-    stream: grpclib.client.Stream[pb.InputStreamRequest, pb.OutputStreamRequest],
+    stream: grpclib.client.Stream[Request, pb.OutputStreamRequest],
     deliver: Deliver,
 ) -> None:
     while True:

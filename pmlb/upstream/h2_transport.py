@@ -33,6 +33,7 @@ from pmlb.codecs.grpc import (
     DEFAULT_MAX_MESSAGE_SIZE,
     encode_messages,
 )
+from pmlb.codecs.request import Request
 from pmlb.upstream.h2_connection import Connection, Stream, connect_reason
 from pmlb.upstream.h2_guard import FrameGuard
 from pmlb.upstream.outbox import Outbox
@@ -148,7 +149,7 @@ class H2Transport:
 
     # -- the bidirectional stream ---------------------------------------
 
-    async def run_stream(self, outbox: Outbox[pb.InputStreamRequest], deliver: Deliver) -> None:
+    async def run_stream(self, outbox: Outbox[Request], deliver: Deliver) -> None:
         connection = await self._connect()
         stream = await connection.open_stream(_SERVICE + "bidirectionalStreaming")
         # Either half failing ends both. Failures are kept out of the nursery
@@ -171,15 +172,13 @@ class H2Transport:
         raise failures[0] if failures else UpstreamError("the stream ended")
 
     @staticmethod
-    async def _send_loop(
-        connection: Connection, stream: Stream, outbox: Outbox[pb.InputStreamRequest]
-    ) -> None:
+    async def _send_loop(connection: Connection, stream: Stream, outbox: Outbox[Request]) -> None:
         while True:
             batch = outbox.take_nowait()
             if not batch:
                 await outbox.wait_nonempty()
                 continue
-            encoded = [message.SerializeToString() for message in batch]
+            encoded = [message.encode() for message in batch]
             try:
                 await connection.send(
                     stream,
@@ -250,9 +249,7 @@ class H2Transport:
             await connection.aclose()
 
 
-def _unwritten(
-    batch: list[pb.InputStreamRequest], encoded: list[bytes], written: int
-) -> list[pb.InputStreamRequest]:
+def _unwritten(batch: list[Request], encoded: list[bytes], written: int) -> list[Request]:
     """The messages of ``batch`` none of whose bytes were written.
 
     The one being written when the stream broke may have reached the

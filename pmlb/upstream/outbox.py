@@ -39,7 +39,7 @@ class Outbox(Generic[T]):
     takes is stamped and kept there until acknowledged (:meth:`ack`), and
     the writer takes only as much as it has room for: a full table stops
     the writing, the outbox fills up, and putters wait as for a slow
-    upstream. An outbox of ``pb.InputStreamRequest`` only, then.
+    upstream. An outbox of :class:`~pmlb.codecs.request.Request` only, then.
 
     :meth:`busy_since` tells since when the writer has had work and made no
     progress (no take, no bytes written: the transport reports writes with

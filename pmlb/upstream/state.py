@@ -22,7 +22,7 @@ import enum
 import attrs
 import trio
 
-from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.request import Request
 from pmlb.config import UpstreamConfig
 from pmlb.histogram import LatencyHistogram
 from pmlb.upstream.outbox import Outbox
@@ -56,7 +56,7 @@ class Upstream:
     """One upstream as the registry and the admin see it."""
 
     config: UpstreamConfig
-    outbox: Outbox[pb.InputStreamRequest]
+    outbox: Outbox[Request]
     state: UpstreamState = UpstreamState.CONNECTING
     last_error: str | None = None
     #: messages handed to its outbox / received from it

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.request import Request
 from pmlb.upstream.outbox import Outbox
 
 #: Called, synchronously, with every batch of messages an upstream sends.
@@ -32,7 +33,7 @@ class Transport(Protocol):
         """
         ...
 
-    async def run_stream(self, outbox: Outbox[pb.InputStreamRequest], deliver: Deliver) -> None:
+    async def run_stream(self, outbox: Outbox[Request], deliver: Deliver) -> None:
         """Own the bidirectional stream: write what the outbox holds, deliver what comes back.
 
         Runs until the stream fails (raising :class:`UpstreamError`) or is

@@ -15,6 +15,8 @@ import trio
 import trio_asyncio
 
 from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs.request import Request
+from pmlb.codecs.request import message as make_request
 from pmlb.upstream.grpclib_transport import GrpclibTransport
 from pmlb.upstream.h2_transport import H2Transport
 from pmlb.upstream.outbox import Outbox
@@ -45,7 +47,7 @@ async def open_transport(name: str, port: int) -> AsyncIterator[Transport]:
             await transport.aclose()
 
 
-def script() -> list[pb.InputStreamRequest]:
+def script() -> list[Request]:
     a, b = str(uuid.uuid4()), str(uuid.uuid4())
     payloads = [
         (a, b"hello"),
@@ -60,8 +62,7 @@ def script() -> list[pb.InputStreamRequest]:
         *[(a if i % 2 else b, b"n%d" % i) for i in range(300)],
     ]
     return [
-        pb.InputStreamRequest(time="2026-01-01T00:00:00Z", client_uuid=c, payload=p)
-        for c, p in payloads
+        make_request(time="2026-01-01T00:00:00Z", client_uuid=c, payload=p) for c, p in payloads
     ]
 
 
@@ -75,9 +76,9 @@ def summary(replies: list[pb.OutputStreamRequest]) -> list[tuple[str, object, by
 
 
 async def round_trip(
-    transport: Transport, requests: list[pb.InputStreamRequest], expected: int
+    transport: Transport, requests: list[Request], expected: int
 ) -> list[pb.OutputStreamRequest]:
-    outbox: Outbox[pb.InputStreamRequest] = Outbox(10_000)
+    outbox: Outbox[Request] = Outbox(10_000)
     outbox.open()
     got: list[pb.OutputStreamRequest] = []
     done = trio.Event()
@@ -154,7 +155,7 @@ async def test_native_readiness_and_liveness_with_keepalive_pings(
 async def test_native_stream_fails_when_the_upstream_dies(procs: Processes, kind: str) -> None:
     up, port = await procs.upstream("A", kind=kind)
     async with open_transport("native", port) as transport:
-        outbox: Outbox[pb.InputStreamRequest] = Outbox(100)
+        outbox: Outbox[Request] = Outbox(100)
         outbox.open()
         outbox.put_nowait(script()[:1])
         got = trio.Event()
