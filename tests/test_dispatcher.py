@@ -10,6 +10,8 @@ import trio
 import trio.testing
 
 from pmlb._proto import upstream_pb2 as pb
+from pmlb.codecs import request
+from pmlb.codecs.request import Request
 from pmlb.config import Config, UpstreamConfig
 from pmlb.downstream.client import Client
 from pmlb.hub import dispatch as dispatch_module
@@ -19,12 +21,12 @@ from pmlb.upstream.state import AdminState, Upstream, UpstreamState
 DROPPED = "lifecycle events dropped: no upstream with events = true serves"
 
 
-def message(client: str, n: int = 0) -> pb.InputStreamRequest:
-    return pb.InputStreamRequest(client_uuid=client, payload=str(n).encode())
+def message(client: str, n: int = 0) -> Request:
+    return request.message(client_uuid=client, payload=str(n).encode())
 
 
-def event(client: str) -> pb.InputStreamRequest:
-    return pb.InputStreamRequest(client_uuid=client, event=pb.InputStreamRequest.EVENT_CONNECTED)
+def event(client: str) -> Request:
+    return request.event("", client, pb.InputStreamRequest.EVENT_CONNECTED)
 
 
 def start(
