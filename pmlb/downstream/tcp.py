@@ -1,10 +1,11 @@
 """TCP and TLS listeners: accept clients, mark each with a UUID, pump its messages.
 
-A connection goes through its handshake first (the PROXY protocol header,
-then TLS, each where configured, all under ``handshake_timeout``); the
-listener's and the server's limits are checked at accept, and a connection
-over one is closed at once. Every refusal and forced close is counted in
-``Core.connections`` (:mod:`pmlb.downstream.port`).
+A connection is admitted first (:mod:`pmlb.downstream.admission`: the
+listener's and the server's limits, checked at accept, a connection over one
+closed at once; then the PROXY protocol header and TLS, each where
+configured, under ``handshake_timeout``); this module runs its client. Every
+refusal and forced close is counted in ``Core.connections``
+(:mod:`pmlb.downstream.port`).
 """
 
 from __future__ import annotations
@@ -19,16 +20,14 @@ from functools import partial
 
 import trio
 
-from pmlb._log import RateLimited
 from pmlb._time import rfc3339_now
 from pmlb.codecs import FramingError, MessageTooLarge, framer, make_decoder
-from pmlb.codecs.proxy_protocol import ProxyHeaderParser, ProxyProtocolError
 from pmlb.codecs.request import Request, head, uuid_field
 from pmlb.config import ListenerConfig, format_address
 from pmlb.downstream.accept import serve_listeners
+from pmlb.downstream.admission import Gate, admit_tcp
 from pmlb.downstream.client import Client
 from pmlb.downstream.hangup import wait_hangup
-from pmlb.downstream.limits import TokenBucket
 from pmlb.downstream.port import Core
 from pmlb.downstream.reader import END_OF_INPUT, READ_NO_MORE, Member, shared_reader
 from pmlb.downstream.reasons import CLIENT_CLOSED, DRAINING, Reason
@@ -81,64 +80,6 @@ def server_ssl_context(config: ListenerConfig) -> ssl.SSLContext:
     return context
 
 
-class Gate:
-    """The limits a listener checks for each new connection (TCP, TLS and WebSocket)."""
-
-    def __init__(self, config: ListenerConfig, registry: Core) -> None:
-        self.config = config
-        self.registry = registry
-        self.open = 0
-        self.bucket = TokenBucket(config.accept_rate) if config.accept_rate else None
-
-    def refusal(self) -> str | None:
-        """Why a new connection must be refused now, or ``None`` to admit it."""
-        return self.rate_refusal() or self.capacity_refusal()
-
-    def rate_refusal(self) -> str | None:
-        """Over ``accept_rate``: why, counted; else ``None`` (and a token is spent)."""
-        if self.bucket is not None and not self.bucket.take(time.monotonic()):
-            self.registry.connections.refused_accept_rate += 1
-            return f"over accept_rate ({self.config.accept_rate:g}/s)"
-        return None
-
-    def capacity_refusal(self) -> str | None:
-        """At ``max_clients`` or ``max_clients_total``: why, counted; else ``None``."""
-        counters = self.registry.connections
-        if self.config.max_clients and self.open >= self.config.max_clients:
-            counters.refused_max_clients += 1
-            return f"listener at max_clients ({self.config.max_clients})"
-        total = self.registry.config.max_clients_total
-        if total and counters.open >= total:
-            counters.refused_max_clients += 1
-            return f"server at max_clients_total ({total})"
-        return None
-
-
-class PrefixedStream(trio.abc.Stream):
-    """A stream whose first bytes were already read (past a PROXY header)."""
-
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._prefix:
-            data = self._prefix[:max_bytes] if max_bytes else self._prefix
-            self._prefix = self._prefix[len(data) :]
-            await trio.lowlevel.checkpoint()
-            return data
-        return await self._stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
 async def serve_tcp_listener(
     config: ListenerConfig,
     listeners: list[trio.SocketListener],
@@ -162,129 +103,14 @@ async def serve_tcp_listener(
     # loop runs wait in the backlog.
     task_status.started(addresses)
     handler = partial(
-        handle_connection,
+        admit_tcp,
         config=config,
         registry=registry,
         gate=Gate(config, registry),
         ssl_context=context,
+        run=_run_client,
     )
     await serve_listeners(handler, listeners, handler_nursery=connections)
-
-
-_refusal_log = RateLimited(log)
-
-
-async def handle_connection(
-    stream: trio.SocketStream,
-    *,
-    config: ListenerConfig,
-    registry: Core,
-    gate: Gate | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-) -> None:
-    """Run one client: limits, handshake, then its reader and writer.
-
-    ``stream`` is closed on return (at once, without a checkpoint: a closed
-    connection costs no more scheduling than that).
-    """
-    if not registry.admit():  # an operator paused new clients
-        stream.socket.close()
-        return
-    try:
-        remote = format_address(*stream.socket.getpeername()[:2])
-    except OSError:  # the peer is already gone
-        stream.socket.close()
-        return
-    gate = gate or Gate(config, registry)
-    counters = registry.connections
-    refusal = gate.refusal()
-    if refusal is not None:
-        _refusal_log.warning(
-            "connection refused", listener=config.name, peer=remote, reason=refusal
-        )
-        stream.socket.close()
-        return
-    counters.accepted += 1
-    counters.open += 1
-    gate.open += 1
-    try:
-        client_stream, remote, initial = await handshake(
-            stream, remote, config, registry, ssl_context
-        )
-        if client_stream is not None:
-            await _run_client(client_stream, remote, config, registry, initial, stream)
-    except Exception:
-        # A bug in one connection must not end the listener or other clients.
-        log.exception("internal error on a client connection", extra={"peer": remote})
-    finally:
-        counters.open -= 1
-        gate.open -= 1
-        stream.socket.close()
-
-
-async def handshake(
-    stream: trio.SocketStream,
-    remote: str,
-    config: ListenerConfig,
-    registry: Core,
-    ssl_context: ssl.SSLContext | None,
-) -> tuple[trio.abc.Stream | None, str, bytes]:
-    """The PROXY header and TLS handshake, where configured: (stream or None, remote, data)."""
-    if not config.proxy_protocol and ssl_context is None:
-        return stream, remote, b""
-    counters = registry.connections
-    fields = {"listener": config.name, "peer": remote}
-    client_stream: trio.abc.Stream = stream
-    initial = b""
-    with trio.move_on_after(config.handshake_timeout):
-        try:
-            if config.proxy_protocol:
-                parser = ProxyHeaderParser()
-                while (result := parser.feed(await stream.receive_some(4096) or _eof())) is None:
-                    pass
-                header, initial = result
-                if header.source is not None:
-                    remote = format_address(*header.source)
-                    fields["peer"] = remote
-                    fields["via"] = format_address(*stream.socket.getpeername()[:2])
-            if ssl_context is not None:
-                if initial:
-                    client_stream, initial = PrefixedStream(stream, initial), b""
-                tls = trio.SSLStream(client_stream, ssl_context, server_side=True)
-                try:
-                    await tls.do_handshake()
-                except trio.BrokenResourceError as exc:
-                    counters.tls_handshake_failures += 1
-                    _refusal_log.warning("TLS handshake failed", **fields, reason=_tls_reason(exc))
-                    return None, remote, b""
-                client_stream = tls
-            return client_stream, remote, initial
-        except ProxyProtocolError as exc:
-            counters.proxy_header_errors += 1
-            _refusal_log.warning("bad PROXY protocol header", **fields, reason=str(exc))
-            return None, remote, b""
-        except (trio.BrokenResourceError, _EOF):
-            return None, remote, b""
-    counters.handshake_timeouts += 1
-    _refusal_log.warning(
-        "handshake timed out", **fields, reason=f"handshake_timeout ({config.handshake_timeout:g}s)"
-    )
-    return None, remote, b""
-
-
-class _EOF(Exception):
-    pass
-
-
-def _eof() -> bytes:
-    raise _EOF
-
-
-def _tls_reason(exc: BaseException) -> str:
-    cause = exc.__cause__
-    if isinstance(cause, ssl.SSLError):
-        return cause.reason or type(cause).__name__
-    return str(cause or exc) or type(exc).__name__
 
 
 async def _run_client(

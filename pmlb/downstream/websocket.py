@@ -13,7 +13,7 @@ listener's ``websocket_reply``:
 - ``binary``: always binary.
 
 Connections go through what TCP connections go through (see
-:mod:`pmlb.downstream.tcp`): the listener's ``accept_rate`` (over it, the TCP
+:mod:`pmlb.downstream.admission`): the listener's ``accept_rate`` (over it, the TCP
 connection is closed at once, before any handshake), the PROXY header and
 TLS (``wss://``, when the listener has ``tls_cert``) where configured, then
 the HTTP upgrade, all three under one ``handshake_timeout``. A client over
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import ssl
 import time
 import uuid
 from functools import partial
@@ -54,11 +53,16 @@ from trio_websocket import (
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
-from pmlb._log import RateLimited
 from pmlb._time import rfc3339_now
 from pmlb.codecs.request import Request, head, uuid_field
 from pmlb.config import ListenerConfig, format_address
 from pmlb.downstream.accept import serve_listeners
+from pmlb.downstream.admission import (
+    Gate,
+    admit_websocket,
+    websocket_refused,
+    websocket_timed_out,
+)
 from pmlb.downstream.client import Client
 from pmlb.downstream.port import Core
 from pmlb.downstream.reasons import (
@@ -68,10 +72,9 @@ from pmlb.downstream.reasons import (
     STOPPING,
     Reason,
 )
-from pmlb.downstream.tcp import Gate, PrefixedStream, handshake, server_ssl_context
+from pmlb.downstream.tcp import server_ssl_context
 
 log = logging.getLogger("pmlb.downstream")
-_refusal_log = RateLimited(log)
 
 #: seconds to wait for the client's side of the closing handshake
 DISCONNECT_TIMEOUT = 2.0
@@ -83,15 +86,6 @@ VIOLATION_CODES = frozenset({1002, 1007})
 #: connections over ``max_clients`` that may be in their upgrade at once, to
 #: be told 1008; past that, more are closed at once, as on TCP
 MAX_COURTESY_CLOSES = 64
-
-
-class _Refusing:
-    """How many connections over a limit are being told so (per listener)."""
-
-    __slots__ = ("count",)
-
-    def __init__(self) -> None:
-        self.count = 0
 
 
 async def serve_websocket_listener(
@@ -122,94 +116,45 @@ async def serve_websocket_listener(
         )
     task_status.started(addresses)
     handler = partial(
-        handle_connection,
+        admit_websocket,
         config=config,
         registry=registry,
-        gate=Gate(config, registry),
-        refusing=_Refusing(),
+        gate=Gate(config, registry, courtesy=MAX_COURTESY_CLOSES),
         ssl_context=context,
+        upgrade=_upgrade,
     )
     await serve_listeners(handler, listeners, handler_nursery=connections)
 
 
-async def handle_connection(
-    stream: trio.SocketStream,
-    *,
+async def _upgrade(
+    stream: trio.abc.Stream,
+    remote: str,
     config: ListenerConfig,
     registry: Core,
-    gate: Gate,
-    refusing: _Refusing,
-    ssl_context: ssl.SSLContext | None = None,
+    deadline: float,
+    refusal: str | None,
 ) -> None:
-    """Run one connection: limits, PROXY header and TLS, the upgrade, then the client."""
-    try:
-        remote = format_address(*stream.socket.getpeername()[:2])
-    except OSError:  # the peer is already gone
-        await trio.aclose_forcefully(stream)
-        return
-    # Over accept_rate: closed before any handshake work, which is what the
-    # rate limit is for; so is a connection over max_clients when many are
-    # being told 1008 already.
-    refusal = gate.rate_refusal()
-    at_once = refusal is not None
-    if refusal is None:
-        refusal = gate.capacity_refusal()
-        at_once = refusal is not None and refusing.count >= MAX_COURTESY_CLOSES
-    if at_once:
-        _refusal_log.warning(
-            "connection refused", listener=config.name, peer=remote, reason=refusal
-        )
-        await trio.aclose_forcefully(stream)
-        return
-    counters = registry.connections
-    if refusal is None:
-        counters.accepted += 1
-        counters.open += 1
-        gate.open += 1
-    else:
-        refusing.count += 1
-    try:
-        deadline = trio.current_time() + config.handshake_timeout
-        client_stream, remote, initial = await handshake(
-            stream, remote, config, registry, ssl_context
-        )
-        if client_stream is None:
-            return
-        if initial:  # the upgrade request came in with the PROXY header
-            client_stream = PrefixedStream(client_stream, initial)
-        corked = _Corked(client_stream)
-        async with trio.open_nursery() as nursery:
-            request = None
-            with trio.move_on_at(deadline):
-                request = await wrap_server_stream(
-                    nursery,
-                    corked,
-                    # A full queue is what pushes back on the client; what it
-                    # holds is handed on as one batch (see _read).
-                    message_queue_size=queue_size(config.max_message_size),
-                    max_message_size=config.max_message_size,
-                )
-            if request is None:
-                counters.handshake_timeouts += 1
-                _refusal_log.warning(
-                    "handshake timed out",
-                    listener=config.name,
-                    peer=remote,
-                    reason=f"handshake_timeout ({config.handshake_timeout:g}s)",
-                )
-            else:
-                await _handle_request(request, remote, corked, config, registry, refusal)
-            nursery.cancel_scope.cancel()  # the connection's reader task
-    except Exception:
-        # A bug in one connection must not end the listener or other clients.
-        log.exception("internal error on a client connection", extra={"peer": remote})
-    finally:
-        if refusal is None:
-            counters.open -= 1
-            gate.open -= 1
+    """The HTTP upgrade of an admitted connection (by ``deadline``), then the client.
+
+    ``refusal`` is the limit the connection is over, if any: it is told so.
+    """
+    corked = _Corked(stream)
+    async with trio.open_nursery() as nursery:
+        request = None
+        with trio.move_on_at(deadline):
+            request = await wrap_server_stream(
+                nursery,
+                corked,
+                # A full queue is what pushes back on the client; what it
+                # holds is handed on as one batch (see _read).
+                message_queue_size=queue_size(config.max_message_size),
+                max_message_size=config.max_message_size,
+            )
+        if request is None:
+            websocket_timed_out(config, registry, remote)
         else:
-            refusing.count -= 1
-        await trio.aclose_forcefully(stream)
+            await _handle_request(request, remote, corked, config, registry, refusal)
+        nursery.cancel_scope.cancel()  # the connection's reader task
 
 
 async def _handle_request(
@@ -238,9 +183,7 @@ async def _handle_request(
         return
     corked.watch(ws)
     if refusal is not None:
-        _refusal_log.warning(
-            "connection refused", listener=config.name, peer=remote, reason=refusal
-        )
+        websocket_refused(config, remote, refusal)
         await close(ws, POLICY_VIOLATION, refusal)
         return
     await _run_client(ws, remote, corked, config, registry)
