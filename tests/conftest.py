@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -10,10 +13,30 @@ from tests.redis_server import RedisServer
 
 UPSTREAM_TRANSPORTS = ("native", "grpclib")
 
+#: a folder: the output of every process a failed test started is written
+#: there, one file per process, under a folder named after the test
+KEEP_LOGS = os.environ.get("PMLB_TEST_KEEP_LOGS")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Iterator[None]:
+    # pytest-trio runs async fixtures inside the test's call: the processes'
+    # output is complete when the call's report is made.
+    report = yield
+    processes = getattr(item, "pmlb_processes", None)
+    if KEEP_LOGS and processes is not None and report.when == "call" and report.failed:
+        folder = Path(KEEP_LOGS) / re.sub(r"[^\w.-]+", "_", item.nodeid)
+        folder.mkdir(parents=True, exist_ok=True)
+        for index, proc in enumerate(processes.started):
+            name = re.sub(r"[^\w.-]+", "_", proc.name)
+            (folder / f"{index}-{name}.log").write_text("\n".join(proc.lines) + "\n")
+    return report
+
 
 @pytest.fixture
 async def procs(nursery: trio.Nursery, request: pytest.FixtureRequest) -> AsyncIterator[Processes]:
     processes = Processes(nursery)
+    request.node.pmlb_processes = processes
     # A module runs its tests once per upstream transport with an autouse
     # fixture parametrized as "transport". That fixture's own assignment to
     # procs.upstream_transport may come too late: pytest-trio does not wait

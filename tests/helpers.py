@@ -160,6 +160,11 @@ class Processes:
         self.upstream_transport: str | None = None
         self._streams: list[trio.abc.AsyncResource] = []
 
+    @property
+    def started(self) -> list[Proc]:
+        """Every process started, in order."""
+        return list(self._procs)
+
     def on_close(self, resource: trio.abc.AsyncResource) -> None:
         """Close ``resource`` at the end of the test."""
         self._streams.append(resource)

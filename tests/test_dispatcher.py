@@ -16,7 +16,7 @@ from pmlb.config import Config, UpstreamConfig
 from pmlb.downstream.client import Client
 from pmlb.hub import dispatch as dispatch_module
 from pmlb.registry import Registry
-from pmlb.upstream.state import Upstream, UpstreamState
+from pmlb.upstream.state import AdminState, Upstream, UpstreamState
 
 DROPPED = "lifecycle events dropped: no upstream with events = true serves"
 
@@ -291,3 +291,52 @@ async def test_redeliveries_kept_for_the_next_upstream_go_ahead_of_what_was_kept
     registry.dispatcher.redispatch([message("c", 1), message("c", 2)], front=True)
     serve(registry, a)
     assert [r[2] for r in taken(a)] == [b"1", b"2", b"0"]
+
+
+async def test_messages_dispatched_add_up_per_upstream() -> None:
+    registry, (a, b) = start(False, False)
+    serve(registry, a)
+    await registry.dispatch([message("c", 0), message("c", 1)])
+    await registry.dispatch([message("c", 2)])
+    assert a.messages_dispatched == 3
+    serve(registry, b)
+    for n in range(3):
+        await registry.dispatch([message("c", 2 * n), message("c", 2 * n + 1)])
+    assert (a.messages_dispatched, b.messages_dispatched) == (6, 3)
+
+
+async def test_a_batch_spread_without_waiting_says_read_on() -> None:
+    registry, (a, b) = start(False, False)
+    serve(registry, a, b)
+    c = client_of(registry, "c")
+    assert registry.dispatcher.dispatch_from_nowait(c, [message("c", 0), message("c", 1)]) is True
+    assert (taken(a), taken(b)) == ([("c", 0, b"0")], [("c", 0, b"1")])
+
+
+async def test_a_batch_that_meets_a_full_outbox_keeps_what_is_not_placed() -> None:
+    registry, (a, b) = start(False, False, queue=1)
+    serve(registry, a, b)
+    c = client_of(registry, "c")
+    await registry.dispatch([message("c", 0)])  # a is full; b is next in turn
+    batch = [message("c", 1), message("c", 2)]
+    assert registry.dispatcher.dispatch_from_nowait(c, batch) is None
+    assert [r.payload for r in batch] == [b"2"]  # for a, full: held for dispatch_held
+    assert taken(b) == [("c", 0, b"1")]
+
+
+async def test_batches_refused_by_two_drained_upstreams_go_on_together() -> None:
+    registry, (a, b, c) = start(False, False, False, queue=1)
+    serve(registry, a, b, c)
+    for n in range(3):
+        await registry.dispatch([message("c", n)])  # each outbox full
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(registry.dispatch, [message("x", n) for n in range(3)])
+        await trio.testing.wait_all_tasks_blocked()  # waiting for room in a
+        registry.set_upstream_admin_state(a, AdminState.DRAIN)
+        registry.set_upstream_admin_state(b, AdminState.DRAIN)
+        got = []
+        for _ in range(3):  # c's own message, then x2, then the refused x0 and x1
+            await trio.testing.wait_all_tasks_blocked()
+            got += [(r[0], r[2]) for r in taken(c)]
+    assert got == [("c", b"2"), ("x", b"2"), ("x", b"0"), ("x", b"1")]
+    assert (len(a.outbox), len(b.outbox)) == (1, 1)

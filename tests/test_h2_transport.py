@@ -237,6 +237,24 @@ async def test_status_ok_still_ends_a_bidi_stream_as_a_failure(nursery: trio.Nur
     )
 
 
+async def test_status_ok_in_the_middle_of_a_reply_fails_the_stream_saying_so(
+    nursery: trio.Nursery,
+) -> None:
+    # After the echo, the header of a 16-byte message and 3 of its bytes; then status OK.
+    upstream = FakeUpstream(end_after=(1, 0, ""), trailing=b"\x00\x00\x00\x00\x10abc")
+    transport = connect(nursery, upstream)
+    outbox: Outbox[pb.InputStreamRequest] = Outbox(10)
+    outbox.open()
+    outbox.put_nowait(requests(1))
+    deliver = Collector()
+    error = await run_stream_until_error(transport, outbox, deliver)
+    assert error == (
+        "the upstream ended the stream (status OK) in the middle of a message"
+        " (8 bytes of it received, its header included)"
+    )
+    assert len(deliver.replies) == 1  # the whole reply before it is delivered
+
+
 async def test_a_reply_over_the_maximum_size_fails_the_stream(nursery: trio.Nursery) -> None:
     transport = connect(nursery, FakeUpstream(reply_padding=200), max_message_size=100)
     outbox: Outbox[Request] = Outbox(10)

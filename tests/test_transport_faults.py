@@ -417,6 +417,54 @@ async def test_configured_limits_are_the_ones_applied(name: str) -> None:
     assert "exceeds the maximum of 2048" in error
 
 
+@pytest.mark.parametrize("name", TRANSPORTS)
+async def test_a_late_live_answer_is_no_failure_while_the_upstream_sends(name: str) -> None:
+    """The live answer waits behind the bidi stream's bytes: replies still coming prove life.
+
+    The upstream never answers ``live`` but echoes every request. While the
+    echoes keep coming, for several times ``alive_timeout``, liveness holds;
+    once they stop, it fails within ``alive_timeout``.
+    """
+    alive_timeout = 1.0
+    upstream = FakeUpstream(live=None)
+    async with serving(upstream) as port, open_transport(name, port) as transport:
+        outbox: Outbox[pb.InputStreamRequest] = Outbox(1000)
+        outbox.open()
+        echoes = 0
+        echoed = trio.lowlevel.ParkingLot()
+
+        def deliver(replies: list[pb.OutputStreamRequest]) -> None:
+            nonlocal echoes
+            echoes += len(replies)
+            echoed.unpark_all()
+
+        with trio.fail_after(TIMEOUT):
+            assert await transport.check_ready()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(transport.run_stream, outbox, deliver)
+                failed = trio.Event()
+
+                async def liveness() -> None:
+                    silent = r"^no liveness answer within alive_timeout \(1s\)$"
+                    with pytest.raises(UpstreamError, match=silent):
+                        await transport.run_liveness(60.0, alive_timeout, lambda _: None)
+                    failed.set()
+
+                nursery.start_soon(liveness)
+                until = trio.current_time() + 3 * alive_timeout
+                while trio.current_time() < until:
+                    assert not failed.is_set(), f"failed after {echoes} echoes"
+                    outbox.put_nowait(requests(1))
+                    sent = echoes
+                    while echoes == sent:
+                        await echoed.park()
+                    # Paced well within alive_timeout: a reply at least every tenth of it.
+                    await trio.sleep(alive_timeout / 10)
+                assert not failed.is_set(), f"failed after {echoes} echoes"
+                await failed.wait()  # the echoes stopped
+                nursery.cancel_scope.cancel()
+
+
 def unknown_frames_then_ok(count: int) -> Callable[[int], Iterator[bytes]]:
     """``count`` frames of an unknown type among a response that ends with status OK."""
 

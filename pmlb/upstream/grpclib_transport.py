@@ -116,9 +116,11 @@ class _GuardedProtocol(grpclib.protocol.H2Protocol):
         guard: Callable[[], FrameGuard],
         on_limit: Callable[[str | None], None],
         max_message_size: int,
+        on_receive: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(*args)
         self._max_message_size = max_message_size
+        self._on_receive = on_receive
         self._make_guard = guard
         self._on_limit = on_limit
         self._pieces: deque[bytes] = deque()
@@ -164,6 +166,7 @@ class _GuardedProtocol(grpclib.protocol.H2Protocol):
     def data_received(self, data: bytes) -> None:
         if self._done:
             return
+        self._on_receive()
         try:
             cuts = self._guard.feed(data, time.monotonic())
         except FloodError as exc:
@@ -240,12 +243,14 @@ class GuardedChannel(grpclib.client.Channel):
         guard: Callable[[], FrameGuard],
         on_limit: Callable[[str | None], None],
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        on_receive: Callable[[], None] = lambda: None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._make_guard = guard
         self._on_limit = on_limit
         self._max_message_size = max_message_size
+        self._on_receive = on_receive
 
     def _protocol_factory(self) -> grpclib.protocol.H2Protocol:
         return _GuardedProtocol(
@@ -255,6 +260,7 @@ class GuardedChannel(grpclib.client.Channel):
             guard=self._make_guard,
             on_limit=self._on_limit,
             max_message_size=self._max_message_size,
+            on_receive=self._on_receive,
         )
 
 
@@ -296,6 +302,8 @@ class GrpclibTransport:
         self._max_message_size = max_message_size
         # Why the connection was dropped, when it went past one of the guard's limits.
         self._limit_error: str | None = None
+        # time.monotonic() of the last read from the upstream (see _aio_liveness)
+        self._received_at = 0.0
         # Made at connect time (inside _call, so a bad file is an UpstreamError).
         self._ssl_context = ssl_context
         self._server_name = server_name
@@ -317,12 +325,16 @@ class GrpclibTransport:
                 guard=self._guard,
                 on_limit=self._set_limit_error,
                 max_message_size=self._max_message_size,
+                on_receive=self._received,
                 **options,
             )
         return self._channel
 
     def _set_limit_error(self, error: str | None) -> None:
         self._limit_error = error
+
+    def _received(self) -> None:
+        self._received_at = time.monotonic()
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -396,19 +408,47 @@ class GrpclibTransport:
             while True:
                 sent = time.perf_counter()
                 await stream.send_message(ping)
-                try:
-                    async with asyncio.timeout(answer_deadline):
-                        answer = await stream.recv_message()
-                except TimeoutError:
-                    raise UpstreamError(
-                        f"no liveness answer within alive_timeout ({answer_deadline:g}s)"
-                    ) from None
+                answer = await self._live_answer(stream, answer_deadline)
                 if answer is None:
                     raise UpstreamError("the upstream ended the live stream")
                 if not answer.live:
                     raise UpstreamError("the upstream answered live = false")
                 alive(time.perf_counter() - sent)
                 await asyncio.sleep(interval)
+
+    async def _live_answer(
+        self,
+        stream: grpclib.client.Stream[empty_pb2.Empty, pb.LiveResult],
+        answer_deadline: float,
+    ) -> pb.LiveResult | None:
+        """The answer to the ping just sent, unless the upstream is silent ``answer_deadline``.
+
+        The ping waits on the connection behind what the bidi stream sent
+        before it (up to a flow-control window): an upstream that works
+        through that slowly answers late, yet every read from it shows it
+        alive. So only ``answer_deadline`` seconds without an answer *and*
+        without a byte from the upstream fail it (gRPC's keepalive rule:
+        any activity counts).
+        """
+        answer = asyncio.ensure_future(stream.recv_message())
+        try:
+            quiet_since = time.monotonic()
+            while True:
+                quiet_since = max(quiet_since, self._received_at)
+                left = quiet_since + answer_deadline - time.monotonic()
+                if left <= 0:
+                    raise UpstreamError(
+                        f"no liveness answer within alive_timeout ({answer_deadline:g}s)"
+                    )
+                done, _ = await asyncio.wait({answer}, timeout=left)
+                if done:
+                    result: pb.LiveResult | None = answer.result()
+                    return result
+        finally:
+            if not answer.done():
+                answer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *_FAILURES):
+                    await answer
 
     # -- closing --------------------------------------------------------
 

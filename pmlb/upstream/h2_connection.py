@@ -86,6 +86,13 @@ class Stream:
             message = unquote(trailers.get(b"grpc-message", b"").decode("utf-8", "replace"))
             self.fail(f"gRPC status {status_name(code, status.decode())}: {message}")
             return
+        if self.decoder.buffered:
+            # Status OK, yet a reply was cut short: say so, never drop it unseen.
+            self.fail(
+                "the upstream ended the stream (status OK) in the middle of a message"
+                f" ({self.decoder.buffered} bytes of it received, its header included)"
+            )
+            return
         self.closed = True
 
 
@@ -121,6 +128,8 @@ class Connection:
         self._pings: dict[bytes, trio.Event] = {}
         self._ping_count = 0
         self._guard = guard()
+        #: trio.current_time() of the last read from the upstream
+        self.received_at = 0.0
 
     async def start(self) -> None:
         self.h2.initiate_connection()
@@ -195,6 +204,7 @@ class Connection:
                 if not data:
                     self.fail("the upstream closed the connection")
                     continue
+                self.received_at = trio.current_time()
                 await self._receive_checked(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self.fail(f"connection lost: {exc.__cause__ or exc}")

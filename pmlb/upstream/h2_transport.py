@@ -225,13 +225,7 @@ class H2Transport:
                 sent = trio.current_time()
                 pong = await connection.ping()
                 await connection.send(stream, _EMPTY_MESSAGE)
-                with trio.move_on_after(answer_deadline) as scope:
-                    await connection.wait_until(lambda: bool(stream.messages) or stream.closed)
-                    await connection.wait_until(pong.is_set)
-                if scope.cancelled_caught:
-                    raise UpstreamError(
-                        f"no liveness answer within alive_timeout ({answer_deadline:g}s)"
-                    )
+                await _live_answer(connection, stream, pong, answer_deadline)
                 connection.check()
                 if not stream.messages:
                     raise UpstreamError(stream.error or "the upstream ended the live stream")
@@ -267,3 +261,26 @@ def _unwritten(batch: list[Request], encoded: list[bytes], written: int) -> list
             return batch[index:]
         offset += 5 + len(message)
     return []
+
+
+async def _live_answer(
+    connection: Connection, stream: Stream, pong: trio.Event, answer_deadline: float
+) -> None:
+    """Wait for the live answer and the PING's, unless the upstream is silent ``answer_deadline``.
+
+    Both wait on the connection behind what the bidi stream sent before
+    them (up to a flow-control window): an upstream that works through
+    that slowly answers late, yet every read from it shows it alive. So
+    only ``answer_deadline`` seconds without an answer *and* without a byte
+    from the upstream fail it (gRPC's keepalive rule: any activity counts).
+    """
+    quiet_since = trio.current_time()
+    while True:
+        quiet_since = max(quiet_since, connection.received_at)
+        with trio.move_on_at(quiet_since + answer_deadline) as scope:
+            await connection.wait_until(lambda: bool(stream.messages) or stream.closed)
+            await connection.wait_until(pong.is_set)
+        if not scope.cancelled_caught:
+            return
+        if connection.received_at <= quiet_since:
+            raise UpstreamError(f"no liveness answer within alive_timeout ({answer_deadline:g}s)")
