@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
+
+from callgrind import instructions
 
 HERE = Path(__file__).resolve()
 
@@ -80,29 +81,8 @@ async def _drive(path: str, messages: int, batch: int) -> None:
 
 
 def _instructions(path: str, messages: int, batch: int) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "callgrind.out"
-        subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}",
-                sys.executable,
-                str(HERE),
-                "--drive",
-                path,
-                "--messages",
-                str(messages),
-                "--batch",
-                str(batch),
-            ],
-            check=True,
-            capture_output=True,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-        )
-        found = re.search(r"^summary: (\d+)", out.read_text(), re.M)
-        assert found is not None
-        return int(found.group(1))
+    args = ["--drive", path, "--messages", str(messages), "--batch", str(batch)]
+    return instructions(HERE, args)
 
 
 def main() -> None:

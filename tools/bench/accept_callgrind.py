@@ -21,8 +21,6 @@ connections, 16 at a time. Each connection:
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import socket
 import ssl
 import subprocess
@@ -33,6 +31,10 @@ from pathlib import Path
 
 import trio
 import trio.testing
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from callgrind import instructions
 
 HERE = Path(__file__).resolve()
 KINDS = ("tcp", "proxy", "tls", "ws")
@@ -114,29 +116,8 @@ def _client(kind: str, port: int, connections: int) -> None:
 
 
 def _instructions(kind: str, connections: int, cert_dir: str) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "callgrind.out"
-        subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}",
-                sys.executable,
-                str(HERE),
-                "--drive",
-                kind,
-                "--connections",
-                str(connections),
-                "--cert-dir",
-                cert_dir,
-            ],
-            check=True,
-            capture_output=True,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-        )
-        found = re.search(r"^summary: (\d+)", out.read_text(), re.M)
-        assert found is not None
-        return int(found.group(1))
+    args = ["--drive", kind, "--connections", str(connections), "--cert-dir", cert_dir]
+    return instructions(HERE, args)
 
 
 def _make_cert(cert_dir: str) -> None:

@@ -19,16 +19,16 @@ the round's bookkeeping are the driver's, counted too but alike for both.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import socket
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import trio
 import trio.testing
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from callgrind import instructions
 
 HERE = Path(__file__).resolve()
 
@@ -65,30 +65,9 @@ async def _drive(messages: int, clients: int, depth: int) -> None:
 
 
 def _instructions(reader: str, messages: int, clients: int, depth: int) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "callgrind.out"
-        subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}",
-                sys.executable,
-                str(HERE),
-                "--drive",
-                "--messages",
-                str(messages),
-                "--clients",
-                str(clients),
-                "--depth",
-                str(depth),
-            ],
-            check=True,
-            capture_output=True,
-            env={**os.environ, "PYTHONHASHSEED": "0", "PMLB_TCP_READER": reader},
-        )
-        found = re.search(r"^summary: (\d+)", out.read_text(), re.M)
-        assert found is not None
-        return int(found.group(1))
+    args = ["--drive", "--messages", str(messages), "--clients", str(clients)]
+    args += ["--depth", str(depth)]
+    return instructions(HERE, args, {"PMLB_TCP_READER": reader})
 
 
 def main() -> None:
