@@ -8,7 +8,6 @@ Exit status: 0 done, 1 the API refused or could not be reached, 2 bad usage.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import ssl
@@ -454,8 +453,13 @@ def _events(api: Api, args: argparse.Namespace, out: Any) -> None:
         except OSError as exc:
             raise CtlError(f"cannot reach the admin API at {api.url}: {exc}") from None
 
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: the way to stop tailing
+    # Ctrl-C: the way to stop tailing. Trio raises it in the task that runs
+    # when the signal comes: trio-websocket's reader task, at times, whose
+    # nursery then raises it in an exception group.
+    try:
         trio.run(tail)
+    except* KeyboardInterrupt:
+        pass
 
 
 def run(args: argparse.Namespace, out: Any = None) -> int:
