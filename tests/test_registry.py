@@ -36,7 +36,7 @@ def setup(n_upstreams: int, *, queue: int = 100) -> tuple[Registry, list[Upstrea
     return registry, ups
 
 
-def client(registry: Registry, name: str, *, active: bool, limit: int = 10) -> Client:
+def client(registry: Registry, name: str, *, active: bool = False, limit: int = 10) -> Client:
     c = Client(
         name,
         listener="default",

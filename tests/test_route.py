@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
-import trio
 
 from pmlb._proto import upstream_pb2 as pb
 from pmlb.config import Config
-from pmlb.downstream.client import Client
 from pmlb.downstream.reasons import Reason
 from pmlb.registry import Registry
+from tests.test_registry import client
 
 Reply = pb.OutputStreamRequest
 DISCONNECT = Reply.ACTION_DISCONNECT
@@ -33,21 +31,6 @@ def reply(**fields: Any) -> pb.OutputStreamRequest:
 
 def multicast(*uuids: str, **fields: Any) -> pb.OutputStreamRequest:
     return reply(multicast=pb.ClientList(client_uuids=list(uuids)), **fields)
-
-
-def client(registry: Registry, uuid: str, *, active: bool = False, limit: int = 10) -> Client:
-    c = Client(
-        uuid,
-        listener="default",
-        remote="x",
-        transport="tcp",
-        queue_limit=limit,
-        scope=trio.CancelScope(),
-    )
-    if active:
-        c.last_active = time.monotonic()
-    registry.add_client(c)
-    return c
 
 
 def no_writer_task(task: Callable[[], Coroutine[Any, Any, None]]) -> None:
