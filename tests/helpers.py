@@ -141,9 +141,14 @@ def _spawn(args: Sequence[str], env: dict[str, str] | None) -> subprocess.Popen[
 
 
 def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
     # Linux: SIGKILL this child when the test runner dies, even if pytest is
     # killed before its fixtures can stop what it started.
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    # Ctrl-C as in a terminal: a shell starts a background job (`.ci/run &`)
+    # with SIGINT ignored, which its children inherit, so a test's SIGINT
+    # would do nothing. (libc's signal(): this runs between fork and exec.)
+    libc.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 PR_SET_PDEATHSIG = 1

@@ -47,10 +47,6 @@ async def test_events_as_json_lines_with_the_recent_ones_first(procs: Processes)
         assert event["upstream"] == f"127.0.0.1:{admin.upstream_port}"
 
 
-@pytest.mark.skip(
-    reason="exits 1 in every fresh full .ci/run since 2026-12-03 (2 of 2), passes alone: "
-    "under investigation, see the session note of 2026-12-03"
-)
 async def test_ctrl_c_stops_tailing_with_exit_0(procs: Processes) -> None:
     async with running(procs) as admin:
         proc = await tail(procs, admin)

@@ -12,6 +12,10 @@ from quart_trio import QuartTrio
 from pmlb.admin.context import Context
 from pmlb.registry import Registry
 
+#: Seconds a WebSocket without an ``Authorization`` header has to send its
+#: token as the first message.
+TOKEN_WAIT = 10.0
+
 
 def register(app: QuartTrio, ctx: Context) -> None:
     registry = ctx.registry
@@ -25,15 +29,16 @@ def register(app: QuartTrio, ctx: Context) -> None:
         that falls behind is closed with code 1008.
         """
         if not ctx.authorized(websocket.headers.get("Authorization")):
-            with trio.move_on_after(10):
+            # Only the wait for the token is bounded, not the stream after it.
+            given = ""
+            with trio.move_on_after(TOKEN_WAIT):
                 first = await websocket.receive()
                 given = first if isinstance(first, str) else first.decode(errors="replace")
-                if ctx.authorized(f"Bearer {given.strip()}"):
-                    await _stream_events(registry, websocket.send)
-                    return
-            await websocket.close(1008, "missing or wrong bearer token")
-            return
-        await websocket.accept()
+            if not given or not ctx.authorized(f"Bearer {given.strip()}"):
+                await websocket.close(1008, "missing or wrong bearer token")
+                return
+        else:
+            await websocket.accept()
         await _stream_events(registry, websocket.send)
 
 
