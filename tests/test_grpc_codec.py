@@ -59,3 +59,38 @@ def test_compressed_flag_is_rejected() -> None:
 def test_negative_limit_is_refused() -> None:
     with pytest.raises(ValueError, match="max_size"):
         GrpcMessageDecoder(-1)
+
+
+def test_a_zero_limit_takes_only_empty_messages() -> None:
+    decoder = GrpcMessageDecoder(0)
+    assert decoder.feed(encode_messages([b"", b""])) == [b"", b""]
+    with pytest.raises(GrpcMessageError, match=r"^message of 1 bytes exceeds the maximum of 0$"):
+        decoder.feed(encode_messages([b"x"]))
+
+
+def test_the_negative_limit_error_names_the_value() -> None:
+    with pytest.raises(ValueError, match=r"^max_size must be >= 0, got -3$"):
+        GrpcMessageDecoder(-3)
+
+
+def test_the_default_limit_is_grpcs_4_mib() -> None:
+    decoder = GrpcMessageDecoder()
+    # the header alone decides: a 4 MiB header is pending, one byte more is refused
+    assert decoder.feed(b"\x00" + (4 * 1024 * 1024).to_bytes(4, "big")) == []
+    with pytest.raises(GrpcMessageError, match=r"exceeds the maximum of 4194304$"):
+        GrpcMessageDecoder().feed(b"\x00" + (4 * 1024 * 1024 + 1).to_bytes(4, "big"))
+
+
+def test_an_error_carries_the_messages_before_it_once_then_none() -> None:
+    decoder = GrpcMessageDecoder(4)
+    with pytest.raises(GrpcMessageError) as first:
+        decoder.feed(encode_messages([b"a", b"bc"]) + b"\x00\x00\x00\x00\x05")
+    assert first.value.messages == [b"a", b"bc"]
+    with pytest.raises(GrpcMessageError) as again:
+        decoder.feed(encode_messages([b"d"]))
+    assert again.value is first.value
+    assert again.value.messages == []
+
+
+def test_an_error_made_by_hand_carries_no_messages() -> None:
+    assert GrpcMessageError("bad").messages == []

@@ -147,3 +147,125 @@ def test_arbitrary_bytes_never_crash(data: bytes, cuts: list[int]) -> None:
     except ProxyProtocolError:
         pass
     assert parser.buffered <= 16 + 256
+
+
+def test_encode_v2_is_the_specifications_layout() -> None:
+    # signature, version 2 + PROXY, TCP over IPv4, 12 bytes: addresses, then ports
+    assert encode_v2(("1.2.3.4", 5), ("5.6.7.8", 258)) == (
+        V2_SIGNATURE + b"\x21\x11\x00\x0c" + b"\x01\x02\x03\x04\x05\x06\x07\x08\x00\x05\x01\x02"
+    )
+    # TCP over IPv6, 36 bytes, the TLVs after the addresses and counted in the length
+    assert encode_v2(("::1", 1), ("::2", 2), tlvs=b"\x04\x00\x01z") == (
+        V2_SIGNATURE
+        + b"\x21\x21\x00\x28"
+        + bytes(15)
+        + b"\x01"
+        + bytes(15)
+        + b"\x02\x00\x01\x00\x02\x04\x00\x01z"
+    )
+
+
+def test_encode_v2_without_an_address_is_local() -> None:
+    assert encode_v2(None, None) == V2_SIGNATURE + b"\x20\x00\x00\x00"
+    assert encode_v2(("1.2.3.4", 5), None, tlvs=b"ab") == V2_SIGNATURE + b"\x20\x00\x00\x02ab"
+    assert encode_v2(None, ("1.2.3.4", 5)) == V2_SIGNATURE + b"\x20\x00\x00\x00"
+
+
+def test_encode_v1_is_the_specifications_line() -> None:
+    assert encode_v1(("1.2.3.4", 5), ("5.6.7.8", 6)) == b"PROXY TCP4 1.2.3.4 5.6.7.8 5 6\r\n"
+    assert encode_v1(("::1", 5), ("::2", 6)) == b"PROXY TCP6 ::1 ::2 5 6\r\n"
+    assert encode_v1(("1.2.3.4", 5), None) == b"PROXY UNKNOWN\r\n"
+    assert encode_v1(None, ("1.2.3.4", 5)) == b"PROXY UNKNOWN\r\n"
+
+
+def test_a_v1_line_of_107_bytes_is_taken_and_of_108_refused() -> None:
+    longest = b"PROXY UNKNOWN " + b"x" * 91 + b"\r\n"
+    assert len(longest) == 107
+    assert ProxyHeaderParser().feed(longest + b"rest") == (ProxyHeader(1, None, None), b"rest")
+    parser = ProxyHeaderParser()
+    assert parser.feed(longest[:-1]) is None  # 106 bytes, no LF yet: may still end
+    too_long = b"PROXY UNKNOWN " + b"x" * 92 + b"\r\n"
+    with pytest.raises(
+        ProxyProtocolError, match=r"^PROXY v1 header without CRLF in its first 107 bytes$"
+    ):
+        ProxyHeaderParser().feed(too_long)
+    with pytest.raises(ProxyProtocolError, match="without CRLF in its first 107 bytes"):
+        ProxyHeaderParser().feed(too_long[:107])
+
+
+def test_a_v2_header_at_the_length_limit_is_taken_and_one_more_refused() -> None:
+    body = bytes(4096)
+    at_limit = V2_SIGNATURE + b"\x21\x00\x10\x00" + body
+    assert ProxyHeaderParser().feed(at_limit) == (ProxyHeader(2, None, None), b"")
+    with pytest.raises(
+        ProxyProtocolError, match=r"^PROXY v2 header of 4097 bytes exceeds the limit of 4096$"
+    ):
+        ProxyHeaderParser().feed(V2_SIGNATURE + b"\x21\x00\x10\x01")
+    small = ProxyHeaderParser(max_v2_length=3)
+    assert small.feed(V2_SIGNATURE + b"\x21\x00\x00\x03abc") == (ProxyHeader(2, None, None), b"")
+
+
+def test_a_v2_datagram_header_carries_its_addresses() -> None:
+    # UDP over IPv4 (0x12): the addresses are read as for TCP
+    header = V2_SIGNATURE + b"\x21\x12\x00\x0c" + bytes([10, 0, 0, 1, 10, 0, 0, 2, 0, 1, 0, 2])
+    assert ProxyHeaderParser().feed(header) == (
+        ProxyHeader(2, ("10.0.0.1", 1), ("10.0.0.2", 2)),
+        b"",
+    )
+
+
+def test_after_the_header_the_parser_holds_nothing_and_takes_nothing() -> None:
+    parser = ProxyHeaderParser()
+    assert parser.feed(b"PROXY UNKNOWN\r\nab") == (ProxyHeader(1, None, None), b"ab")
+    assert parser.buffered == 0
+    with pytest.raises(RuntimeError, match=r"^the header was already parsed$"):
+        parser.feed(b"cd")
+    v2 = ProxyHeaderParser()
+    assert v2.feed(encode_v2(None, None)) == (ProxyHeader(2, None, None), b"")
+    assert v2.buffered == 0
+    with pytest.raises(RuntimeError, match="already parsed"):
+        v2.feed(b"")
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"GET /", "not a PROXY protocol header"),
+        (b"PROXZ", "not a PROXY protocol header"),
+        (b"\r\n\r\n\x00\r\nQUIX", "not a PROXY protocol header"),
+        (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", "PROXY v1 header with a LF not preceded by CR"),
+        (b"PROXY TCP5 1 2 3 4\r\n", "malformed PROXY v1 header 'TCP5 1 2 3 4'"),
+        (b"PROXY TCP4 1.2.3.4 ::1 1 2\r\n", "PROXY v1 header with a bad TCP4 address"),
+        (b"PROXY TCP6 ::1 1.2.3.4 1 2\r\n", "PROXY v1 header with a bad TCP6 address"),
+        (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 65536\r\n", "PROXY v1 header with a bad port '65536'"),
+        (b"PROXY TCP4 1.2.3.4 5.6.7.8 00 2\r\n", "PROXY v1 header with a bad port '00'"),
+        (b"PROXY \xff\r\n", "PROXY v1 header is not ASCII"),
+        (V2_SIGNATURE + bytes([0x31, 0x11, 0, 12]), "PROXY v2 header with version 3"),
+        (V2_SIGNATURE + bytes([0x2F, 0x11, 0, 12]), "PROXY v2 header with unknown command 15"),
+        (V2_SIGNATURE + bytes([0x21, 0x41, 0, 0]), "PROXY v2 header with unknown family 0x41"),
+        (
+            V2_SIGNATURE + bytes([0x21, 0x31, 0, 4]) + bytes(4),
+            "PROXY v2 header too short for its addresses (4 < 216 bytes)",
+        ),
+        (
+            V2_SIGNATURE + bytes([0x21, 0x21, 0, 35]) + bytes(35),
+            "PROXY v2 header too short for its addresses (35 < 36 bytes)",
+        ),
+        (
+            V2_SIGNATURE + bytes([0x21, 0x11, 0, 11]) + bytes(11),
+            "PROXY v2 header too short for its addresses (11 < 12 bytes)",
+        ),
+    ],
+)
+def test_each_refusal_says_exactly_what_is_wrong(data: bytes, problem: str) -> None:
+    with pytest.raises(ProxyProtocolError) as refused:
+        ProxyHeaderParser().feed(data)
+    assert str(refused.value) == problem
+
+
+def test_ports_zero_and_65535_are_valid_v1_ports() -> None:
+    line = b"PROXY TCP4 1.2.3.4 5.6.7.8 0 65535\r\n"
+    assert ProxyHeaderParser().feed(line) == (
+        ProxyHeader(1, ("1.2.3.4", 0), ("5.6.7.8", 65535)),
+        b"",
+    )
