@@ -269,3 +269,10 @@ def test_ports_zero_and_65535_are_valid_v1_ports() -> None:
         ProxyHeader(1, ("1.2.3.4", 0), ("5.6.7.8", 65535)),
         b"",
     )
+
+
+def test_a_v2_local_header_ignores_the_addresses_it_carries() -> None:
+    # LOCAL (a balancer's own health check) over TCP/IPv4 with addresses: the
+    # connection's own addresses stand, whatever the body says
+    local = V2_SIGNATURE + b"\x20\x11\x00\x0c" + bytes([10, 0, 0, 1, 10, 0, 0, 2, 0, 1, 0, 2])
+    assert ProxyHeaderParser().feed(local + b"x") == (ProxyHeader(2, None, None), b"x")

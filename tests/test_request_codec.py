@@ -120,3 +120,10 @@ def test_requests_compare_by_their_fields() -> None:
     assert (a.payload, a.client_uuid, a.event) == (b"p", "c", 0)
     assert (a.seq, a.message_id, a.delivery_attempt) == (0, "", 0)
     assert "payload" in repr(a)
+
+
+def test_the_defaults_leave_every_field_unset() -> None:
+    assert message().encode() == b""
+    assert message() == pb.InputStreamRequest()
+    for kind in EVENTS:
+        assert event("t", "c", kind) == pb.InputStreamRequest(time="t", client_uuid="c", event=kind)

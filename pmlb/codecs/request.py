@@ -49,9 +49,9 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _field(tag: int, value: str | bytes) -> bytes:
-    """A length-delimited field (nothing for an empty value, as proto3 writes it)."""
-    data = value.encode() if isinstance(value, str) else value
+def _field(tag: int, value: str) -> bytes:
+    """A string field (nothing for an empty value, as proto3 writes it)."""
+    data = value.encode()
     if not data:
         return b""
     return _ONE_BYTE[tag] + _varint(len(data)) + data
