@@ -193,3 +193,25 @@ async def test_flush_ends_when_the_upstream_stops_serving() -> None:
             await trio.testing.wait_all_tasks_blocked()
             assert other.outbox.take_nowait()
             assert other.outbox.take_nowait() == []
+
+
+def test_pausing_and_resuming_new_clients_is_published_once_per_change() -> None:
+    registry = Registry(Config())
+    registry.set_accepting(False)
+    assert registry.accepting is False
+    assert registry.statistics().accepting is False
+    assert registry.drain.admit() is False
+    registry.set_accepting(False)  # no change: nothing published
+    registry.set_accepting(True)
+    assert registry.accepting is True
+    assert registry.drain.admit() is True
+    published = [
+        {k: v for k, v in e.items() if k != "time"}
+        for e in registry.events.recent
+        if e["type"].startswith("runtime.")
+    ]
+    assert published == [
+        {"type": "runtime.accepting", "accepting": False},
+        {"type": "runtime.accepting", "accepting": True},
+    ]
+    assert registry.statistics().refused == 1
