@@ -215,3 +215,14 @@ def test_pausing_and_resuming_new_clients_is_published_once_per_change() -> None
         {"type": "runtime.accepting", "accepting": True},
     ]
     assert registry.statistics().refused == 1
+
+
+def test_a_stop_request_refuses_new_clients_and_is_published_once() -> None:
+    registry = Registry(Config())
+    registry.request_stop()
+    assert registry.drain.stop_requested.is_set()
+    assert registry.accepting is False
+    assert registry.drain.admit() is False
+    registry.request_stop()  # asked twice: one stop
+    assert [e["type"] for e in registry.events.recent] == ["runtime.stop"]
+    assert registry.statistics().refused == 1
