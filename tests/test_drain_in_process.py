@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import attrs
 import pytest
 import trio
@@ -223,6 +225,23 @@ def test_a_stop_request_refuses_new_clients_and_is_published_once() -> None:
     assert registry.drain.stop_requested.is_set()
     assert registry.accepting is False
     assert registry.drain.admit() is False
+    assert registry.drain.admit() is False
     registry.request_stop()  # asked twice: one stop
     assert [e["type"] for e in registry.events.recent] == ["runtime.stop"]
-    assert registry.statistics().refused == 1
+    assert registry.statistics().refused == 2
+
+
+async def test_a_drain_logs_how_many_clients_over_what_period(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = Registry(Config())
+    conns: list[Conn] = []
+    async with trio.open_nursery() as nursery:
+        for i in range(2):
+            nursery.start_soon(run_conn, registry, f"c{i}", conns)
+        await trio.testing.wait_all_tasks_blocked()
+        with caplog.at_level(logging.INFO, logger="pmlb.registry"):
+            await registry.drain_clients(4.0)
+    (record,) = [r for r in caplog.records if r.name == "pmlb.registry"]
+    assert record.getMessage() == "draining clients"
+    assert (record.clients, record.drain_period) == (2, 4.0)  # type: ignore[attr-defined]
