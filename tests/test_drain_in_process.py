@@ -231,7 +231,7 @@ def test_a_stop_request_refuses_new_clients_and_is_published_once() -> None:
     assert registry.statistics().refused == 2
 
 
-async def test_a_drain_logs_how_many_clients_over_what_period(
+async def test_a_drain_of_two_clients_spreads_them_and_logs_the_count_and_period(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     registry = Registry(Config())
@@ -240,8 +240,11 @@ async def test_a_drain_logs_how_many_clients_over_what_period(
         for i in range(2):
             nursery.start_soon(run_conn, registry, f"c{i}", conns)
         await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
         with caplog.at_level(logging.INFO, logger="pmlb.registry"):
             await registry.drain_clients(4.0)
+    # two clients: the first at once, the second at the end of the period
+    assert [c.closed_at - start for c in conns if c.closed_at is not None] == [0.0, 4.0]
     (record,) = [r for r in caplog.records if r.name == "pmlb.registry"]
     assert record.getMessage() == "draining clients"
     assert (record.clients, record.drain_period) == (2, 4.0)  # type: ignore[attr-defined]
