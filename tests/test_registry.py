@@ -517,3 +517,49 @@ def test_a_reloaded_configuration_reaches_every_part() -> None:
     assert list(registry.select_clients("inactive")) == [c]
     parts = [registry.dispatcher, registry.client_table, registry.router, registry.upstream_table]
     assert all(part.config is new for part in parts)
+
+
+def listener_client(registry: Registry, name: str, listener: str) -> Client:
+    c = Client(
+        name,
+        listener=listener,
+        remote="x",
+        transport="tcp",
+        queue_limit=10,
+        scope=trio.CancelScope(),
+        budget=registry.client_table.client_queues,  # as the listeners make them
+    )
+    registry.add_client(c)
+    return c
+
+
+async def test_statistics_read_every_part_as_it_is_now() -> None:
+    registry = Registry(Config())
+    registry.set_policy("sticky")
+    registry.set_accepting(False)
+    a = listener_client(registry, "a", "one")
+    b = listener_client(registry, "b", "two")
+    gone = listener_client(registry, "gone", "two")
+    gone.bytes_in, gone.bytes_out = 7, 9
+    registry.remove_client(gone)
+    a.bytes_in, a.bytes_out, b.bytes_in = 100, 5, 20
+    a.send(b"xy")
+    a.send(b"z")
+    registry.connections.accepted = 3
+    acked = registry.add_upstream(UpstreamConfig(host="u", port=1, acks=True))
+    registry.set_upstream_state(acked, UpstreamState.SERVING)
+    await registry.dispatch([request(i) for i in range(3)])
+    acked.outbox.take_nowait()  # written, as its stream writer does: not yet acknowledged
+
+    stats = registry.statistics()
+    assert (stats.clients, stats.clients_total) == (2, 3)
+    assert (stats.upstreams, stats.upstreams_serving) == (1, 1)
+    assert (stats.queued_to_clients, stats.queued_bytes_to_clients) == (2, 3)
+    assert (stats.bytes_from_clients, stats.bytes_to_clients) == (7 + 100 + 20, 9 + 5)
+    assert stats.clients_by_listener == {"one": 1, "two": 1}
+    assert stats.clients_total_by_listener == {"one": 1, "two": 2}
+    assert (stats.policy, stats.accepting, stats.unacked) == ("sticky", False, 3)
+    assert stats.connections.accepted == 3
+    # a copy: the snapshot does not move with the counters
+    registry.connections.accepted = 4
+    assert stats.connections.accepted == 3
