@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from pmlb.config import Config
@@ -54,3 +55,28 @@ def test_another_node_searches_its_clients_when_asked() -> None:
     assert [c["uuid"] for c in found["clients"]] == ["bbbb-2"]
     # a node asked without q (an older one asking) lists them all
     assert len(answer(registry, asked, "node-a")["clients"]) == 2
+
+
+def test_a_page_holds_100_clients_by_default() -> None:
+    registry = Registry(Config())
+    clients = [add(registry, f"c{i:03}", "x") for i in range(101)]
+    page, cursor = registry.client_page()
+    assert page == clients[:100]
+    assert cursor == clients[99].seq
+    assert registry.client_page(after=cursor) == ([clients[100]], None)
+
+
+def test_each_filter_skips_a_mismatch_and_looks_on() -> None:
+    registry = Registry(Config())
+    first = add(registry, "aaaa", "10.0.0.1:1", listener="one")
+    second = add(registry, "bbbb", "Host-B.example:2", listener="two")
+    assert registry.client_page(listener="two") == ([second], None)
+    assert registry.client_page(search="HOST-b") == ([second], None)
+    assert registry.client_page(search="bbbb") == ([second], None)
+    assert registry.client_page(state="inactive") == ([first, second], None)
+    assert registry.client_page(state="active") == ([], None)
+
+
+def test_an_unknown_state_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"^state must be active or inactive, got 'idle'$"):
+        Registry(Config()).client_page(state="idle")

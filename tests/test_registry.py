@@ -15,6 +15,7 @@ from pmlb.codecs.request import Request
 from pmlb.codecs.request import message as make_request
 from pmlb.config import Config, UpstreamConfig
 from pmlb.downstream.client import Client
+from pmlb.downstream.reasons import Reason
 from pmlb.registry import Registry
 from pmlb.upstream.state import Upstream, UpstreamState
 
@@ -563,3 +564,51 @@ async def test_statistics_read_every_part_as_it_is_now() -> None:
     # a copy: the snapshot does not move with the counters
     registry.connections.accepted = 4
     assert stats.connections.accepted == 3
+
+
+def is_rfc3339(text: str) -> bool:
+    return text.endswith("Z") and "T" in text
+
+
+async def test_a_disconnected_event_is_stamped_with_the_time() -> None:
+    registry, (eventful,) = events_setup(True)
+    registry.set_upstream_state(eventful, UpstreamState.SERVING)
+    c = client(registry, "c1")
+    c.close("client closed the connection")
+    registry.remove_client(c)
+    connected, disconnected = eventful.outbox.take_nowait()
+    assert disconnected.event == DISCONNECTED
+    assert is_rfc3339(connected.time)
+    assert is_rfc3339(disconnected.time)
+
+
+def test_clients_by_listener_count_down_one_per_removal() -> None:
+    registry = Registry(Config())
+    clients = [listener_client(registry, f"c{i}", "one") for i in range(3)]
+    registry.remove_client(clients[0])
+    assert registry.statistics().clients_by_listener == {"one": 2}
+    registry.remove_client(clients[1])
+    assert registry.statistics().clients_by_listener == {"one": 1}
+
+
+async def test_clients_lost_with_another_node_are_reported_as_disconnected() -> None:
+    registry, (eventful,) = events_setup(True)
+    registry.set_upstream_state(eventful, UpstreamState.SERVING)
+    registry.clients_lost_elsewhere(["u1", "u2"], "node-b")
+    got = eventful.outbox.take_nowait()
+    assert kinds(got) == [("u1", DISCONNECTED), ("u2", DISCONNECTED)]
+    for lost in got:
+        assert lost.disconnect_reason == pb.InputStreamRequest.DISCONNECT_ERROR
+        assert lost.disconnect_detail == "their pmlb node node-b stopped"
+        assert is_rfc3339(lost.time)
+
+
+def test_kick_closes_the_client_as_kicked_with_the_operators_reason() -> None:
+    registry = Registry(Config())
+    a, b = client(registry, "a"), client(registry, "b")
+    assert registry.kick("a") is a
+    assert (a.close_reason, a.close_kind) == ("kicked by an operator", Reason.KICKED)
+    registry.kick("b", "bye")
+    assert (b.close_reason, b.close_kind) == ("bye", Reason.KICKED)
+    with pytest.raises(KeyError):
+        registry.kick("nobody")
