@@ -15,7 +15,7 @@ from pmlb.codecs.request import Request
 from pmlb.codecs.request import message as make_request
 from pmlb.config import Config, UpstreamConfig
 from pmlb.downstream.client import Client
-from pmlb.downstream.reasons import Reason
+from pmlb.downstream.reasons import STOPPING, Reason
 from pmlb.registry import Registry
 from pmlb.upstream.state import Upstream, UpstreamState
 
@@ -612,3 +612,80 @@ def test_kick_closes_the_client_as_kicked_with_the_operators_reason() -> None:
     assert (b.close_reason, b.close_kind) == ("bye", Reason.KICKED)
     with pytest.raises(KeyError):
         registry.kick("nobody")
+
+
+class Membership:
+    """The cluster bus as the client table sees it: records who came and went."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def client_added(self, uuid: str) -> None:
+        self.calls.append(("added", uuid))
+
+    def client_removed(self, uuid: str) -> None:
+        self.calls.append(("removed", uuid))
+
+
+def test_clients_coming_and_going_are_published_and_told_to_the_cluster() -> None:
+    registry = Registry(Config())
+    membership = Membership()
+    registry.client_table.cluster = membership  # type: ignore[assignment]
+    a = Client(
+        "a",
+        listener="one",
+        remote="192.0.2.1:4000",
+        transport="websocket",
+        queue_limit=10,
+        scope=trio.CancelScope(),
+    )
+    registry.add_client(a)
+    b = client(registry, "b")
+    a.close("bye now")
+    registry.remove_client(a)
+    registry.remove_client(b)  # never closed: pmlb is stopping
+    registry.remove_client(b)  # a second removal is nothing
+    assert membership.calls == [("added", "a"), ("added", "b"), ("removed", "a"), ("removed", "b")]
+    published = [
+        {k: v for k, v in event.items() if k != "time"}
+        for event in registry.events.recent
+        if event["type"].startswith("client.")
+    ]
+    assert published == [
+        {
+            "type": "client.connected",
+            "client": "a",
+            "listener": "one",
+            "remote": "192.0.2.1:4000",
+            "transport": "websocket",
+        },
+        {
+            "type": "client.connected",
+            "client": "b",
+            "listener": "default",
+            "remote": "x",
+            "transport": "tcp",
+        },
+        {"type": "client.disconnected", "client": "a", "listener": "one", "reason": "bye now"},
+        {"type": "client.disconnected", "client": "b", "listener": "default", "reason": STOPPING},
+    ]
+
+
+def test_the_bytes_of_clients_gone_add_up() -> None:
+    registry = Registry(Config())
+    a, b = client(registry, "a"), client(registry, "b")
+    a.bytes_in, a.bytes_out, b.bytes_in, b.bytes_out = 3, 4, 50, 60
+    registry.remove_client(a)
+    registry.remove_client(b)
+    stats = registry.statistics()
+    assert (stats.bytes_from_clients, stats.bytes_to_clients) == (53, 64)
+
+
+def test_the_queue_budget_is_the_configured_total_over_the_tables_clients() -> None:
+    registry = Registry(Config(client_queue_bytes_total=1000))
+    big, small = listener_client(registry, "big", "one"), listener_client(registry, "small", "one")
+    assert big.send(b"b" * 700)
+    assert small.send(b"s" * 300)
+    assert small.send(b"s")  # past the total: the biggest holder pays
+    assert big.closed_slow
+    assert small.close_reason is None
