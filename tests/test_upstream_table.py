@@ -288,6 +288,17 @@ async def test_a_stall_and_its_end_are_logged_published_and_counted(
     assert up.stalls == 2
 
 
+async def test_others_flow_when_another_serving_upstream_is_not_stalled() -> None:
+    registry, up = table()
+    other = registry.add_upstream(UpstreamConfig(host="192.0.2.8", port=50051))
+    registry.set_upstream_state(up, SERVING)
+    assert not registry.upstream_table.others_flowing(up)  # itself only
+    registry.set_upstream_state(other, SERVING)
+    assert registry.upstream_table.others_flowing(up)
+    registry.set_upstream_stalled(other, True)
+    assert not registry.upstream_table.others_flowing(up)
+
+
 # Waiting for a state
 
 
@@ -374,6 +385,7 @@ async def test_a_drained_upstream_takes_no_new_messages_even_if_it_serves_again(
         nursery.start_soon(drain)
         await trio.testing.wait_all_tasks_blocked()
         assert up.draining
+        assert registry.dispatcher.serving == [other]  # out of the balancing at once
         registry.set_upstream_state(up, CONNECTING)
         registry.set_upstream_state(up, SERVING)  # reconnected while draining
         await registry.dispatch([request(n) for n in range(4)])
@@ -394,6 +406,7 @@ async def test_a_discovery_is_started_once_and_stopping_it_removes_what_it_found
     config = UpstreamConfig(host="upstreams.example", port=50051, discovery="dns")
     entry = registry.start_discovery(config)
     assert started == [entry]
+    assert entry.config is config
     assert registry.discoveries == {"upstreams.example:50051": entry}
     assert published(registry) == [
         {"type": "discovery.added", "upstream": "upstreams.example:50051"}
