@@ -689,3 +689,37 @@ def test_the_queue_budget_is_the_configured_total_over_the_tables_clients() -> N
     assert small.send(b"s")  # past the total: the biggest holder pays
     assert big.closed_slow
     assert small.close_reason is None
+
+
+def test_the_admin_view_of_a_client_shows_each_of_its_fields() -> None:
+    c = Client(
+        "c1",
+        listener="one",
+        remote="192.0.2.1:4000",
+        transport="tls",
+        queue_limit=10,
+        scope=trio.CancelScope(),
+    )
+    c.connected_at = 1_700_000_000.25
+    c.messages_in, c.messages_out, c.bytes_in, c.bytes_out, c.dropped = 1, 2, 30, 40, 5
+    assert c.send(b"queued")
+    never = c.view(now=105.0, wall=1_700_000_100.0, window=10.0)
+    assert never["last_active_at"] is None
+    assert never["active"] is False
+    c.last_active = 100.0  # five seconds before now
+    assert c.view(now=105.0, wall=1_700_000_100.0, window=10.0) == {
+        "uuid": "c1",
+        "remote": "192.0.2.1:4000",
+        "listener": "one",
+        "transport": "tls",
+        "connected_at": "2023-11-14T22:13:20.250000Z",
+        "last_active_at": "2023-11-14T22:14:55.000000Z",
+        "active": True,
+        "messages_in": 1,
+        "messages_out": 2,
+        "bytes_in": 30,
+        "bytes_out": 40,
+        "queued": 1,
+        "dropped": 5,
+    }
+    assert c.view(now=105.0, wall=1_700_000_100.0, window=4.0)["active"] is False
