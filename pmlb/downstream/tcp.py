@@ -38,10 +38,10 @@ from pmlb.downstream.reasons import CLIENT_CLOSED, DRAINING, Reason
 log = logging.getLogger("pmlb.downstream")
 
 #: whether plain-TCP clients are read by the shared reader
-#: (pmlb.downstream.reader) instead of a reader task each: an internal
-#: switch, off until the shared reader passes every test
-#: (``PMLB_TCP_READER=shared`` in the environment turns it on)
-SHARED_READER = os.environ.get("PMLB_TCP_READER", "task") == "shared"
+#: (pmlb.downstream.reader, the default) instead of a reader task each
+#: (``PMLB_TCP_READER=task`` in the environment: the earlier reader, kept
+#: as a way back; TLS clients always have a reader task each)
+SHARED_READER = os.environ.get("PMLB_TCP_READER", "shared") != "task"
 
 
 class ListenError(Exception):

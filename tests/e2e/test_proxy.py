@@ -259,6 +259,24 @@ async def test_oversized_message_disconnects_only_its_sender(procs: Processes) -
     assert await newcomer.recv() == "A:" + "x" * 100
 
 
+async def test_with_a_reader_task_per_client_clients_are_served_alike(procs: Processes) -> None:
+    """``PMLB_TCP_READER=task``: the way back from the shared reader still works."""
+    _, up_port = await procs.upstream("A")
+    pmlb, port = await procs.pmlb(
+        "--framing", "line", "--max-message-size", "100", *upstream_arg(up_port),
+        env={"PMLB_TCP_READER": "task"},
+    )  # fmt: skip
+    await wait_serving(pmlb, up_port)
+    clients = [await procs.client(port) for _ in range(3)]
+    for n, client in enumerate(clients):
+        await client.send(*(f"{n}:{i}" for i in range(50)))
+    for n, client in enumerate(clients):
+        assert await client.recv_many(50) == [f"A:{n}:{i}" for i in range(50)]
+    await clients[0].send("x" * 101)
+    assert await clients[0].expect_closed() == b""
+    assert await clients[1].whoami() == clients[1].uuid
+
+
 async def test_sigterm_closes_clients_and_exits_zero(procs: Processes) -> None:
     _, up_port = await procs.upstream("A")
     pmlb, port = await procs.pmlb("--framing", "line", *upstream_arg(up_port))
