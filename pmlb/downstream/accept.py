@@ -82,13 +82,19 @@ async def _serve_one(
         # A second socket object on the listener's descriptor, for accept(2)
         # without a checkpoint per connection; detached, never closed, below.
         sock = socket.socket(fileno=fd)
+        # socket.accept() reads these back (and makes enums of them) and
+        # looks at two timeouts on every call: 4% of what a connection costs
+        # (tools/bench/accept_callgrind.py). Read once; _accept() is the
+        # accept(2) it wraps.
+        family, kind, proto = int(sock.family), int(sock.type), sock.proto
         try:
             sock.setblocking(False)
             while True:
                 await trio.lowlevel.wait_readable(fd)
                 for _ in range(ACCEPT_BATCH):
                     try:
-                        conn, _ = sock.accept()
+                        accepted = sock._accept()[0]  # type: ignore[attr-defined]
+                        conn = socket.socket(family, kind, proto, accepted)
                     except BlockingIOError:
                         break
                     except OSError as exc:
