@@ -614,6 +614,18 @@ def test_kick_closes_the_client_as_kicked_with_the_operators_reason() -> None:
         registry.kick("nobody")
 
 
+def record(name: str, transport: str) -> Client:
+    """A client of listener ``one`` from 192.0.2.1:4000, not yet in any table."""
+    return Client(
+        name,
+        listener="one",
+        remote="192.0.2.1:4000",
+        transport=transport,
+        queue_limit=10,
+        scope=trio.CancelScope(),
+    )
+
+
 class Membership:
     """The cluster bus as the client table sees it: records who came and went."""
 
@@ -631,14 +643,7 @@ def test_clients_coming_and_going_are_published_and_told_to_the_cluster() -> Non
     registry = Registry(Config())
     membership = Membership()
     registry.client_table.cluster = membership  # type: ignore[assignment]
-    a = Client(
-        "a",
-        listener="one",
-        remote="192.0.2.1:4000",
-        transport="websocket",
-        queue_limit=10,
-        scope=trio.CancelScope(),
-    )
+    a = record("a", "websocket")
     registry.add_client(a)
     b = client(registry, "b")
     a.close("bye now")
@@ -692,14 +697,7 @@ def test_the_queue_budget_is_the_configured_total_over_the_tables_clients() -> N
 
 
 def test_the_admin_view_of_a_client_shows_each_of_its_fields() -> None:
-    c = Client(
-        "c1",
-        listener="one",
-        remote="192.0.2.1:4000",
-        transport="tls",
-        queue_limit=10,
-        scope=trio.CancelScope(),
-    )
+    c = record("c1", "tls")
     c.connected_at = 1_700_000_000.25
     c.messages_in, c.messages_out, c.bytes_in, c.bytes_out, c.dropped = 1, 2, 30, 40, 5
     assert c.send(b"queued")
