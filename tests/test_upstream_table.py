@@ -216,7 +216,7 @@ async def test_a_failover_with_acks_redelivers_then_drops_and_the_counts_add_up(
             {"upstream": where, "dropped": n, "max_deliveries": 2, "undeliverable_total": total},
         )
 
-    for round_, (n, total) in enumerate([(3, 3), (2, 5)]):
+    for n, total in [(3, 3), (2, 5)]:
         up.outbox.open()
         up.outbox.put_nowait([request(i) for i in range(n)])
         # the first delivery fails: kept to be delivered again, first
@@ -225,7 +225,6 @@ async def test_a_failover_with_acks_redelivers_then_drops_and_the_counts_add_up(
         # the second one too: max_deliveries reached, dropped
         assert deliver_then_fail() == [dropped(n, total), failed(redelivered=0, requeued=0)]
         assert (up.undeliverable, registry.undeliverable) == (total, total)
-        assert round_ == 0 or registry.redelivered == 5
 
 
 # Admin state
@@ -393,7 +392,7 @@ async def test_a_drained_upstream_takes_no_new_messages_even_if_it_serves_again(
         assert len(up.outbox) == 0
         registry.events.recent.clear()
         await registry.drain_upstream(up.address)  # a second drain: said once
-    assert [e["type"] for e in registry.events.recent][:1] != ["upstream.draining"]
+    assert "upstream.draining" not in [e["type"] for e in registry.events.recent]
 
 
 # Discovery
