@@ -74,10 +74,24 @@ def published(registry: Registry) -> list[dict[str, object]]:
     return got
 
 
+#: the address of the upstream ``table`` adds
+WHERE = "192.0.2.7:50051"
+
+
 def table(*, acks: bool = False, max_deliveries: int = 5) -> tuple[Registry, Upstream]:
     registry = Registry(Config())
     config = UpstreamConfig(host="192.0.2.7", port=50051, acks=acks, max_deliveries=max_deliveries)
     return registry, registry.add_upstream(config)
+
+
+def serving_with(queued: int, logs: pytest.LogCaptureFixture) -> tuple[Registry, Upstream]:
+    """A table whose upstream serves with ``queued`` messages; what it said so far forgotten."""
+    registry, up = table()
+    registry.set_upstream_state(up, SERVING)
+    up.outbox.put_nowait([request(i) for i in range(queued)])
+    published(registry)
+    lines(logs)
+    return registry, up
 
 
 async def supervise(registry: Registry, upstream: Upstream) -> None:
@@ -127,7 +141,7 @@ async def test_each_state_change_is_published_and_logged_with_its_fields(
 ) -> None:
     registry, up = table()
     published(registry)
-    where = "192.0.2.7:50051"
+    where = WHERE
     registry.set_upstream_state(up, SERVING)
     assert published(registry) == [
         {"type": "upstream.state", "upstream": where, "state": "serving"}
@@ -170,7 +184,7 @@ async def test_serving_out_of_rotation_or_while_draining_is_logged_as_such(
     logs: pytest.LogCaptureFixture,
 ) -> None:
     registry, up = table()
-    where = "192.0.2.7:50051"
+    where = WHERE
     registry.set_upstream_admin_state(up, AdminState.DRAIN)
     lines(logs)
     registry.set_upstream_state(up, SERVING)
@@ -196,7 +210,7 @@ async def test_a_failover_with_acks_redelivers_then_drops_and_the_counts_add_up(
     logs: pytest.LogCaptureFixture,
 ) -> None:
     registry, up = table(acks=True, max_deliveries=2)
-    where = "192.0.2.7:50051"
+    where = WHERE
 
     def deliver_then_fail() -> list[tuple[str, str, dict[str, object]]]:
         registry.set_upstream_state(up, SERVING)
@@ -233,12 +247,8 @@ async def test_a_failover_with_acks_redelivers_then_drops_and_the_counts_add_up(
 async def test_an_admin_state_change_is_logged_and_published_and_a_same_one_is_nothing(
     logs: pytest.LogCaptureFixture,
 ) -> None:
-    registry, up = table()
-    where = "192.0.2.7:50051"
-    registry.set_upstream_state(up, SERVING)
-    up.outbox.put_nowait([request(1), request(2)])
-    published(registry)
-    lines(logs)
+    registry, up = serving_with(2, logs)
+    where = WHERE
     assert registry.set_upstream_admin_state(up, AdminState.DRAIN) == 0
     said = {"upstream": where, "admin_state": "drain", "previous": "ready"}
     assert lines(logs) == [("INFO", "upstream admin state set", said)]
@@ -258,12 +268,8 @@ async def test_an_admin_state_change_is_logged_and_published_and_a_same_one_is_n
 async def test_a_stall_and_its_end_are_logged_published_and_counted(
     logs: pytest.LogCaptureFixture,
 ) -> None:
-    registry, up = table()
-    where = "192.0.2.7:50051"
-    registry.set_upstream_state(up, SERVING)
-    up.outbox.put_nowait([request(1), request(2), request(3)])
-    published(registry)
-    lines(logs)
+    registry, up = serving_with(3, logs)
+    where = WHERE
     registry.set_upstream_stalled(up, True, waited=1.23456)
     assert lines(logs) == [
         (
