@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--accept", action="store_true", help="profile accepting connections")
+    parser.add_argument("--keep", type=Path, help="also write the cProfile figures to this file")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -120,6 +121,8 @@ def main() -> None:
         where = f"{group(filename)}:{line} {name}"
         share, us = 100 * tt / total, 1e6 * tt / messages
         print(f"| `{where}` | {calls / messages:.2f} | {share:.1f}% | {us:.2f} |")
+    if args.keep:
+        shutil.copyfile(out, args.keep)
     shutil.rmtree(build, ignore_errors=True)
 
 

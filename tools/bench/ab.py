@@ -1,14 +1,19 @@
-"""A/B of the plain-TCP readers: a reader task per client against the shared reader.
+"""A/B of ``pmlb serve`` variants in one sitting: the same load, alternating.
 
-Starts one echo upstream (tools/bench/echo_upstream.py) and two ``pmlb
-serve`` (native transport, line framing) in front of it, one with
-``PMLB_TCP_READER=task``, one with the shared reader (the default), then
-alternates the same load against each, ``--rounds`` times, and prints each
-round and the medians: pmlb CPU per round-tripped message (``--clients``
-clients, ``--depth`` in flight each, 64 B lines) and, with ``--idle N``,
-the RSS per idle client with N clients held. Never part of CI.
+Each ``--variant NAME[:VAR=VALUE,...]`` is a ``pmlb serve`` (native
+transport, line framing) run with those environment variables, for
+example ``PMLB_TCP_READER=task`` (a reader task per client) or
+``PYTHONPATH=/tmp/other-tree`` (another copy of the code). Each round
+starts one echo upstream (tools/bench/echo_upstream.py) and every variant
+in front of it, then loads each in turn (the order alternating between
+rounds), ``--rounds`` times, and prints each round and the medians: pmlb
+CPU per round-tripped message (``--clients`` clients, ``--depth`` in
+flight each, 64 B lines) and, with ``--idle N``, the RSS per idle client
+with N clients held. Without ``--variant``: the two plain-TCP readers, a
+task per client against the shared reader (the default). Never part of CI.
 
-    python tools/bench/reader_ab.py --rounds 5 --seconds 4 --idle 10000
+    python tools/bench/ab.py --rounds 5 --seconds 4 --idle 10000
+    python tools/bench/ab.py --variant main:PYTHONPATH=/tmp/main --variant new:PYTHONPATH=.
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import HERE, Bench, Target, build_loadgen, free_port, wait_port
 
-READERS = ("task", "shared")
+READERS = ["task:PMLB_TCP_READER=task", "shared"]
+
+
+def variant(spec: str) -> tuple[str, dict[str, str]]:
+    """``NAME[:VAR=VALUE,...]`` as its name and environment variables."""
+    name, _, assignments = spec.partition(":")
+    env = dict(item.split("=", 1) for item in assignments.split(",") if item)
+    return name, env
 
 
 def main() -> None:
@@ -37,13 +49,17 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--depth", type=int, default=16)
     parser.add_argument("--idle", type=int, default=0, help="idle clients to hold (0: none)")
+    parser.add_argument(
+        "--variant", action="append", help="NAME[:VAR=VALUE,...] (repeat; default: the readers)"
+    )
     args = parser.parse_args()
+    variants = dict(variant(spec) for spec in args.variant or READERS)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    build = Path(tempfile.mkdtemp(prefix="pmlb-reader-ab-"))
+    build = Path(tempfile.mkdtemp(prefix="pmlb-ab-"))
     bench = Bench(build, args.seconds, tls=build_loadgen(build / "loadgen"))
-    cpu: dict[str, list[float]] = {name: [] for name in READERS}
-    rss: dict[str, list[float]] = {name: [] for name in READERS}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    rss: dict[str, list[float]] = {name: [] for name in variants}
     try:
         for round_ in range(args.rounds):
             # Fresh processes each round: the RSS a process grew to stays
@@ -54,7 +70,7 @@ def main() -> None:
             assert up.stdout is not None
             up_port = int(up.stdout.readline().split()[1])
             targets, procs = {}, [up]
-            for name in READERS:
+            for name, env in variants.items():
                 port = free_port()
                 args_ = [
                     sys.executable, "-m", "pmlb", "serve", "--host", "127.0.0.1",
@@ -62,13 +78,15 @@ def main() -> None:
                     "--upstream-transport", "native", "--no-admin",
                     "--upstream", f"127.0.0.1:{up_port}",
                 ]  # fmt: skip
-                proc = subprocess.Popen(args_, env={**os.environ, "PMLB_TCP_READER": name})
+                # cwd: not a source tree, so that a PYTHONPATH variant is the pmlb imported
+                proc = subprocess.Popen(args_, env={**os.environ, **env}, cwd=build)
                 procs.append(proc)
                 wait_port(port, proc)
                 targets[name] = Target(name, port, proc.pid, [up.pid])
                 bench.load(targets[name], 2, 1, 64, 0.3, 0)
             try:
-                for name in READERS if round_ % 2 == 0 else tuple(reversed(READERS)):
+                names = list(variants)
+                for name in names if round_ % 2 == 0 else reversed(names):
                     line = f"round {round_}: {name:6}"
                     if args.idle:
                         held = bench.idle(targets[name], args.idle)
@@ -87,7 +105,7 @@ def main() -> None:
     finally:
         bench.stop_all()
         shutil.rmtree(build, ignore_errors=True)
-    for name in READERS:
+    for name in variants:
         line = f"median {name:6} {statistics.median(cpu[name]):6.2f} µs/msg"
         if rss[name]:
             line += f"  idle {statistics.median(rss[name]):.0f} B/client"
