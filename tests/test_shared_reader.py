@@ -145,6 +145,66 @@ async def test_a_client_whose_batch_waits_for_room_is_not_read_meanwhile(reader:
         assert other.bytes_in == 3
 
 
+def task_count() -> int:
+    """Every task of this Trio run."""
+    count, nurseries = 0, list(trio.lowlevel.current_root_task().child_nurseries)
+    while nurseries:
+        tasks = nurseries.pop().child_tasks
+        count += len(tasks)
+        for task in tasks:
+            nurseries += task.child_nurseries
+    return count
+
+
+async def test_a_client_that_hangs_up_while_its_batch_waits_is_noticed(reader: str) -> None:
+    async with open_proxy(server=dict(upstream_queue_size=1, client_fin_timeout=0)) as proxy:
+        clients = await proxy.clients(5)
+        before = task_count()
+        for i, sock in enumerate(proxy.sockets):
+            sock.sendall(f"{i}\n".encode())
+            await trio.testing.wait_all_tasks_blocked()
+        # The first fills the outbox; the others wait for room, not read.
+        assert [c.dispatching for c in clients] == [False, True, True, True, True]
+        if reader == "shared":
+            # Their hang-ups are watched by the shared reader: no task each.
+            assert task_count() == before
+        proxy.sockets[2].close()
+        await trio.testing.wait_all_tasks_blocked()
+        hung_up = clients[2]
+        assert hung_up.input_ended
+        assert hung_up.close_kind is Reason.CLIENT_CLOSED
+        assert hung_up.uuid not in proxy.registry.clients
+        # Its batch was handed on all the same, over the bound.
+        assert proxy.taken() == [b"0", b"2"]
+        assert [c.dispatching for c in clients] == [False, True, False, True, True]
+
+
+async def test_when_every_batch_waits_one_task_polls_for_all_hang_ups(reader: str) -> None:
+    async with open_proxy(server=dict(upstream_queue_size=1, client_fin_timeout=0)) as proxy:
+        clients = await proxy.clients(4)
+        before = task_count()
+        proxy.sockets[0].sendall(b"fills the outbox\n")
+        await trio.testing.wait_all_tasks_blocked()
+        for sock in proxy.sockets:
+            sock.sendall(b"waits\n")
+            await trio.testing.wait_all_tasks_blocked()
+        assert all(c.dispatching for c in clients)
+        if reader == "shared":
+            assert task_count() == before + 1  # one poller, not one watcher each
+        # Whichever client's task polls, closing them one by one (pmlb's
+        # side) leaves the last one's hang-up noticed.
+        for client in clients[:3]:
+            proxy.registry.kick(client.uuid)
+            await trio.testing.wait_all_tasks_blocked()
+        last = clients[3]
+        assert last.close_reason is None
+        proxy.sockets[3].close()
+        await trio.testing.wait_all_tasks_blocked()
+        assert last.input_ended
+        assert last.close_kind is Reason.CLIENT_CLOSED
+        assert not proxy.registry.clients
+
+
 async def test_each_client_has_its_own_idle_deadline(
     reader: str, autojump_clock: trio.testing.MockClock
 ) -> None:

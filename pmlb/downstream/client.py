@@ -233,10 +233,10 @@ class Client:
     def set_dispatch_scope(self, scope: trio.CancelScope | None) -> None:
         """The reader's dispatch that waits runs in ``scope`` (``None``: it ended).
 
-        A drain or a hang-up cancels it; a drain that came first, at once.
+        A drain or a hang-up cancels it; one that came first, at once.
         """
         self.dispatch_scope = scope
-        if scope is not None and self.draining:
+        if scope is not None and (self.draining or self.input_ended):
             scope.cancel()
 
     def view(self, now: float, wall: float, window: float) -> dict[str, Any]:
@@ -568,6 +568,16 @@ class Client:
     def end_input(self) -> None:
         """The client sent its end of input: it may still read (a half-close)."""
         self.input_ended = True
+
+    def hang_up(self) -> None:
+        """The client hung up while its read batch waited for room: that wait ends.
+
+        Its input ended (:meth:`end_input`), and the dispatch that waits is
+        cancelled, so its batch is handed on as a drain's is.
+        """
+        self.input_ended = True
+        if self.dispatch_scope is not None:
+            self.dispatch_scope.cancel()
 
     def close(self, reason: str, kind: Reason | None = None) -> None:
         """Disconnect the client (the first reason given is the one kept).

@@ -17,8 +17,11 @@ leader leaves (its client closes, or needs its task), it hands the lead on
 to a sleeping one, as :mod:`pmlb.downstream.hangup` does. So a connection
 is still closed and cancelled on its own, and its close runs where it
 always did; and a socket that has to wait (no room upstream: backpressure;
-its end of input; a drain) leaves the epoll and is handed to its own task,
-which does what the per-client reader did and then gives the socket back.
+its end of input; a drain) is handed to its own task, which does what the
+per-client reader did and then gives the socket back. While a batch waits
+for room, its socket stays in the epoll for its hang-up only
+(``EPOLLRDHUP``: nothing is read meanwhile), so a client that closes then
+is noticed here, with no task or epoll of its own to watch for it.
 
 Level-triggered, because a pass reads each socket once: what is left in
 the kernel is reported again by the next poll, with no re-arming and no
@@ -44,6 +47,10 @@ from pmlb.downstream.limits import ConnectionCounters
 from pmlb.downstream.reasons import Reason
 
 log = logging.getLogger("pmlb.downstream")
+
+#: what a socket whose batch waits for room is polled for: its peer's FIN
+#: or a reset (EPOLLHUP and EPOLLERR are always reported), not its data
+_HANGUP = select.EPOLLRDHUP | select.EPOLLHUP
 
 #: what dispatch does with a batch without waiting: go on reading (True),
 #: read no more (False), or None: the batch waits, in the client's task
@@ -145,9 +152,12 @@ class SharedReader:
         self._members: dict[int, Member] = {}
         #: the members in the epoll, least recently read first
         self._reading: OrderedDict[int, Member] = OrderedDict()
+        #: the members whose batch waits for room, in the epoll for their hang-up
+        self._waiting: dict[int, Member] = {}
         #: the members whose task sleeps in next_work
         self._parked: dict[int, Member] = {}
-        self._leading = False
+        #: the member whose task leads (or was woken to), or whose poller does
+        self._leader: Member | None = None
 
     def __len__(self) -> int:
         return len(self._members)
@@ -161,17 +171,25 @@ class SharedReader:
         """Read ``member``'s socket again, after its task did what it was handed."""
         member.last = trio.current_time()
         self._reading[member.fd] = member
-        self._epoll.register(member.fd, select.EPOLLIN)
+        if self._waiting.pop(member.fd, None) is None:
+            self._epoll.register(member.fd, select.EPOLLIN)
+        else:
+            self._epoll.modify(member.fd, select.EPOLLIN)
 
     def remove(self, member: Member) -> None:
         """Forget ``member`` (its task leaves; before its socket closes)."""
         self._members.pop(member.fd, None)
         self._parked.pop(member.fd, None)
         member.parked = False
-        if self._reading.pop(member.fd, None) is not None:
+        if (
+            self._reading.pop(member.fd, None) is not None
+            or self._waiting.pop(member.fd, None) is not None
+        ):
             self._epoll.unregister(member.fd)
         if not self._members:
             self._epoll.close()
+        else:
+            self._ensure_polled()
 
     @property
     def closed(self) -> bool:
@@ -184,10 +202,51 @@ class SharedReader:
             if work is not None:
                 member.work = None
                 return work
-            if not self._leading:
+            if self._leader is None or self._leader is member:
                 await self._lead(member)
                 continue
             await self._park(member)
+
+    @property
+    def polled(self) -> bool:
+        """Whether a task polls the epoll, or a sleeping one will when the lead is handed on."""
+        return self._leader is not None or bool(self._parked)
+
+    async def poll(self, member: Member) -> None:
+        """Lead while ``member``'s task waits for room (a task of its own; cancel it after).
+
+        For a member whose batch waits when no task is :attr:`polled`: the
+        waiting sockets' hang-ups must still be noticed. If another task
+        leads by the time this one runs, it sleeps until cancelled.
+        """
+        if self._leader is None:
+            await self._lead(member)  # never returns: member gets no work while it waits
+        await trio.sleep_forever()
+
+    def release(self, member: Member) -> None:
+        """``member``'s task reads no more (its end of input, or read no more): it leads no more.
+
+        Its socket leaves the epoll. If then no task is :attr:`polled`
+        while batches wait for room, one of those waits is interrupted (its
+        batch is handed on over the bound, as a drain's is), so that its
+        task comes back and leads; a member whose task has yet to start its
+        wait needs none: it polls (:meth:`poll`) then.
+        """
+        if self._waiting.pop(member.fd, None) is not None:
+            self._epoll.unregister(member.fd)
+        self._ensure_polled()
+
+    def _ensure_polled(self) -> None:
+        if self.polled:
+            return
+        scopes = []
+        for other in self._waiting.values():
+            scope = other.client.dispatch_scope
+            if scope is None:
+                return  # its wait is yet to start: it will poll
+            scopes.append(scope)
+        if scopes:
+            scopes[0].cancel()
 
     async def _park(self, member: Member) -> None:
         def abort(_: object) -> trio.lowlevel.Abort:
@@ -207,7 +266,7 @@ class SharedReader:
 
     async def _lead(self, member: Member) -> None:
         # Wait for the epoll for everyone until this member has work.
-        self._leading = True
+        self._leader = member
         wait_readable = trio.lowlevel.wait_readable
         fd = self._epoll.fileno()
         idle = self.idle_timeout
@@ -221,9 +280,10 @@ class SharedReader:
                     await wait_readable(fd)
                 self._pass()
         finally:
-            self._leading = False
+            self._leader = None
             # Hand the lead on: one sleeping member leads from now on.
             for other in self._parked.values():
+                self._leader = other
                 self._wake(other)
                 break
 
@@ -234,6 +294,8 @@ class SharedReader:
             member = members.get(fd)
             if member is not None:
                 self._read(member, now)
+            elif fd in self._waiting:
+                self._hung_up(fd)
         idle = self.idle_timeout
         if idle:
             expired = []
@@ -275,7 +337,7 @@ class SharedReader:
         count, started = len(requests), time.perf_counter()
         placed = member.dispatch(client, requests)
         if placed is None:
-            self._hand(member, (requests, count, started))
+            self._wait(member, (requests, count, started))
         elif not placed:
             self._hand(member, READ_NO_MORE)
 
@@ -288,6 +350,22 @@ class SharedReader:
         self._stop(member)
         member.work = work
         self._wake(member)
+
+    def _wait(self, member: Member, batch: HeldBatch) -> None:
+        # The batch waits for room, in the member's task; its socket is
+        # watched for a hang-up meanwhile, and read again on resume.
+        fd = member.fd
+        del self._reading[fd]
+        self._waiting[fd] = member
+        self._epoll.modify(fd, _HANGUP)
+        member.work = batch
+        self._wake(member)
+
+    def _hung_up(self, fd: int) -> None:
+        # Level-triggered: a hung-up socket stays ready, so it leaves the epoll.
+        member = self._waiting.pop(fd)
+        self._epoll.unregister(fd)
+        member.client.hang_up()
 
 
 _readers: trio.lowlevel.RunVar[dict[float, SharedReader] | None] = trio.lowlevel.RunVar(

@@ -327,14 +327,24 @@ async def _read_shared(
         while True:
             work = await reader.next_work(member)
             if work == END_OF_INPUT:
+                reader.release(member)
                 await end_of_input(client, fin_timeout)
                 return
             if work == READ_NO_MORE:
                 reading = False
             else:
                 assert isinstance(work, tuple)
-                reading = await registry.dispatch_held(client, *work, hangup)
+                # The reader notices a hang-up meanwhile (Client.hang_up), if
+                # a task polls it: this one, if no other does.
+                if reader.polled:
+                    reading = await registry.dispatch_held(client, *work)
+                else:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(reader.poll, member)
+                        reading = await registry.dispatch_held(client, *work)
+                        nursery.cancel_scope.cancel()
             if not reading:
+                reader.release(member)
                 await _read_no_more(client, fin_timeout)
                 return
             reader.resume(member)
