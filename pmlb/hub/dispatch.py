@@ -234,6 +234,8 @@ class Dispatcher:
         """The rest of :meth:`dispatch_from` for a batch :meth:`dispatch_from_nowait` held.
 
         ``count`` messages were read at ``started`` (``time.perf_counter()``).
+        Without ``hangup``, noticing the client hang up meanwhile is the
+        caller's (the shared reader's: :meth:`Client.hang_up` ends the wait).
         """
         cluster = self.cluster
         try:
