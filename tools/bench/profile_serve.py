@@ -9,7 +9,9 @@ the functions with the most time of their own, each as microseconds per
 round-tripped message, and the share of the whole process by module.
 With ``--accept``, the load is loadgen's accept scenario instead (connect
 and reset, as fast as it can, as the benchmark's accept rate measures) and
-the figures are per connection.
+the figures are per connection. With ``--protocol tls`` or ``ws``, the
+clients speak TLS or WebSocket to pmlb's listener of that kind (the
+benchmark's configuration, a throwaway self-signed certificate).
 
 cProfile makes every Python call dearer (about twice the time), so the
 figures say where the time goes, not what it is without the profiler. Never
@@ -17,6 +19,7 @@ part of CI; about a minute.
 
     python tools/bench/profile_serve.py --clients 1000 --depth 16 --seconds 5
     python tools/bench/profile_serve.py --accept --seconds 2
+    python tools/bench/profile_serve.py --protocol tls --clients 100 --depth 1
 """
 
 from __future__ import annotations
@@ -35,7 +38,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import HERE, Bench, Target, build_loadgen, free_port, wait_port
+from run import (
+    HERE,
+    Bench,
+    Target,
+    build_loadgen,
+    free_port,
+    make_certificate,
+    pmlb_config,
+    wait_port,
+)
 
 
 def group(filename: str) -> str:
@@ -59,6 +71,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--accept", action="store_true", help="profile accepting connections")
     parser.add_argument("--keep", type=Path, help="also write the cProfile figures to this file")
+    parser.add_argument("--protocol", choices=("tcp", "tls", "ws"), default="tcp")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -70,19 +83,22 @@ def main() -> None:
     )
     assert up.stdout is not None
     up_port = int(up.stdout.readline().split()[1])
-    port = free_port()
+    port, ports = free_port(), {"tls": free_port(), "ws": free_port()}
+    config = build / "pmlb.toml"
+    cert, key, _ = make_certificate(build)
+    config.write_text(pmlb_config(port, ports["tls"], ports["ws"], cert, key))
     serve = subprocess.Popen(
         [
             sys.executable, "-m", "cProfile", "-o", str(out), "-m", "pmlb", "serve",
-            "--host", "127.0.0.1", "--port", str(port), "--framing", "line",
-            "--log-level", "warning", "--upstream-transport", "native", "--no-admin",
+            "--config", str(config), "--log-level", "warning",
+            "--upstream-transport", "native", "--no-admin",
             "--upstream", f"127.0.0.1:{up_port}",
         ],
         env=os.environ,
     )  # fmt: skip
     try:
         wait_port(port, serve)
-        target = Target("pmlb", port, serve.pid, [up.pid])
+        target = Target("pmlb", ports.get(args.protocol, port), serve.pid, [up.pid], args.protocol)
         bench.load(target, 2, 1, 64, 0.3, 0)  # connected to its upstream
         if args.accept:
             accepted = bench.accept_rate(target, "127.0.1.1")
